@@ -1,0 +1,148 @@
+"""Blocks: one residual sub-layer with its three faces.
+
+A block carries
+1. `finite(X, generator)`: the Torch forward of one sub-layer at finite width,
+   batched over independent networks (X has shape (B, m, n));
+2. `symbolic(m)`: its update rule as a `shapedsde.symbolic.LayerModel`, from
+   which `shapedsde.symbolic` derives b(V) and Sigma(V);
+3. `drift(V)`, `diffusion(V)`: the numeric kernels generated from that
+   derivation (`shapedsde/kernels/_generated_*.py`), for NumPy or Torch.
+
+Every sub-layer has the residual form X' = lam X + gam Branch(X) with
+lam^2 + gam^2 = 1; `gamma` is gam.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+from . import _validation as val
+from .kernels import kernel
+
+
+@dataclass(frozen=True)
+class Block:
+    """Base class: a residual sub-layer X' = lam X + gamma Branch(X)."""
+
+    gamma: float
+    name: ClassVar[str] = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "gamma", val.check_gamma(self.gamma))
+
+    @property
+    def lam(self) -> float:
+        return math.sqrt(1.0 - self.gamma**2)
+
+    def kernel_params(self) -> dict[str, float]:
+        """The scalar parameters the generated kernels take, by name."""
+        return {"gamma": self.gamma}
+
+    def drift(self, V: Any, *, check: bool = True) -> Any:
+        """b(V), shape (..., m, m); V is a NumPy array or Torch tensor (..., m, m).
+
+        `check=False` skips input validation (for solvers on their own iterates).
+        """
+        if check:
+            V = val.check_covariance(V)
+        return kernel(self.name, "drift", V)(V, **self.kernel_params())
+
+    def diffusion(self, V: Any, *, check: bool = True) -> Any:
+        """Sigma(V), shape (..., m, m, m, m): lim n Cov[dV^{ab}, dV^{cd}]."""
+        if check:
+            V = val.check_covariance(V)
+        return kernel(self.name, "diffusion", V)(V, **self.kernel_params())
+
+    def branch_mixing(self, X: torch.Tensor, generator: torch.Generator) -> torch.Tensor | None:
+        """The token-mixing matrix A of the branch (B, m, m), or None for A = I."""
+        return None
+
+    def finite(self, X: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """One sub-layer at width n = X.shape[-1] on a batch X of shape (B, m, n)."""
+        _check_hidden(X)
+        B, m, n = X.shape
+        A = self.branch_mixing(X, generator)
+        AX = X if A is None else A @ X
+        WV = torch.randn(B, n, n, generator=generator, device=X.device, dtype=X.dtype)
+        return self.lam * X + self.gamma * (AX @ WV) / math.sqrt(n)
+
+    def symbolic(self, m: int):
+        """The update rule as a symbolic `LayerModel` for m tokens."""
+        from .symbolic.layers import layer_model
+
+        return layer_model(self.name, m)
+
+
+@dataclass(frozen=True)
+class LinearBlock(Block):
+    """Linear residual sub-layer X' = lam X + gamma X W / sqrt(n)."""
+
+    name: ClassVar[str] = "linear"
+
+
+@dataclass(frozen=True)
+class AttentionBlock(Block):
+    """Shaped attention: Branch(X) = A X W^V / sqrt(n), A = I + Softmax(Y/tau) - 11^T/m.
+
+    Y = (X W^Q / sqrt(n)) (X W^K / sqrt(n))^T with W^Q, W^K in R^{n x nk}, and
+    tau = tau0 sqrt(n nk). `nk` is used only by `finite`; None means nk = n.
+    """
+
+    tau0: float = 1.0
+    nk: int | None = field(default=None)
+    name: ClassVar[str] = "attention"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        object.__setattr__(self, "tau0", val.check_tau0(self.tau0))
+        if self.nk is not None:
+            object.__setattr__(self, "nk", val.check_positive_int("nk", self.nk))
+
+    def kernel_params(self) -> dict[str, float]:
+        return {"gamma": self.gamma, "tau0": self.tau0}
+
+    def logits(self, X: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Z = Y / tau, shape (B, m, m)."""
+        B, m, n = X.shape
+        nk = self.nk or n
+        kw = dict(generator=generator, device=X.device, dtype=X.dtype)
+        Q = X @ torch.randn(B, n, nk, **kw) / math.sqrt(n)
+        K = X @ torch.randn(B, n, nk, **kw) / math.sqrt(n)
+        return (Q @ K.transpose(-1, -2)) / (self.tau0 * math.sqrt(n * nk))
+
+    def branch_mixing(self, X: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        return shaped_mixing(self.logits(X, generator))
+
+
+def shaped_mixing(Z: torch.Tensor) -> torch.Tensor:
+    """A = I + Softmax(Z) - 11^T/m (row-wise Softmax), for logits Z of shape (..., m, m)."""
+    m = Z.shape[-1]
+    eye = torch.eye(m, dtype=Z.dtype, device=Z.device)
+    return eye + torch.softmax(Z, dim=-1) - 1.0 / m
+
+
+BLOCKS: dict[str, type[Block]] = {cls.name: cls for cls in (LinearBlock, AttentionBlock)}
+
+
+def block(name: str, **params: Any) -> Block:
+    """Build a block by name: `block("attention", gamma=0.8, tau0=1.0)`."""
+    try:
+        cls = BLOCKS[name]
+    except KeyError:
+        raise ValueError(f"unknown block {name!r}; choose one of {sorted(BLOCKS)}") from None
+    try:
+        return cls(**params)
+    except TypeError as err:
+        raise ValueError(f"bad parameters for block {name!r}: {err}") from None
+
+
+def _check_hidden(X: torch.Tensor) -> None:
+    if not isinstance(X, torch.Tensor) or X.ndim != 3:
+        shape = getattr(X, "shape", None)
+        raise ValueError(f"X must be a Torch tensor of shape (B, m, n); got {shape}")
+    if X.shape[1] < 2 or X.shape[2] < 1:
+        raise ValueError(f"X needs m >= 2 tokens and width n >= 1; got shape {tuple(X.shape)}")
