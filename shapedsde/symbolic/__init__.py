@@ -1,0 +1,2 @@
+"""The symbolic derivation engine: Softmax expansion, Wick moments, layer models,
+per-entry and matrix-form coefficients."""

@@ -1,0 +1,136 @@
+"""Symbolic update rules of the residual sub-layers, per entry, for explicit m.
+
+Each builder returns a `LayerModel`: V' as a truncated series in
+eps = n^{-1/2}, V' = D0 + eps D1 + eps^2 D2 + O(eps^3), whose coefficients are
+polynomials in centred Gaussian noise symbols with a known joint covariance.
+`shapedsde.symbolic.entrywise.derive` turns it into b(V) and Sigma(V).
+
+Model (DESIGN.md): X' = lam X + gam Branch(X), lam = sqrt(1 - gam^2),
+Branch(X) = A X W^V / sqrt(n). With H = X W^V / sqrt(n) (columns h_j iid
+N(0, V)) and x_j the columns of X,
+
+    V' = lam^2 V + gam^2 A S A^T + lam gam (A M + M^T A^T),
+    S = H H^T / n = (1/n) sum_j h_j h_j^T,   M = H X^T / n = (1/n) sum_j h_j x_j^T.
+
+M is linear in h, so only the second moment (1/n) sum_j x_j x_j^T = V of the
+fixed columns enters; x is represented by an independent N(0, V) draw, which
+has the same second moments. The shaped attention matrix is
+A = I + Softmax(Z) - 11^T/m with Z = Y / (tau0 sqrt(n nk)) = eps z, where
+z = nk^{-1/2} sum_k q_k k_k^T / tau0 and q_k, k_k iid N(0, V).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import sympy as sp
+
+from .softmax import softmax_expansion
+from .width_sums import WidthSum, gaussian_vector, independent
+
+EPS = sp.Symbol("epsilon", positive=True)  # n^{-1/2}
+GAMMA = sp.Symbol("gamma", positive=True)
+TAU0 = sp.Symbol("tau_0", positive=True)
+LAM = sp.sqrt(1 - GAMMA**2)
+ORDER = 2  # eps^2 = 1/n: enough for the drift; eps^1 gives the diffusion
+
+
+@dataclass
+class LayerModel:
+    """V' = sum_k eps^k series[k], polynomial in `noise` ~ N(0, noise_cov)."""
+
+    name: str
+    V: sp.Matrix
+    series: list[sp.Matrix]
+    noise: list[sp.Symbol]
+    noise_cov: sp.Matrix
+    params: tuple[sp.Symbol, ...] = field(default=(GAMMA,))
+
+    @property
+    def m(self) -> int:
+        return self.V.shape[0]
+
+
+def covariance_symbols(m: int) -> sp.Matrix:
+    """Symmetric matrix of symbols V_ab (a <= b) for m tokens."""
+    return sp.Matrix(m, m, lambda a, b: sp.Symbol(f"V_{min(a, b)}{max(a, b)}"))
+
+
+def _mul(a: list[sp.Matrix], b: list[sp.Matrix]) -> list[sp.Matrix]:
+    """Product of two matrix-valued series in eps, truncated at ORDER."""
+    return [sum((a[i] * b[k - i] for i in range(k + 1)), sp.zeros(*a[0].shape))
+            for k in range(ORDER + 1)]
+
+
+def _const(M: sp.Matrix) -> list[sp.Matrix]:
+    return [M] + [sp.zeros(*M.shape)] * ORDER
+
+
+def _linear(M: sp.Matrix) -> list[sp.Matrix]:
+    """eps * M as a series."""
+    return [sp.zeros(*M.shape), M] + [sp.zeros(*M.shape)] * (ORDER - 1)
+
+
+def _residual_update(V: sp.Matrix, A: list[sp.Matrix], value: WidthSum
+                     ) -> tuple[list[sp.Matrix], list[sp.Symbol], sp.Matrix]:
+    """V' = lam^2 V + gam^2 A S A^T + lam gam (A M + M^T A^T) as a series in eps."""
+    xi, noise, cov = value.noise()
+    S = [value.mean("S") + sp.zeros(*V.shape), xi["S"]] + [sp.zeros(*V.shape)] * (ORDER - 1)
+    M = _linear(xi["M"])
+    At = [a.T for a in A]
+    ASA = _mul(_mul(A, S), At)
+    AM = _mul(A, M)
+    series = [LAM**2 * (V if k == 0 else sp.zeros(*V.shape)) + GAMMA**2 * ASA[k]
+              + LAM * GAMMA * (AM[k] + AM[k].T) for k in range(ORDER + 1)]
+    return series, noise, cov
+
+
+def _value_noise(V: sp.Matrix) -> WidthSum:
+    h, Vh = gaussian_vector("h", V)
+    x, Vx = gaussian_vector("x", V)
+    variables, cov = independent((h, Vh), (x, Vx))
+    hv, xv = sp.Matrix(h), sp.Matrix(x)
+    return WidthSum(variables, cov, {"S": hv * hv.T, "M": hv * xv.T})
+
+
+def linear_layer(m: int) -> LayerModel:
+    """X' = lam X + gam X W / sqrt(n): A = I."""
+    V = covariance_symbols(m)
+    series, noise, cov = _residual_update(V, _const(sp.eye(m)), _value_noise(V))
+    return LayerModel("linear", V, series, noise, cov)
+
+
+def shaped_attention_matrix(z: sp.Matrix) -> list[sp.Matrix]:
+    """A(eps z) = I + Softmax(eps z) - 11^T/m, row-wise, as a series in eps."""
+    m = z.shape[0]
+    rows = [softmax_expansion(list(z.row(a)), ORDER) for a in range(m)]
+    A = [sp.Matrix(m, m, lambda a, b, k=k: rows[a][k][b]) for k in range(ORDER + 1)]
+    A[0] = A[0] + sp.eye(m) - sp.ones(m, m) / m
+    return A
+
+
+def attention_layer(m: int) -> LayerModel:
+    """Shaped attention sub-layer (single head)."""
+    V = covariance_symbols(m)
+    q, Vq = gaussian_vector("q", V)
+    k, Vk = gaussian_vector("k", V)
+    variables, qk_cov = independent((q, Vq), (k, Vk))
+    logits = WidthSum(variables, qk_cov, {"z": sp.Matrix(q) * sp.Matrix(k).T / TAU0})
+    zsym, znoise, zcov = logits.noise()
+    if any(e != 0 for e in logits.mean("z")):
+        raise AssertionError("logits must be centred")  # they are: q, k independent
+    A = shaped_attention_matrix(zsym["z"])
+    series, noise, cov = _residual_update(V, A, _value_noise(V))
+    return LayerModel("attention", V, series, znoise + noise, sp.diag(zcov, cov),
+                      params=(GAMMA, TAU0))
+
+
+LAYERS = {"linear": linear_layer, "attention": attention_layer}
+
+
+def layer_model(name: str, m: int) -> LayerModel:
+    if name not in LAYERS:
+        raise ValueError(f"no symbolic layer {name!r}; choose one of {sorted(LAYERS)}")
+    if m < 2:
+        raise ValueError(f"m must be >= 2; got {m}")
+    return LAYERS[name](m)
