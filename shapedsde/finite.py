@@ -1,0 +1,353 @@
+"""Finite-width networks: initial hidden states and batched deep simulations.
+
+`simulate` runs `nets` independent networks of d = round(T * width) residual
+sub-layers of one block, all starting from the same hidden state X0 with
+X0 X0^T / n = V0, and returns V = X X^T / n at depth d.
+
+Two samplers, equal in law:
+
+- `method="full"` calls the block's finite face `block.finite(X, generator)`
+  on X of shape (B, m, n): every weight matrix is drawn (n^2 numbers per
+  sub-layer and network), so it is the network itself, but slow on CPU for
+  n >~ 64.
+- `method="gram"` samples the Markov chain V_l -> V_{l+1} exactly in law with
+  O(m^2) random numbers per sub-layer, whatever n. It rests on rotation
+  invariance: given X, the law of the next V depends on X only through V
+  (write X = sqrt(n) L Omega with V = L L^T and Omega orthonormal rows; an
+  orthogonal change of basis makes Omega W^V Omega^T an m x m Gaussian block H
+  plus an independent Wishart(n - m) remainder), so
+      V' = lam^2 V + lam gam (A L H L^T + (A L H L^T)^T) / sqrt(n)
+           + gam^2 A L (H H^T + S_perp) L^T A^T / n,
+  H iid N(0, 1) (m x m), S_perp ~ Wishart_m(n - m, I).
+  The logits are Z = L (G_Q G_K^T) L^T / (tau0 sqrt(n nk)) with G_Q, G_K iid
+  N(0, 1) of shape (m, nk); G_Q G_K^T is drawn as H' T^T with T T^T ~
+  Wishart_m(nk, I) (Bartlett). Available for the blocks in `GRAM_BLOCKS`;
+  the verifier checks it against `method="full"`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from . import _validation as val
+from .blocks import AttentionBlock, Block, LinearBlock, shaped_mixing
+
+# Bytes of random weights the full sampler may hold per batch (per device kind).
+# Fixed, not read from free memory, so the default batch size (and hence the
+# random stream) is the same on every machine of a kind.
+FULL_BATCH_BYTES = {"cpu": 256 * 2**20, "cuda": 4 * 2**30}
+GRAM_BATCH_NETS = 1 << 17  # the gram sampler holds O(m^2) numbers per network
+# Below this many degrees of freedom a Wishart / Gaussian product is drawn
+# directly from Gaussians (cheap, and Bartlett's chi-squares need df >= m).
+_DIRECT_DF = 64
+
+
+@dataclass(frozen=True)
+class FiniteRun:
+    """A finite-width simulation with its recorded trajectory.
+
+    V: (nets, m, m) covariance at depth `depth`; depths: (k,) recorded depths
+    (0, r, 2r, ..., always ending at `depth`); trajectory: (nets, k, m, m).
+    """
+
+    V: torch.Tensor
+    depths: list[int]
+    trajectory: torch.Tensor
+    width: int
+    depth: int
+    T: float
+    method: str
+    seed: int
+
+
+# ----------------------------------------------------------------------------
+# Initial hidden state
+
+
+def initial_hidden(
+    V0,
+    n: int,
+    *,
+    dtype: torch.dtype = torch.float64,
+    device: str | torch.device = "cpu",
+    seed: int = 0,
+) -> torch.Tensor:
+    """A hidden state X0 of shape (m, n) with X0 X0^T / n == V0 (to rounding).
+
+    X0 = sqrt(n) F O with F F^T = V0 (eigen factor, so singular PSD V0 works)
+    and O (m, n) random orthonormal rows (QR of a seeded Gaussian matrix).
+    Computed in float64 on the CPU, then cast, so X0 does not depend on device.
+    """
+    V0 = _as_matrix(V0, "V0")
+    m = V0.shape[0]
+    n = val.check_positive_int("n (width)", n)
+    if n < m:
+        raise ValueError(f"width n = {n} must be >= m = {m} for X0 X0^T / n = V0 to be "
+                         "attainable with a full-rank V0")
+    gen = torch.Generator().manual_seed(int(seed))
+    G = torch.randn(n, m, generator=gen, dtype=torch.float64)
+    O, _ = torch.linalg.qr(G)  # (n, m), orthonormal columns
+    X0 = math.sqrt(n) * psd_factor(V0) @ O.T
+    return X0.to(device=device, dtype=dtype)
+
+
+def psd_factor(V: torch.Tensor) -> torch.Tensor:
+    """F with F F^T = V for PSD V of shape (..., m, m), via Cholesky where it
+    succeeds and a symmetric eigen factor (negative rounding clipped) elsewhere."""
+    L, info = torch.linalg.cholesky_ex(V)
+    bad = info != 0
+    if bool(bad.any()):
+        w, Q = torch.linalg.eigh(V[bad])
+        L = L.clone()
+        L[bad] = Q * w.clamp_min(0).sqrt().unsqueeze(-2)
+    return L
+
+
+# ----------------------------------------------------------------------------
+# Simulation
+
+
+def simulate(
+    block: Block,
+    V0,
+    *,
+    width: int,
+    T: float,
+    nets: int,
+    seed: int,
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float64,
+    batch_size: int | None = None,
+    progress: bool = False,
+    record_every: int | None = None,
+    method: str = "full",
+) -> torch.Tensor | FiniteRun:
+    """V at depth d = round(T * width) of `nets` independent finite networks.
+
+    block: a `shapedsde.Block`; V0: (m, m) initial covariance; width: n.
+    Returns a (nets, m, m) tensor on `device`, or a `FiniteRun` with the
+    trajectory every `record_every` sub-layers when that is given.
+    `method`: "full" (the block's finite face, all weights drawn) or "gram"
+    (exact-in-law m x m chain; see the module docstring); "auto" picks "gram"
+    where the block supports it. Reproducible for a fixed (seed, batch_size,
+    device, method); `batch_size=None` picks one from a fixed memory budget.
+    """
+    V0 = _as_matrix(V0, "V0")
+    n = val.check_positive_int("width", width)
+    T = val.check_time(T)
+    nets = val.check_positive_int("nets", nets)
+    method = _check_method(block, method)
+    if record_every is not None:
+        record_every = val.check_positive_int("record_every", record_every)
+    if batch_size is not None:
+        batch_size = val.check_positive_int("batch_size", batch_size)
+    m = V0.shape[0]
+    if n < m:
+        raise ValueError(f"width {n} must be >= m = {m}")
+    depth = int(round(T * n))
+    dev = torch.device(device)
+    if batch_size is None:
+        batch_size = _default_batch(method, m, n, getattr(block, "nk", None), dev, dtype)
+    batch_size = min(batch_size, nets)
+    gen = torch.Generator(device=dev).manual_seed(int(seed))
+    X0 = initial_hidden(V0, n, dtype=dtype, device=dev, seed=seed)
+    record = _record_depths(depth, record_every)
+    step = _full_runner if method == "full" else _gram_runner
+    outs: list[torch.Tensor] = []
+    bar = tqdm(total=nets * depth, disable=not progress, unit="layer",
+               desc=f"finite {block.name} n={n} d={depth} ({method})")
+    for start in range(0, nets, batch_size):
+        B = min(batch_size, nets - start)
+        outs.append(step(block, X0, B, depth, record, gen, bar))
+    bar.close()
+    traj = torch.cat(outs, dim=0)  # (nets, k, m, m)
+    if record_every is None:
+        return traj[:, -1]
+    return FiniteRun(V=traj[:, -1], depths=record, trajectory=traj, width=n, depth=depth,
+                     T=T, method=method, seed=int(seed))
+
+
+def _full_runner(block: Block, X0: torch.Tensor, B: int, depth: int, record: list[int],
+                 gen: torch.Generator, bar) -> torch.Tensor:
+    """B networks through `depth` sub-layers of block.finite; (B, k, m, m) at `record`."""
+    n = X0.shape[-1]
+    X = X0.expand(B, *X0.shape).clone()
+    saved = []
+    for layer in range(depth + 1):
+        if layer in record:
+            saved.append(X @ X.transpose(-1, -2) / n)
+        if layer < depth:
+            X = block.finite(X, gen)
+            bar.update(B)
+    return torch.stack(saved, dim=1)
+
+
+def _gram_runner(block: Block, X0: torch.Tensor, B: int, depth: int, record: list[int],
+                 gen: torch.Generator, bar) -> torch.Tensor:
+    """B networks of the exact-in-law V chain; (B, k, m, m) at `record`."""
+    n = X0.shape[-1]
+    V = (X0 @ X0.T / n).expand(B, -1, -1).clone()
+    saved = []
+    for layer in range(depth + 1):
+        if layer in record:
+            saved.append(V)
+        if layer < depth:
+            V = gram_step(block, V, n, gen)
+            bar.update(B)
+    return torch.stack(saved, dim=1)
+
+
+# ----------------------------------------------------------------------------
+# The exact-in-law V chain ("gram" sampler)
+
+
+def gram_step(block: Block, V: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
+    """One sub-layer of the V chain at width n: V (B, m, m) -> V' (B, m, m), exact in law."""
+    B, m, _ = V.shape
+    L = psd_factor(V)
+    A = gram_mixing(block, L, n, generator)
+    AL = L if A is None else A @ L
+    H = _randn(generator, V, B, m, m)
+    cross = AL @ H @ L.transpose(-1, -2)
+    wish = H @ H.transpose(-1, -2) + wishart_identity(B, m, n - m, generator, V)
+    Vn = (block.lam**2 * V + block.lam * block.gamma * (cross + cross.transpose(-1, -2))
+          / math.sqrt(n) + block.gamma**2 * AL @ wish @ AL.transpose(-1, -2) / n)
+    return 0.5 * (Vn + Vn.transpose(-1, -2))  # keep exact symmetry over many layers
+
+
+def gram_logits(block: AttentionBlock, L: torch.Tensor, n: int,
+                generator: torch.Generator) -> torch.Tensor:
+    """Logits Z (B, m, m) of the attention block given V = L L^T, exact in law.
+
+    Z = Q K^T / (tau0 sqrt(n nk)) with Q = L G_Q, K = L G_K (columns iid N(0, V)).
+    """
+    B, m, _ = L.shape
+    nk = block.nk or n
+    prod = gaussian_product(B, m, nk, generator, L)  # law of G_Q G_K^T
+    return L @ prod @ L.transpose(-1, -2) / (block.tau0 * math.sqrt(n * nk))
+
+
+def _attention_mixing(block, L, n, gen):
+    return shaped_mixing(gram_logits(block, L, n, gen))
+
+
+# Blocks whose finite face is X' = lam X + gam A(X) X W^V / sqrt(n) with A(X)
+# depending on X only through V; maps the exact type to A given L (or None: A = I).
+GRAM_BLOCKS: dict[type, Callable] = {
+    LinearBlock: lambda block, L, n, gen: None,
+    AttentionBlock: _attention_mixing,
+}
+
+
+def supports_gram(block: Block) -> bool:
+    """Whether `method="gram"` is available for this block (exact type match)."""
+    return type(block) in GRAM_BLOCKS
+
+
+def gram_mixing(block: Block, L: torch.Tensor, n: int,
+                generator: torch.Generator) -> torch.Tensor | None:
+    """The token-mixing matrix A (B, m, m) given V = L L^T, or None (A = I)."""
+    try:
+        fn = GRAM_BLOCKS[type(block)]
+    except KeyError:
+        raise ValueError(f"block {block.name!r} ({type(block).__name__}) has no gram "
+                         "sampler; use method='full'") from None
+    return fn(block, L, n, generator)
+
+
+def wishart_identity(B: int, m: int, df: int, generator: torch.Generator,
+                     like: torch.Tensor) -> torch.Tensor:
+    """S ~ Wishart_m(df, I), shape (B, m, m): the law of G G^T, G (m, df) iid N(0, 1)."""
+    if df <= 0:
+        return torch.zeros(B, m, m, dtype=like.dtype, device=like.device)
+    if df < _DIRECT_DF:
+        G = _randn(generator, like, B, m, df)
+        return G @ G.transpose(-1, -2)
+    Tl = bartlett_factor(B, m, df, generator, like)
+    return Tl @ Tl.transpose(-1, -2)
+
+
+def gaussian_product(B: int, m: int, df: int, generator: torch.Generator,
+                     like: torch.Tensor) -> torch.Tensor:
+    """The law of G1 G2^T, G1, G2 (m, df) independent iid N(0, 1); shape (B, m, m).
+
+    Given G2, the rows of G1 G2^T are iid N(0, S) with S = G2 G2^T ~ Wishart(df),
+    so G1 G2^T = H T^T with H iid N(0, 1) and T the Bartlett factor of S.
+    """
+    if df < _DIRECT_DF:
+        G1 = _randn(generator, like, B, m, df)
+        G2 = _randn(generator, like, B, m, df)
+        return G1 @ G2.transpose(-1, -2)
+    Tl = bartlett_factor(B, m, df, generator, like)
+    return _randn(generator, like, B, m, m) @ Tl.transpose(-1, -2)
+
+
+def bartlett_factor(B: int, m: int, df: int, generator: torch.Generator,
+                    like: torch.Tensor) -> torch.Tensor:
+    """Lower-triangular T (B, m, m) with T T^T ~ Wishart_m(df, I), df >= m (Bartlett).
+
+    T_ii = sqrt(chi^2_{df - i}) (i = 0..m-1), T_ij ~ N(0, 1) below the diagonal.
+    """
+    if df < m:
+        raise ValueError(f"Bartlett needs df >= m; got df={df}, m={m}")
+    shape = torch.arange(m, dtype=like.dtype, device=like.device)
+    alpha = ((df - shape) / 2).expand(B, m).contiguous()
+    chi2 = 2.0 * torch._standard_gamma(alpha, generator=generator)
+    Tl = torch.tril(_randn(generator, like, B, m, m), diagonal=-1)
+    return Tl + torch.diag_embed(chi2.sqrt())
+
+
+# ----------------------------------------------------------------------------
+# Helpers
+
+
+def _randn(generator: torch.Generator, like: torch.Tensor, *shape: int) -> torch.Tensor:
+    return torch.randn(*shape, generator=generator, dtype=like.dtype, device=like.device)
+
+
+def _as_matrix(V0, name: str) -> torch.Tensor:
+    """Validate V0 as one (m, m) covariance and return it as a float64 CPU tensor."""
+    V0 = val.check_covariance(V0, name=name)
+    if tuple(V0.shape) != (V0.shape[-1],) * 2:
+        raise ValueError(f"{name} must be a single (m, m) matrix; got shape {tuple(V0.shape)}")
+    if val.is_torch(V0):
+        return V0.detach().to("cpu", torch.float64)
+    return torch.as_tensor(np.asarray(V0, dtype=np.float64))
+
+
+def _check_method(block: Block, method: str) -> str:
+    if not isinstance(block, Block):
+        raise ValueError(f"block must be a shapedsde Block; got {type(block).__name__}")
+    if method == "auto":
+        return "gram" if supports_gram(block) else "full"
+    if method not in ("full", "gram"):
+        raise ValueError(f"method must be 'full', 'gram' or 'auto'; got {method!r}")
+    if method == "gram" and not supports_gram(block):
+        raise ValueError(f"block {block.name!r} has no gram sampler; use method='full'")
+    return method
+
+
+def _record_depths(depth: int, every: int | None) -> list[int]:
+    if every is None:
+        return [depth]
+    depths = list(range(0, depth + 1, every))
+    if depths[-1] != depth:
+        depths.append(depth)
+    return depths
+
+
+def _default_batch(method: str, m: int, n: int, nk: int | None, device: torch.device,
+                   dtype: torch.dtype) -> int:
+    if method == "gram":
+        return GRAM_BATCH_NETS
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    # per network and sub-layer: W^V (n, n), W^Q and W^K (n, nk), a few (m, n) states
+    per_net = itemsize * (n * n + 2 * n * (nk or n) + 8 * m * n)
+    budget = FULL_BATCH_BYTES.get(device.type, FULL_BATCH_BYTES["cpu"])
+    return max(1, budget // per_net)

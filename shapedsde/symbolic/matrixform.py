@@ -1,0 +1,202 @@
+"""Matrix-form derivation of b(V) and Sigma(V), valid for every number of tokens m.
+
+The update rule is written with SymPy matrix expressions (m symbolic):
+
+    V' = lam^2 V + gam^2 A S A^T + lam gam (A M + M^T A^T),
+    S = V + eps xi_S,  M = eps xi_M,  A = I + eps A1 + eps^2 A2,
+
+with the shaped-attention expansion A1 = z P / m, A2 = ((z P) o (z P)) P / (2m)
+(P = I - 11^T/m; proved equal to the per-entry Softmax series in the tests).
+Expanding in eps and applying the Wick rules of `kron` term by term gives
+b = E[D2] and Sigma = Cov[D1, D1] as matrix expressions and Kronecker patterns.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import lru_cache
+
+import sympy as sp
+from sympy.matrices.expressions import MatrixExpr
+
+from .kron import (
+    CovarianceTable,
+    Kron,
+    Linear,
+    covariance,
+    mean_chain,
+    mean_hadamard_square,
+    outer_product_covariances,
+)
+from .layers import GAMMA, LAM, TAU0
+
+M_TOKENS = sp.Symbol("m", integer=True, positive=True)
+V = sp.MatrixSymbol("V", M_TOKENS, M_TOKENS)
+P = sp.MatrixSymbol("P", M_TOKENS, M_TOKENS)  # centring projector I - 11^T/m
+EPS = sp.Symbol("epsilon", positive=True)
+SYMMETRIC = (V, P)
+
+
+@dataclass(frozen=True)
+class MatrixCoefficients:
+    name: str
+    drift: MatrixExpr
+    diffusion: tuple[Kron, ...]
+
+
+def _sources() -> tuple[dict[str, sp.MatrixSymbol], CovarianceTable]:
+    """The layer's noise sources and their covariances, from outer products of
+    Gaussian vectors: xi_S ~ h h^T, xi_M ~ h x^T (value weights), z ~ q k^T / tau0."""
+    names = {"xi_S": ("h", "h"), "xi_M": ("h", "x"), "z": ("q", "k")}
+    vec_cov = {(v, v): V for v in "hxqk"}
+    scale = {"xi_S": sp.Integer(1), "xi_M": sp.Integer(1), "z": 1 / TAU0}
+    table = outer_product_covariances(names, vec_cov, scale)
+    return {s: sp.MatrixSymbol(s, M_TOKENS, M_TOKENS) for s in names}, table
+
+
+def attention_expansion(z: MatrixExpr) -> MatrixExpr:
+    """A = I + Softmax(eps z) - 11^T/m to O(eps^2), in matrix form."""
+    m, zP = M_TOKENS, z * P
+    return (sp.Identity(m) + EPS * zP / m
+            + EPS**2 * sp.HadamardProduct(zP, zP) * P / (2 * m))
+
+
+def update_rule(name: str, src: dict[str, sp.MatrixSymbol]) -> MatrixExpr:
+    """V' for a named block, as a matrix expression in eps."""
+    A = {"linear": lambda: sp.Identity(M_TOKENS),
+         "attention": lambda: attention_expansion(src["z"])}[name]()
+    S = V + EPS * src["xi_S"]
+    M = EPS * src["xi_M"]
+    return LAM**2 * V + GAMMA**2 * A * S * A.T + LAM * GAMMA * (A * M + M.T * A.T)
+
+
+def _symmetrise(expr):
+    """Use V^T = V, P^T = P."""
+    return expr.xreplace({sp.Transpose(s): s for s in SYMMETRIC})
+
+
+def by_order(expr: MatrixExpr) -> dict[int, list[tuple[sp.Expr, list[MatrixExpr]]]]:
+    """Expanded terms grouped by power of eps: {k: [(coef, factors), ...]}."""
+    out: dict[int, list] = {}
+    expr = _symmetrise(sp.expand(expr).doit())
+    for term in sp.Add.make_args(expr) if not isinstance(expr, sp.MatAdd) else expr.args:
+        coef, mat = term.as_coeff_mmul()
+        coef = sp.expand(coef)
+        factors = list(mat.args) if isinstance(mat, sp.MatMul) else [mat]
+        for c in sp.Add.make_args(coef):
+            k = sp.degree(c, EPS)
+            out.setdefault(int(k), []).append((c / EPS**k, factors))
+    return out
+
+
+def _is_source(f: MatrixExpr, src: dict) -> bool:
+    base = f.arg if isinstance(f, sp.Transpose) else f
+    return isinstance(base, sp.MatrixSymbol) and base.name in src
+
+
+def _product(factors: list[MatrixExpr]) -> MatrixExpr:
+    return sp.MatMul(*factors).doit() if factors else sp.Identity(M_TOKENS)
+
+
+def as_linear(coef: sp.Expr, factors: list[MatrixExpr], src: dict) -> Linear:
+    """coef * L G N (or L G^T N) from a factor list with exactly one source."""
+    idx = [i for i, f in enumerate(factors) if _is_source(f, src)]
+    if len(idx) != 1:
+        raise NotImplementedError(f"expected one random factor in {factors}")
+    i = idx[0]
+    f = factors[i]
+    transposed = isinstance(f, sp.Transpose)
+    G = f.arg if transposed else f
+    return Linear(coef, _product(factors[:i]), G, transposed, _product(factors[i + 1:]))
+
+
+def _hadamard_base(f: MatrixExpr) -> MatrixExpr | None:
+    if isinstance(f, sp.HadamardPower) and f.exp == 2:
+        return f.base
+    if isinstance(f, sp.HadamardProduct) and len(f.args) == 2 and f.args[0] == f.args[1]:
+        return f.args[0]
+    return None
+
+
+def expectation(coef: sp.Expr, factors: list[MatrixExpr], src: dict,
+                table: CovarianceTable) -> MatrixExpr:
+    """E[coef * prod(factors)] for a term at most quadratic in the sources."""
+    m = M_TOKENS
+    had = [i for i, f in enumerate(factors) if _hadamard_base(f) is not None]
+    rnd = [i for i, f in enumerate(factors) if _is_source(f, src)]
+    if had and not rnd and len(had) == 1:
+        i = had[0]
+        base = _symmetrise(_hadamard_base(factors[i]))
+        bf = list(base.args) if isinstance(base, sp.MatMul) else [base]
+        c0, rest = sp.Integer(1), bf
+        if bf and not isinstance(bf[0], MatrixExpr):
+            c0, rest = bf[0], bf[1:]
+        t = as_linear(c0, rest, src)
+        inner = mean_hadamard_square(t, table, m)
+        return coef * _product(factors[:i]) * inner * _product(factors[i + 1:])
+    if had:
+        raise NotImplementedError(f"Hadamard term beyond second order: {factors}")
+    if not rnd:
+        return coef * _product(factors)
+    if len(rnd) == 1:
+        return sp.ZeroMatrix(m, m)  # centred sources
+    if len(rnd) == 2:
+        i, j = rnd
+        s1 = as_linear(sp.Integer(1), [factors[i]], src)
+        s2 = as_linear(sp.Integer(1), [factors[j]], src)
+        return mean_chain(coef, _product(factors[:i]), s1, _product(factors[i + 1:j]), s2,
+                          _product(factors[j + 1:]), table, m)
+    raise NotImplementedError(f"term with {len(rnd)} random factors: {factors}")
+
+
+def derive_matrix_form(name: str) -> MatrixCoefficients:
+    """b(V) and Sigma(V) of a named block in matrix form."""
+    src, table = _sources()
+    orders = by_order(update_rule(name, src))
+    zero = sp.ZeroMatrix(M_TOKENS, M_TOKENS)
+    D0 = sum((c * _product(f) for c, f in orders.get(0, [])), zero)
+    if sp.simplify(sp.expand((D0 - V).doit())) not in (zero, 0):
+        D0c = sp.expand(sp.factor_terms(D0 - V))
+        if sp.simplify(D0c.subs(LAM, sp.sqrt(1 - GAMMA**2))) not in (zero, 0):
+            raise AssertionError(f"update is not the identity at eps = 0: {D0}")
+    first = [as_linear(c, f, src) for c, f in orders.get(1, [])]
+    drift = sum((expectation(c, f, src, table) for c, f in orders.get(2, [])), zero)
+    diffusion = [k for t1 in first for t2 in first for k in covariance(t1, t2, table)]
+    return MatrixCoefficients(name, _tidy_matrix(drift), tuple(_collect(diffusion)))
+
+
+def _tidy_matrix(expr: MatrixExpr) -> MatrixExpr:
+    expr = _symmetrise(sp.expand(expr).doit())
+    return _symmetrise(expr.subs(sp.sqrt(1 - GAMMA**2) ** 2, 1 - GAMMA**2))
+
+
+def _collect(terms: list[Kron]) -> list[Kron]:
+    """Merge Kronecker patterns with identical factors and labels."""
+    merged: dict[tuple, sp.Expr] = {}
+    for k in map(_canonical, terms):
+        key = (k.X, k.xl, k.Y, k.yl)
+        merged[key] = merged.get(key, sp.Integer(0)) + k.coef
+    out = []
+    for (X, xl, Y, yl), c in merged.items():
+        c = sp.factor(sp.expand(c).subs(sp.sqrt(1 - GAMMA**2) ** 2, 1 - GAMMA**2))
+        if c != 0:
+            out.append(Kron(c, X, xl, Y, yl))
+    return out
+
+
+def _canonical(k: Kron) -> Kron:
+    """Orient each factor as F^{(a|b)(c|d)} and put the factor carrying a first."""
+    def orient(F: MatrixExpr, labels: tuple[str, str]) -> tuple[MatrixExpr, tuple[str, str]]:
+        F = _tidy_matrix(F)
+        return (F, labels) if labels[0] in "ab" else (_tidy_matrix(F.T), labels[::-1])
+
+    (X, xl), (Y, yl) = orient(k.X, k.xl), orient(k.Y, k.yl)
+    if xl[0] != "a":
+        (X, xl), (Y, yl) = (Y, yl), (X, xl)
+    return Kron(k.coef, X, xl, Y, yl)
+
+
+@lru_cache(maxsize=None)
+def matrix_form(name: str) -> MatrixCoefficients:
+    """Cached `derive_matrix_form`."""
+    return derive_matrix_form(name)
