@@ -9,7 +9,7 @@ the expectations taken by Wick's theorem over the layer's noise.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 import sympy as sp
 
@@ -52,7 +52,7 @@ def _tidy(e: sp.Expr) -> sp.Expr:
     return sp.expand(sp.expand(e).subs(sp.sqrt(1 - GAMMA**2) ** 2, 1 - GAMMA**2))
 
 
-@lru_cache(maxsize=None)
+@cache
 def derive_block(name: str, m: int) -> EntrywiseCoefficients:
     """Cached per-entry coefficients of a named block for m tokens."""
     return derive(layer_model(name, m))

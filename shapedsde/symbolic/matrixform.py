@@ -14,7 +14,7 @@ b = E[D2] and Sigma = Cov[D1, D1] as matrix expressions and Kronecker patterns.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cache
 
 import sympy as sp
 from sympy.matrices.expressions import MatrixExpr
@@ -196,7 +196,7 @@ def _canonical(k: Kron) -> Kron:
     return Kron(k.coef, X, xl, Y, yl)
 
 
-@lru_cache(maxsize=None)
+@cache
 def matrix_form(name: str) -> MatrixCoefficients:
     """Cached `derive_matrix_form`."""
     return derive_matrix_form(name)

@@ -13,7 +13,7 @@ exp(eps zeta_b) / sum_c exp(eps zeta_c), for any order; none is typed in.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import lru_cache
+from functools import cache
 
 import sympy as sp
 
@@ -49,7 +49,7 @@ def _reciprocal(a: Series) -> Series:
     return [sp.expand(c / a[0]) for c in result]
 
 
-@lru_cache(maxsize=None)
+@cache
 def _generic_coefficients(m: int, order: int) -> tuple[tuple[sp.Expr, ...], ...]:
     """Series coefficients of Softmax(eps u)_b in generic symbols u_0..u_{m-1}.
 

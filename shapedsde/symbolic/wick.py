@@ -9,7 +9,7 @@ the components of g with coefficients that may be any SymPy expressions.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import lru_cache
+from functools import cache
 
 import sympy as sp
 
@@ -18,7 +18,7 @@ def isserlis_moment(indices: Sequence[int], cov: sp.Matrix) -> sp.Expr:
     """E[g_{indices[0]} g_{indices[1]} ...] for g ~ N(0, cov)."""
     key = tuple(sorted(indices))
 
-    @lru_cache(maxsize=None)
+    @cache
     def moment(idx: tuple[int, ...]) -> sp.Expr:
         if not idx:
             return sp.Integer(1)

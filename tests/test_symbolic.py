@@ -1,0 +1,114 @@
+"""The derivation engine: Softmax series, Wick moments, width sums, and the
+matrix form proved equal to the per-entry derivation for m = 2, 3, 4."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import sympy as sp
+
+from shapedsde.symbolic.entrywise import derive_block
+from shapedsde.symbolic.evaluate import explicit, explicit_diffusion
+from shapedsde.symbolic.layers import covariance_symbols, shaped_attention_matrix
+from shapedsde.symbolic.matrixform import EPS, M_TOKENS, attention_expansion, matrix_form
+from shapedsde.symbolic.softmax import softmax_expansion
+from shapedsde.symbolic.wick import gaussian_expectation, isserlis_moment
+from shapedsde.symbolic.width_sums import WidthSum, gaussian_vector
+
+
+@pytest.mark.parametrize("m,order", [(2, 2), (3, 2), (4, 3), (3, 4)])
+def test_softmax_series_matches_numeric_softmax(m: int, order: int) -> None:
+    z = sp.symbols(f"z0:{m}")
+    coeffs = softmax_expansion(z, order)
+    f = sp.lambdify([z], [sum(coeffs[k][b] for k in range(order + 1)) for b in range(m)])
+    g = [sp.lambdify([z], list(coeffs[k])) for k in range(order + 1)]
+    zv = np.random.default_rng(m + order).normal(size=m)
+
+    def error(t: float) -> float:
+        approx = np.array([sum(t**k * g[k](zv)[b] for k in range(order + 1)) for b in range(m)])
+        exact = np.exp(t * zv) / np.exp(t * zv).sum()
+        return float(np.abs(approx - exact).max())
+
+    # The remainder is O(t^(order+1)): halving t divides it by ~2^(order+1).
+    ratio = error(0.02) / error(0.01)
+    assert 2 ** (order + 1) * 0.8 < ratio < 2 ** (order + 1) * 1.25
+    assert f(tuple(np.zeros(m))) == pytest.approx([1 / m] * m)
+    for k in range(1, order + 1):  # probabilities keep summing to one
+        assert sp.expand(sum(coeffs[k])) == 0
+
+
+def test_softmax_series_is_shift_invariant() -> None:
+    z = sp.symbols("z0:3")
+    c = sp.Symbol("c")
+    shifted = softmax_expansion([zi + c for zi in z], 3)
+    plain = softmax_expansion(z, 3)
+    assert all(sp.expand(a - b) == 0 for ra, rb in zip(shifted, plain, strict=True)
+               for a, b in zip(ra, rb, strict=True))
+
+
+def test_isserlis_known_moments() -> None:
+    s11, s12, s22 = sp.symbols("s11 s12 s22")
+    C = sp.Matrix([[s11, s12], [s12, s22]])
+    assert isserlis_moment((0, 0, 0, 0), C) == 3 * s11**2
+    assert sp.expand(isserlis_moment((0, 0, 1, 1), C) - (s11 * s22 + 2 * s12**2)) == 0
+    assert isserlis_moment((0, 0, 0), C) == 0
+    assert isserlis_moment((0,) * 6, C) == 15 * s11**3
+    g = sp.symbols("g0:2")
+    # E[(g0 + g1)^2] = s11 + 2 s12 + s22, E[g0^2 g1^2] via the two-argument form
+    assert sp.expand(gaussian_expectation((g[0] + g[1]) ** 2, g, C)
+                     - (s11 + 2 * s12 + s22)) == 0
+    assert sp.expand(gaussian_expectation(g[0] ** 2, g, C, g[1] ** 2)
+                     - (s11 * s22 + 2 * s12**2)) == 0
+
+
+def test_width_sum_gram_covariance_is_wishart() -> None:
+    V = covariance_symbols(2)
+    h, C = gaussian_vector("h", V)
+    hv = sp.Matrix(h)
+    xi, flat, cov = WidthSum(tuple(h), C, {"S": hv * hv.T}).noise()
+    i = {s: k for k, s in enumerate(flat)}
+    for a, b, c, d in [(0, 1, 0, 1), (0, 0, 1, 1), (0, 1, 1, 1)]:
+        expected = V[a, c] * V[b, d] + V[a, d] * V[b, c]
+        assert sp.expand(cov[i[xi["S"][a, b]], i[xi["S"][c, d]]] - expected) == 0
+
+
+@pytest.mark.parametrize("m", [2, 3, 4])
+def test_matrix_form_softmax_expansion_equals_per_entry(m: int) -> None:
+    z = sp.Matrix(m, m, lambda a, b: sp.Symbol(f"z{a}{b}"))
+    per_entry = shaped_attention_matrix(z)
+    zsym = sp.MatrixSymbol("z", M_TOKENS, M_TOKENS)
+    full = explicit(attention_expansion(zsym), m, covariance_symbols(m), z=z)
+    expected = sum((EPS**k * per_entry[k] for k in range(3)), sp.zeros(m, m))
+    assert (full - expected).applyfunc(sp.expand) == sp.zeros(m, m)
+
+
+@pytest.mark.parametrize("name", ["linear", "attention"])
+@pytest.mark.parametrize("m", [2, 3, 4])
+def test_matrix_form_equals_per_entry_derivation(name: str, m: int) -> None:
+    """Symbolic proof for this m: the difference simplifies to exactly zero."""
+    ew = derive_block(name, m)
+    mf = matrix_form(name)
+    assert (explicit(mf.drift, m, ew.V) - ew.drift).applyfunc(sp.expand) == sp.zeros(m, m)
+    diff = explicit_diffusion(mf.diffusion, m, ew.V) - ew.diffusion
+    assert all(sp.expand(x) == 0 for x in sp.flatten(diff.tolist()))
+
+
+@pytest.mark.parametrize("name", ["linear", "attention"])
+def test_diffusion_has_the_covariance_symmetries(name: str) -> None:
+    S = derive_block(name, 3).diffusion
+    for a, b, c, d in [(0, 1, 2, 2), (0, 0, 1, 2), (1, 2, 0, 1)]:
+        assert sp.expand(S[a, b, c, d] - S[b, a, c, d]) == 0
+        assert sp.expand(S[a, b, c, d] - S[c, d, a, b]) == 0
+
+
+def test_linear_block_has_no_drift_and_wishart_diffusion() -> None:
+    """Independent check: X W / sqrt(n) has Gaussian columns, so V' is Wishart-like."""
+    ew = derive_block("linear", 2)
+    g = sp.Symbol("gamma", positive=True)
+    V = ew.V
+    assert ew.drift == sp.zeros(2, 2)
+    k = g**2 * (2 - g**2)
+    assert sp.expand(ew.diffusion[0, 1, 0, 1] - k * (V[0, 0] * V[1, 1] + V[0, 1] ** 2)) == 0
+    assert math.isclose(float(k.subs(g, 1)), 1.0)
