@@ -21,7 +21,7 @@ from typing import Any, ClassVar
 import torch
 
 from . import _validation as val
-from .kernels import kernel
+from .kernels import kernel, noise_group_count
 
 
 @dataclass(frozen=True)
@@ -56,6 +56,26 @@ class Block:
         if check:
             V = val.check_covariance(V)
         return kernel(self.name, "diffusion", V)(V, **self.kernel_params())
+
+    @property
+    def noise_groups(self) -> int | None:
+        """k for `structured_noise` (N has shape (..., k, m, m)), or None without one."""
+        return noise_group_count(self.name)
+
+    def structured_noise(self, V: Any, N: Any, *, check: bool = True) -> Any:
+        """A draw with covariance Sigma(V), from N (..., k, m, m) iid N(0, 1), in O(m^3).
+
+        The factorisation is derived from the Kronecker patterns of Sigma
+        (`shapedsde.symbolic.noise`); its covariance is proved equal to Sigma in tests.
+        """
+        if check:
+            V = val.check_covariance(V)
+            k = self.noise_groups
+            if k is None:
+                raise ValueError(f"block {self.name!r} has no structured noise")
+            if tuple(N.shape[-3:]) != (k, V.shape[-1], V.shape[-1]):
+                raise ValueError(f"N must have shape (..., {k}, m, m); got {tuple(N.shape)}")
+        return kernel(self.name, "noise", V)(V, N, **self.kernel_params())
 
     def branch_mixing(self, X: torch.Tensor, generator: torch.Generator) -> torch.Tensor | None:
         """The token-mixing matrix A of the branch (B, m, m), or None for A = I."""
@@ -113,6 +133,26 @@ class AttentionBlock(Block):
         Q = X @ torch.randn(B, n, nk, **kw) / math.sqrt(n)
         K = X @ torch.randn(B, n, nk, **kw) / math.sqrt(n)
         return (Q @ K.transpose(-1, -2)) / (self.tau0 * math.sqrt(n * nk))
+
+    @property
+    def noise_groups(self) -> int | None:
+        """k for `structured_noise` (N has shape (..., k, m, m)), or None without one."""
+        return noise_group_count(self.name)
+
+    def structured_noise(self, V: Any, N: Any, *, check: bool = True) -> Any:
+        """A draw with covariance Sigma(V), from N (..., k, m, m) iid N(0, 1), in O(m^3).
+
+        The factorisation is derived from the Kronecker patterns of Sigma
+        (`shapedsde.symbolic.noise`); its covariance is proved equal to Sigma in tests.
+        """
+        if check:
+            V = val.check_covariance(V)
+            k = self.noise_groups
+            if k is None:
+                raise ValueError(f"block {self.name!r} has no structured noise")
+            if tuple(N.shape[-3:]) != (k, V.shape[-1], V.shape[-1]):
+                raise ValueError(f"N must have shape (..., {k}, m, m); got {tuple(N.shape)}")
+        return kernel(self.name, "noise", V)(V, N, **self.kernel_params())
 
     def branch_mixing(self, X: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         return shaped_mixing(self.logits(X, generator))

@@ -23,3 +23,10 @@ def kernel(block: str, face: str, V: Any) -> Callable[..., Any]:
     except AttributeError:
         raise ValueError(f"no generated {face} kernel for block {block!r}; "
                          "run `shapedsde derive`") from None
+
+
+def noise_group_count(block: str) -> int | None:
+    """How many m x m Gaussian matrices the block's structured noise takes (None: none)."""
+    from . import _generated_numpy as mod
+
+    return getattr(mod, f"{block.upper()}_NOISE_GROUPS", None)

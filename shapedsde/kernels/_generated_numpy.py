@@ -2,6 +2,8 @@
 
 """numpy kernels for b(V) and Sigma(V), batched over leading axes."""
 
+from math import sqrt
+
 import numpy as np
 
 
@@ -24,6 +26,11 @@ def _kron(spec, X, Y):
     return np.einsum(spec, X, Y)
 
 
+def _sqrt_psd(X):
+    w, Q = np.linalg.eigh(0.5 * (X + _T(X)))
+    return (Q * np.sqrt(np.clip(w, 0, None))[..., None, :]) @ _T(Q)
+
+
 def linear_drift(V, gamma):
     """b(V) of the linear block; V (..., m, m) -> (..., m, m)."""
     m, I, J, P = _setup(V)
@@ -37,6 +44,19 @@ def linear_diffusion(V, gamma):
     return (
         (-gamma**2*(gamma**2 - 2)) * _kron("...ac,...bd->...abcd", V, V)
         + (-gamma**2*(gamma**2 - 2)) * _kron("...ad,...bc->...abcd", V, V)
+    )
+
+
+LINEAR_NOISE_GROUPS = 1
+
+
+def linear_noise(V, N, gamma):
+    """Structured noise of the linear block: N (..., 1, m, m) iid
+    N(0, 1) -> (..., m, m) with covariance Sigma(V); O(m^3) per sample."""
+    m, I, J, P = _setup(V)
+    R = _sqrt_psd(V)
+    return (
+        (gamma*sqrt(2 - gamma**2)) * (R @ (N[..., 0, :, :] + _T(N[..., 0, :, :])) @ _T(R)) / 2**0.5
     )
 
 
@@ -66,4 +86,20 @@ def attention_diffusion(V, gamma, tau0):
         + (gamma**4/(m**2*tau0**2)) * _kron("...ad,...bc->...abcd", _e0, V)
         + (gamma**4/(m**2*tau0**2)) * _kron("...ad,...bc->...abcd", V, _e0)
         + (gamma**4/(m**2*tau0**2)) * _kron("...ac,...bd->...abcd", V, _e0)
+    )
+
+
+ATTENTION_NOISE_GROUPS = 2
+
+
+def attention_noise(V, N, gamma, tau0):
+    """Structured noise of the attention block: N (..., 2, m, m) iid
+    N(0, 1) -> (..., m, m) with covariance Sigma(V); O(m^3) per sample."""
+    m, I, J, P = _setup(V)
+    R = _sqrt_psd(V)
+    _e0 = V @ P @ R
+    _g1 = _e0 @ N[..., 1, :, :] @ _T(R)
+    return (
+        (gamma*sqrt(2 - gamma**2)) * (R @ (N[..., 0, :, :] + _T(N[..., 0, :, :])) @ _T(R)) / 2**0.5
+        + (gamma**2/(m*tau0)) * (_g1 + _T(_g1))
     )

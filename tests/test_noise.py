@@ -1,0 +1,62 @@
+"""Structured noise: its covariance equals Sigma exactly, symbolically and numerically."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+import shapedsde
+from shapedsde.symbolic.matrixform import matrix_form
+from shapedsde.symbolic.noise import noise_covariance, noise_groups
+
+PARAMS = {"linear": {"gamma": 0.6}, "attention": {"gamma": 0.8, "tau0": 0.7}}
+
+
+def _key(k):
+    return (str(k.X), k.xl, str(k.Y), k.yl, str(k.coef))
+
+
+@pytest.mark.parametrize("name", ["linear", "attention"])
+def test_noise_covariance_equals_sigma_symbolically(name: str) -> None:
+    """For every m: the Wick covariance of the factorised noise is Sigma's pattern list."""
+    c = matrix_form(name)
+    groups = noise_groups(c)
+    assert groups is not None
+    assert sorted(map(_key, noise_covariance(groups))) == sorted(map(_key, c.diffusion))
+
+
+def exact_noise_covariance(blk, V: np.ndarray) -> np.ndarray:
+    """Cov of the noise map N -> noise(V, N), exactly: it is linear, so J^T J."""
+    m, k = V.shape[-1], blk.noise_groups
+    basis = np.eye(k * m * m).reshape(k * m * m, k, m, m)
+    jac = blk.structured_noise(np.broadcast_to(V, (k * m * m, m, m)), basis, check=False)
+    jac = jac.reshape(k * m * m, m * m)
+    return jac.T @ jac
+
+
+@pytest.mark.parametrize("name", ["linear", "attention"])
+@pytest.mark.parametrize("m", [2, 3, 8, 32])
+def test_noise_covariance_equals_sigma_numerically(name: str, m: int) -> None:
+    blk = shapedsde.block(name, **PARAMS[name])
+    G = np.random.default_rng(m).normal(size=(m, m + 3))
+    V = G @ G.T / (m + 3)
+    S = blk.diffusion(V).reshape(m * m, m * m)
+    np.testing.assert_allclose(exact_noise_covariance(blk, V), S, atol=1e-11 * np.abs(S).max())
+
+
+def test_noise_handles_singular_V_and_torch_batches() -> None:
+    blk = shapedsde.block("attention", **PARAMS["attention"])
+    V = np.ones((3, 3))  # rank one: the square root must not fail
+    S = blk.diffusion(V).reshape(9, 9)
+    np.testing.assert_allclose(exact_noise_covariance(blk, V), S, atol=1e-10)
+    Vt = torch.eye(4, dtype=torch.float64).expand(5, 4, 4)
+    N = torch.randn(5, 2, 4, 4, dtype=torch.float64)
+    out = blk.structured_noise(Vt, N)
+    assert out.shape == (5, 4, 4) and torch.allclose(out, out.transpose(-1, -2))
+
+
+def test_noise_rejects_wrong_shape() -> None:
+    blk = shapedsde.block("attention", **PARAMS["attention"])
+    with pytest.raises(ValueError, match="N must have shape"):
+        blk.structured_noise(np.eye(3), np.zeros((1, 3, 3)))
