@@ -78,7 +78,8 @@ class Block:
         return kernel(self.name, "noise", V)(V, N, **self.kernel_params())
 
     def branch_mixing(self, X: torch.Tensor, generator: torch.Generator) -> torch.Tensor | None:
-        """The token-mixing matrix A of the branch (B, m, m), or None for A = I."""
+        """The token-mixing matrix A of the branch: (B, m, m), (B, H, m, m) with one
+        matrix per head (head h mixes the value columns of block h), or None for A = I."""
         return None
 
     def finite(self, X: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -86,9 +87,8 @@ class Block:
         _check_hidden(X)
         B, m, n = X.shape
         A = self.branch_mixing(X, generator)
-        AX = X if A is None else A @ X
         WV = torch.randn(B, n, n, generator=generator, device=X.device, dtype=X.dtype)
-        return self.lam * X + self.gamma * (AX @ WV) / math.sqrt(n)
+        return self.lam * X + self.gamma * apply_mixing(A, X @ WV) / math.sqrt(n)
 
     def symbolic(self, m: int):
         """The update rule as a symbolic `LayerModel` for m tokens."""
@@ -109,30 +109,38 @@ class AttentionBlock(Block):
     """Shaped attention: Branch(X) = A X W^V / sqrt(n), A = I + Softmax(Y/tau) - 11^T/m.
 
     Y = (X W^Q / sqrt(n)) (X W^K / sqrt(n))^T with W^Q, W^K in R^{n x nk}, and
-    tau = tau0 sqrt(n nk). `nk` is used only by `finite`; None means nk = n.
+    tau = tau0 sqrt(n nk). `nk` (per head) is used only by `finite`; None means
+    nk = n. With `heads` = n_H > 1, head h has its own W^Q_h, W^K_h and mixes the
+    value columns of block h (width n / n_H, so n must be a multiple of n_H).
     """
 
     tau0: float = 1.0
     nk: int | None = field(default=None)
+    heads: int = 1
     name: ClassVar[str] = "attention"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         object.__setattr__(self, "tau0", val.check_tau0(self.tau0))
+        object.__setattr__(self, "heads", val.check_positive_int("heads", self.heads))
         if self.nk is not None:
             object.__setattr__(self, "nk", val.check_positive_int("nk", self.nk))
 
     def kernel_params(self) -> dict[str, float]:
-        return {"gamma": self.gamma, "tau0": self.tau0}
+        return {"gamma": self.gamma, "tau0": self.tau0, "heads": self.heads}
 
     def logits(self, X: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """Z = Y / tau, shape (B, m, m)."""
+        """Z = Y / tau, shape (B, m, m), or (B, H, m, m) with H = heads > 1."""
         B, m, n = X.shape
-        nk = self.nk or n
+        H, nk = self.heads, self.nk or n
+        if n % H:
+            raise ValueError(f"width n = {n} must be a multiple of heads = {H}")
         kw = dict(generator=generator, device=X.device, dtype=X.dtype)
-        Q = X @ torch.randn(B, n, nk, **kw) / math.sqrt(n)
-        K = X @ torch.randn(B, n, nk, **kw) / math.sqrt(n)
-        return (Q @ K.transpose(-1, -2)) / (self.tau0 * math.sqrt(n * nk))
+        Xh = X[:, None]  # (B, 1, m, n): broadcast over heads
+        Q = Xh @ torch.randn(B, H, n, nk, **kw) / math.sqrt(n)
+        K = Xh @ torch.randn(B, H, n, nk, **kw) / math.sqrt(n)
+        Z = (Q @ K.transpose(-1, -2)) / (self.tau0 * math.sqrt(n * nk))
+        return Z[:, 0] if H == 1 else Z
 
     @property
     def noise_groups(self) -> int | None:
@@ -178,6 +186,17 @@ def block(name: str, **params: Any) -> Block:
         return cls(**params)
     except TypeError as err:
         raise ValueError(f"bad parameters for block {name!r}: {err}") from None
+
+
+def apply_mixing(A: torch.Tensor | None, Y: torch.Tensor) -> torch.Tensor:
+    """A Y for Y (B, m, n); with per-head A (B, H, m, m), head h acts on column block h."""
+    if A is None:
+        return Y
+    if A.ndim == 3:
+        return A @ Y
+    B, H, m, _ = A.shape
+    Yh = Y.reshape(B, m, H, Y.shape[-1] // H)
+    return torch.einsum("bhij,bjhk->bihk", A, Yh).reshape(Y.shape)
 
 
 def _check_hidden(X: torch.Tensor) -> None:

@@ -9,9 +9,9 @@ import torch
 import shapedsde
 from shapedsde.codegen import regenerate
 from shapedsde.symbolic.entrywise import derive_block
-from shapedsde.symbolic.layers import GAMMA, TAU0
+from shapedsde.symbolic.layers import GAMMA, HEADS, TAU0
 
-PARAMS = {"linear": {"gamma": 0.6}, "attention": {"gamma": 0.8, "tau0": 0.7}}
+PARAMS = {"linear": {"gamma": 0.6}, "attention": {"gamma": 0.8, "tau0": 0.7, "heads": 2}}
 
 
 def random_cov(m: int, seed: int, batch: tuple[int, ...] = ()) -> np.ndarray:
@@ -31,7 +31,7 @@ def test_kernels_match_per_entry_derivation(name: str, m: int) -> None:
     p = PARAMS[name]
     Vn = random_cov(m, seed=m)
     subs = {ew.V[a, b]: Vn[a, b] for a in range(m) for b in range(m)}
-    subs |= {GAMMA: p["gamma"], TAU0: p.get("tau0", 1.0)}
+    subs |= {GAMMA: p["gamma"], TAU0: p.get("tau0", 1.0), HEADS: p.get("heads", 1)}
     drift = np.array(ew.drift.subs(subs).tolist(), dtype=float)
     diffusion = np.array(ew.diffusion.subs(subs).tolist(), dtype=float)
     blk = shapedsde.block(name, **p)
@@ -70,3 +70,13 @@ def test_attention_terms_vanish_as_tau0_grows() -> None:
     lin = shapedsde.block("linear", gamma=0.8)
     np.testing.assert_allclose(att.drift(V), lin.drift(V), atol=1e-10)
     np.testing.assert_allclose(att.diffusion(V), lin.diffusion(V), atol=1e-10)
+
+
+def test_heads_divide_only_the_attention_diffusion() -> None:
+    """Multi-head: same drift; the attention part of Sigma scales as 1/n_H."""
+    V = random_cov(3, seed=4)
+    lin = shapedsde.block("linear", gamma=0.8).diffusion(V)
+    one, four = (shapedsde.block("attention", gamma=0.8, tau0=0.7, heads=h) for h in (1, 4))
+    np.testing.assert_allclose(one.drift(V), four.drift(V), rtol=1e-13)
+    np.testing.assert_allclose(four.diffusion(V) - lin, (one.diffusion(V) - lin) / 4,
+                               rtol=1e-12, atol=1e-14)

@@ -60,7 +60,7 @@ def linear_noise(V, N, gamma):
     )
 
 
-def attention_drift(V, gamma, tau0):
+def attention_drift(V, gamma, tau0, heads):
     """b(V) of the attention block; V (..., m, m) -> (..., m, m)."""
     m, I, J, P = _setup(V)
     _e1 = P @ V @ P @ V
@@ -75,24 +75,24 @@ def attention_drift(V, gamma, tau0):
     return _e8
 
 
-def attention_diffusion(V, gamma, tau0):
+def attention_diffusion(V, gamma, tau0, heads):
     """Sigma(V) of the attention block; V (..., m, m) -> (..., m, m, m, m)."""
     m, I, J, P = _setup(V)
     _e0 = V @ P @ V @ P @ V
     return (
         (-gamma**2*(gamma**2 - 2)) * _kron("...ac,...bd->...abcd", V, V)
         + (-gamma**2*(gamma**2 - 2)) * _kron("...ad,...bc->...abcd", V, V)
-        + (gamma**4/(m**2*tau0**2)) * _kron("...ac,...bd->...abcd", _e0, V)
-        + (gamma**4/(m**2*tau0**2)) * _kron("...ad,...bc->...abcd", _e0, V)
-        + (gamma**4/(m**2*tau0**2)) * _kron("...ad,...bc->...abcd", V, _e0)
-        + (gamma**4/(m**2*tau0**2)) * _kron("...ac,...bd->...abcd", V, _e0)
+        + (gamma**4/(heads*m**2*tau0**2)) * _kron("...ac,...bd->...abcd", _e0, V)
+        + (gamma**4/(heads*m**2*tau0**2)) * _kron("...ad,...bc->...abcd", _e0, V)
+        + (gamma**4/(heads*m**2*tau0**2)) * _kron("...ad,...bc->...abcd", V, _e0)
+        + (gamma**4/(heads*m**2*tau0**2)) * _kron("...ac,...bd->...abcd", V, _e0)
     )
 
 
 ATTENTION_NOISE_GROUPS = 2
 
 
-def attention_noise(V, N, gamma, tau0):
+def attention_noise(V, N, gamma, tau0, heads):
     """Structured noise of the attention block: N (..., 2, m, m) iid
     N(0, 1) -> (..., m, m) with covariance Sigma(V); O(m^3) per sample."""
     m, I, J, P = _setup(V)
@@ -101,5 +101,5 @@ def attention_noise(V, N, gamma, tau0):
     _g1 = _e0 @ N[..., 1, :, :] @ _T(R)
     return (
         (gamma*sqrt(2 - gamma**2)) * (R @ (N[..., 0, :, :] + _T(N[..., 0, :, :])) @ _T(R)) / 2**0.5
-        + (gamma**2/(m*tau0)) * (_g1 + _T(_g1))
+        + (gamma**2/(sqrt(heads)*m*tau0)) * (_g1 + _T(_g1))
     )

@@ -2,8 +2,9 @@
 
 With dV = V' - V = eps D1 + eps^2 D2 + O(eps^3) and eps^2 = 1/n,
     b(V)            = lim n E[dV]        = E[D2]   (and E[D1] must vanish),
-    Sigma^{ab,cd}(V) = lim n Cov[dV]     = E[D1^{ab} D1^{cd}],
-the expectations taken by Wick's theorem over the layer's noise.
+    Sigma^{ab,cd}(V) = lim n Cov[dV]     = E[D1^{ab} D1^{cd}] / heads,
+the expectations taken by Wick's theorem over the layer's noise (`heads` iid
+copies averaged, for multi-head attention, divide the covariance).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ def derive(model) -> EntrywiseCoefficients:
     entries: dict[tuple[int, int], sp.Expr] = {}
     for i in range(m * m):
         for j in range(i, m * m):
-            entries[i, j] = entries[j, i] = _tidy(E(flat[i], flat[j]))
+            entries[i, j] = entries[j, i] = _tidy(E(flat[i], flat[j]) / model.heads)
     diffusion = sp.Array([entries[i, j] for i in range(m * m) for j in range(m * m)],
                          (m, m, m, m))
     return EntrywiseCoefficients(model.V, drift, diffusion)

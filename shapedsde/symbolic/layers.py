@@ -17,6 +17,12 @@ fixed columns enters; x is represented by an independent N(0, V) draw, which
 has the same second moments. The shaped attention matrix is
 A = I + Softmax(Z) - 11^T/m with Z = Y / (tau0 sqrt(n nk)) = eps z, where
 z = nk^{-1/2} sum_k q_k k_k^T / tau0 and q_k, k_k iid N(0, V).
+
+Multi-head attention with n_H heads: head h owns the value columns of block h
+(width n / n_H) and its own logits, so V' - V is the average over heads of n_H iid
+copies U_h of a single-head update whose value sums run over n / n_H columns:
+their fluctuations are sqrt(n_H) times larger. The mean of the average is the
+mean of one copy; its covariance is Cov(U_h) / n_H (`LayerModel.heads`).
 """
 
 from __future__ import annotations
@@ -31,13 +37,17 @@ from .width_sums import WidthSum, gaussian_vector, independent
 EPS = sp.Symbol("epsilon", positive=True)  # n^{-1/2}
 GAMMA = sp.Symbol("gamma", positive=True)
 TAU0 = sp.Symbol("tau_0", positive=True)
+HEADS = sp.Symbol("n_H", positive=True)
 LAM = sp.sqrt(1 - GAMMA**2)
 ORDER = 2  # eps^2 = 1/n: enough for the drift; eps^1 gives the diffusion
 
 
 @dataclass
 class LayerModel:
-    """V' = sum_k eps^k series[k], polynomial in `noise` ~ N(0, noise_cov)."""
+    """V' = sum_k eps^k series[k], polynomial in `noise` ~ N(0, noise_cov).
+
+    With `heads` != 1, V' - V is the average of `heads` iid copies of that update.
+    """
 
     name: str
     V: sp.Matrix
@@ -45,6 +55,7 @@ class LayerModel:
     noise: list[sp.Symbol]
     noise_cov: sp.Matrix
     params: tuple[sp.Symbol, ...] = field(default=(GAMMA,))
+    heads: sp.Expr = sp.Integer(1)
 
     @property
     def m(self) -> int:
@@ -71,12 +82,17 @@ def _linear(M: sp.Matrix) -> list[sp.Matrix]:
     return [sp.zeros(*M.shape), M] + [sp.zeros(*M.shape)] * (ORDER - 1)
 
 
-def _residual_update(V: sp.Matrix, A: list[sp.Matrix], value: WidthSum
+def _residual_update(V: sp.Matrix, A: list[sp.Matrix], value: WidthSum,
+                     scale: sp.Expr = sp.S.One
                      ) -> tuple[list[sp.Matrix], list[sp.Symbol], sp.Matrix]:
-    """V' = lam^2 V + gam^2 A S A^T + lam gam (A M + M^T A^T) as a series in eps."""
+    """V' = lam^2 V + gam^2 A S A^T + lam gam (A M + M^T A^T) as a series in eps.
+
+    `scale` multiplies the value-sum fluctuations (sqrt(n_H) for a head's n/n_H columns).
+    """
     xi, noise, cov = value.noise()
-    S = [value.mean("S") + sp.zeros(*V.shape), xi["S"]] + [sp.zeros(*V.shape)] * (ORDER - 1)
-    M = _linear(xi["M"])
+    S = [value.mean("S") + sp.zeros(*V.shape), scale * xi["S"]]
+    S += [sp.zeros(*V.shape)] * (ORDER - 1)
+    M = _linear(scale * xi["M"])
     At = [a.T for a in A]
     ASA = _mul(_mul(A, S), At)
     AM = _mul(A, M)
@@ -110,7 +126,7 @@ def shaped_attention_matrix(z: sp.Matrix) -> list[sp.Matrix]:
 
 
 def attention_layer(m: int) -> LayerModel:
-    """Shaped attention sub-layer (single head)."""
+    """Shaped attention sub-layer with n_H heads (n_H = 1: single head)."""
     V = covariance_symbols(m)
     q, Vq = gaussian_vector("q", V)
     k, Vk = gaussian_vector("k", V)
@@ -120,9 +136,9 @@ def attention_layer(m: int) -> LayerModel:
     if any(e != 0 for e in logits.mean("z")):
         raise AssertionError("logits must be centred")  # they are: q, k independent
     A = shaped_attention_matrix(zsym["z"])
-    series, noise, cov = _residual_update(V, A, _value_noise(V))
+    series, noise, cov = _residual_update(V, A, _value_noise(V), sp.sqrt(HEADS))
     return LayerModel("attention", V, series, znoise + noise, sp.diag(zcov, cov),
-                      params=(GAMMA, TAU0))
+                      params=(GAMMA, TAU0, HEADS), heads=HEADS)
 
 
 LAYERS = {"linear": linear_layer, "attention": attention_layer}

@@ -5,7 +5,9 @@ The update rule is written with SymPy matrix expressions (m symbolic):
     V' = lam^2 V + gam^2 A S A^T + lam gam (A M + M^T A^T),
     S = V + eps xi_S,  M = eps xi_M,  A = I + eps A1 + eps^2 A2,
 
-with the shaped-attention expansion A1 = z P / m, A2 = ((z P) o (z P)) P / (2m)
+(one head's copy; with n_H heads the value fluctuations carry sqrt(n_H) and the
+covariance of the head average is divided by n_H), with the shaped-attention
+expansion A1 = z P / m, A2 = ((z P) o (z P)) P / (2m)
 (P = I - 11^T/m; proved equal to the per-entry Softmax series in the tests).
 Expanding in eps and applying the Wick rules of `kron` term by term gives
 b = E[D2] and Sigma = Cov[D1, D1] as matrix expressions and Kronecker patterns.
@@ -28,7 +30,7 @@ from .kron import (
     mean_hadamard_square,
     outer_product_covariances,
 )
-from .layers import GAMMA, LAM, TAU0
+from .layers import GAMMA, HEADS, LAM, TAU0
 
 M_TOKENS = sp.Symbol("m", integer=True, positive=True)
 V = sp.MatrixSymbol("V", M_TOKENS, M_TOKENS)
@@ -61,12 +63,17 @@ def attention_expansion(z: MatrixExpr) -> MatrixExpr:
             + EPS**2 * sp.HadamardProduct(zP, zP) * P / (2 * m))
 
 
+#: Number of iid copies averaged per update (multi-head: one per head).
+HEAD_COUNT = {"linear": sp.Integer(1), "attention": HEADS}
+
+
 def update_rule(name: str, src: dict[str, sp.MatrixSymbol]) -> MatrixExpr:
-    """V' for a named block, as a matrix expression in eps."""
+    """V' for a named block (one head's copy), as a matrix expression in eps."""
     A = {"linear": lambda: sp.Identity(M_TOKENS),
          "attention": lambda: attention_expansion(src["z"])}[name]()
-    S = V + EPS * src["xi_S"]
-    M = EPS * src["xi_M"]
+    scale = sp.sqrt(HEAD_COUNT[name])  # a head's value sums run over n / n_H columns
+    S = V + EPS * scale * src["xi_S"]
+    M = EPS * scale * src["xi_M"]
     return LAM**2 * V + GAMMA**2 * A * S * A.T + LAM * GAMMA * (A * M + M.T * A.T)
 
 
@@ -161,7 +168,8 @@ def derive_matrix_form(name: str) -> MatrixCoefficients:
             raise AssertionError(f"update is not the identity at eps = 0: {D0}")
     first = [as_linear(c, f, src) for c, f in orders.get(1, [])]
     drift = sum((expectation(c, f, src, table) for c, f in orders.get(2, [])), zero)
-    diffusion = [k for t1 in first for t2 in first for k in covariance(t1, t2, table)]
+    diffusion = [Kron(k.coef / HEAD_COUNT[name], k.X, k.xl, k.Y, k.yl)
+                 for t1 in first for t2 in first for k in covariance(t1, t2, table)]
     return MatrixCoefficients(name, _tidy_matrix(drift), tuple(_collect(diffusion)))
 
 
