@@ -166,6 +166,48 @@ class AttentionBlock(Block):
         return shaped_mixing(self.logits(X, generator))
 
 
+@dataclass(frozen=True)
+class MlpBlock(Block):
+    """Shaped ReLU MLP: Branch(X) = sqrt(c/n) phi(X W^pre / sqrt(n)) W^post.
+
+    phi(x) = s_+ max(x, 0) + s_- min(x, 0), s_pm = 1 + c_pm / sqrt(n),
+    c = 2 / (s_+^2 + s_-^2); W^pre, W^post in R^{n x n}. gamma = 1 (lam = 0) is the
+    MLP without residual, Li-Nica-Roy's neural covariance SDE.
+    """
+
+    c_plus: float = 0.0
+    c_minus: float = -1.0
+    name: ClassVar[str] = "mlp"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        for attr in ("c_plus", "c_minus"):
+            object.__setattr__(self, attr, val._finite_scalar(attr, getattr(self, attr)))
+
+    def kernel_params(self) -> dict[str, float]:
+        return {"gamma": self.gamma, "c_plus": self.c_plus, "c_minus": self.c_minus}
+
+    def activation_input(self, X: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """G = X W^pre / sqrt(n), shape (B, m, n)."""
+        B, m, n = X.shape
+        W = torch.randn(B, n, n, generator=generator, device=X.device, dtype=X.dtype)
+        return X @ W / math.sqrt(n)
+
+    def activation(self, G: torch.Tensor) -> torch.Tensor:
+        """sqrt(c) phi(G) at width n = G.shape[-1]."""
+        n = G.shape[-1]
+        sp_, sm_ = 1 + self.c_plus / math.sqrt(n), 1 + self.c_minus / math.sqrt(n)
+        c = 2.0 / (sp_**2 + sm_**2)
+        return math.sqrt(c) * (sp_ * G.clamp_min(0) + sm_ * G.clamp_max(0))
+
+    def finite(self, X: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        _check_hidden(X)
+        B, m, n = X.shape
+        U = self.activation(self.activation_input(X, generator))
+        W = torch.randn(B, n, n, generator=generator, device=X.device, dtype=X.dtype)
+        return self.lam * X + self.gamma * (U @ W) / math.sqrt(n)
+
+
 def shaped_mixing(Z: torch.Tensor) -> torch.Tensor:
     """A = I + Softmax(Z) - 11^T/m (row-wise Softmax), for logits Z of shape (..., m, m)."""
     m = Z.shape[-1]
@@ -173,7 +215,8 @@ def shaped_mixing(Z: torch.Tensor) -> torch.Tensor:
     return eye + torch.softmax(Z, dim=-1) - 1.0 / m
 
 
-BLOCKS: dict[str, type[Block]] = {cls.name: cls for cls in (LinearBlock, AttentionBlock)}
+BLOCKS: dict[str, type[Block]] = {
+    cls.name: cls for cls in (LinearBlock, AttentionBlock, MlpBlock)}
 
 
 def block(name: str, **params: Any) -> Block:

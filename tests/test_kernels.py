@@ -9,9 +9,10 @@ import torch
 import shapedsde
 from shapedsde.codegen import regenerate
 from shapedsde.symbolic.entrywise import derive_block
-from shapedsde.symbolic.layers import GAMMA, HEADS, TAU0
+from shapedsde.symbolic.layers import C_MINUS, C_PLUS, GAMMA, HEADS, TAU0
 
-PARAMS = {"linear": {"gamma": 0.6}, "attention": {"gamma": 0.8, "tau0": 0.7, "heads": 2}}
+PARAMS = {"linear": {"gamma": 0.6}, "attention": {"gamma": 0.8, "tau0": 0.7, "heads": 2},
+          "mlp": {"gamma": 0.7, "c_plus": 0.5, "c_minus": -1.5}}
 
 
 def random_cov(m: int, seed: int, batch: tuple[int, ...] = ()) -> np.ndarray:
@@ -24,15 +25,16 @@ def test_generated_artifacts_are_fresh() -> None:
     assert not stale, f"stale generated files {stale}: run `shapedsde derive`"
 
 
-@pytest.mark.parametrize("name", ["linear", "attention"])
+@pytest.mark.parametrize("name", ["linear", "attention", "mlp"])
 @pytest.mark.parametrize("m", [2, 3, 4])
 def test_kernels_match_per_entry_derivation(name: str, m: int) -> None:
     ew = derive_block(name, m)
     p = PARAMS[name]
     Vn = random_cov(m, seed=m)
     subs = {ew.V[a, b]: Vn[a, b] for a in range(m) for b in range(m)}
-    subs |= {GAMMA: p["gamma"], TAU0: p.get("tau0", 1.0), HEADS: p.get("heads", 1)}
-    drift = np.array(ew.drift.subs(subs).tolist(), dtype=float)
+    subs |= {GAMMA: p["gamma"], TAU0: p.get("tau0", 1.0), HEADS: p.get("heads", 1),
+             C_PLUS: p.get("c_plus", 0.0), C_MINUS: p.get("c_minus", 0.0)}
+    drift = np.array(ew.drift.subs(subs).evalf().tolist(), dtype=float)
     diffusion = np.array(ew.diffusion.subs(subs).tolist(), dtype=float)
     blk = shapedsde.block(name, **p)
     np.testing.assert_allclose(blk.drift(Vn), drift, rtol=1e-12, atol=1e-12)
@@ -42,7 +44,7 @@ def test_kernels_match_per_entry_derivation(name: str, m: int) -> None:
     np.testing.assert_allclose(blk.diffusion(Vt).numpy(), diffusion, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("name", ["linear", "attention"])
+@pytest.mark.parametrize("name", ["linear", "attention", "mlp"])
 def test_kernels_batch_over_leading_axes(name: str) -> None:
     blk = shapedsde.block(name, **PARAMS[name])
     V = random_cov(5, seed=1, batch=(2, 3))

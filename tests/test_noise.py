@@ -10,14 +10,15 @@ import shapedsde
 from shapedsde.symbolic.matrixform import matrix_form
 from shapedsde.symbolic.noise import noise_covariance, noise_groups
 
-PARAMS = {"linear": {"gamma": 0.6}, "attention": {"gamma": 0.8, "tau0": 0.7}}
+PARAMS = {"linear": {"gamma": 0.6}, "attention": {"gamma": 0.8, "tau0": 0.7},
+          "mlp": {"gamma": 0.7, "c_plus": 0.5, "c_minus": -1.5}}
 
 
 def _key(k):
     return (str(k.X), k.xl, str(k.Y), k.yl, str(k.coef))
 
 
-@pytest.mark.parametrize("name", ["linear", "attention"])
+@pytest.mark.parametrize("name", ["linear", "attention", "mlp"])
 def test_noise_covariance_equals_sigma_symbolically(name: str) -> None:
     """For every m: the Wick covariance of the factorised noise is Sigma's pattern list."""
     c = matrix_form(name)
@@ -35,7 +36,7 @@ def exact_noise_covariance(blk, V: np.ndarray) -> np.ndarray:
     return jac.T @ jac
 
 
-@pytest.mark.parametrize("name", ["linear", "attention"])
+@pytest.mark.parametrize("name", ["linear", "attention", "mlp"])
 @pytest.mark.parametrize("m", [2, 3, 8, 32])
 def test_noise_covariance_equals_sigma_numerically(name: str, m: int) -> None:
     blk = shapedsde.block(name, **PARAMS[name])

@@ -84,18 +84,18 @@ def test_matrix_form_softmax_expansion_equals_per_entry(m: int) -> None:
     assert (full - expected).applyfunc(sp.expand) == sp.zeros(m, m)
 
 
-@pytest.mark.parametrize("name", ["linear", "attention"])
+@pytest.mark.parametrize("name", ["linear", "attention", "mlp"])
 @pytest.mark.parametrize("m", [2, 3, 4])
 def test_matrix_form_equals_per_entry_derivation(name: str, m: int) -> None:
     """Symbolic proof for this m: the difference simplifies to exactly zero."""
     ew = derive_block(name, m)
     mf = matrix_form(name)
-    assert (explicit(mf.drift, m, ew.V) - ew.drift).applyfunc(sp.expand) == sp.zeros(m, m)
+    assert (explicit(mf.drift, m, ew.V) - ew.drift).applyfunc(sp.simplify) == sp.zeros(m, m)
     diff = explicit_diffusion(mf.diffusion, m, ew.V) - ew.diffusion
     assert all(sp.expand(x) == 0 for x in sp.flatten(diff.tolist()))
 
 
-@pytest.mark.parametrize("name", ["linear", "attention"])
+@pytest.mark.parametrize("name", ["linear", "attention", "mlp"])
 def test_diffusion_has_the_covariance_symmetries(name: str) -> None:
     S = derive_block(name, 3).diffusion
     for a, b, c, d in [(0, 1, 2, 2), (0, 0, 1, 2), (1, 2, 0, 1)]:
@@ -112,3 +112,32 @@ def test_linear_block_has_no_drift_and_wishart_diffusion() -> None:
     k = g**2 * (2 - g**2)
     assert sp.expand(ew.diffusion[0, 1, 0, 1] - k * (V[0, 0] * V[1, 1] + V[0, 1] ** 2)) == 0
     assert math.isclose(float(k.subs(g, 1)), 1.0)
+
+
+def test_activation_kernel_is_the_arc_cosine_kernel_for_relu() -> None:
+    """Independent check of the integration: ReLU (s_+ = 1, s_- = 0) gives Cho & Saul's
+    arc-cosine kernel of degree 1, and the identity (s_pm = 1) gives rho."""
+    from shapedsde.symbolic.activation import RHO, S_MINUS, S_PLUS, V_AA, V_BB, activation_kernel
+
+    k = activation_kernel().subs({V_AA: 1, V_BB: 1})
+    relu = (sp.sqrt(1 - RHO**2) + (sp.pi - sp.acos(RHO)) * RHO) / (2 * sp.pi)
+    assert sp.simplify(k.subs({S_PLUS: 1, S_MINUS: 0}) - relu) == 0
+    assert sp.simplify(k.subs({S_PLUS: 1, S_MINUS: 1}) - RHO) == 0
+
+
+def test_activation_kernel_against_quadrature() -> None:
+    from scipy import integrate
+
+    from shapedsde.symbolic.activation import RHO, S_MINUS, S_PLUS, V_AA, V_BB, activation_kernel
+
+    vals = {V_AA: 1.3, V_BB: 0.7, RHO: -0.4, S_PLUS: 1.2, S_MINUS: 0.3}
+    f = float(activation_kernel().subs(vals))
+    s1, s2, r = 1.3**0.5, 0.7**0.5, -0.4
+    phi = lambda x: 1.2 * max(x, 0) + 0.3 * min(x, 0)  # noqa: E731
+
+    def integrand(u: float, v: float) -> float:
+        x, y = s1 * u, s2 * (r * u + (1 - r * r) ** 0.5 * v)
+        return phi(x) * phi(y) * np.exp(-(u * u + v * v) / 2) / (2 * np.pi)
+
+    q, _ = integrate.dblquad(integrand, -9, 9, -9, 9, epsabs=1e-10)
+    assert abs(q - f) < 1e-6

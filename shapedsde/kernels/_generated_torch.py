@@ -2,7 +2,7 @@
 
 """torch kernels for b(V) and Sigma(V), batched over leading axes."""
 
-from math import sqrt
+from math import pi, sqrt
 
 import torch
 
@@ -29,6 +29,17 @@ def _kron(spec, X, Y):
 def _sqrt_psd(X):
     w, Q = torch.linalg.eigh(0.5 * (X + _T(X)))
     return (Q * w.clamp_min(0).sqrt()[..., None, :]) @ _T(Q)
+
+
+_sqrt, _acos = torch.sqrt, torch.acos
+
+
+def _entrywise(V, f):
+    """f(V^aa, V^bb, rho^ab) entry by entry, rho clipped to [-1, 1]."""
+    d = torch.diagonal(V, 0, -2, -1)
+    Vaa, Vbb = d[..., :, None], d[..., None, :]
+    scale = (Vaa * Vbb).clamp_min(torch.finfo(V.dtype).tiny).sqrt()
+    return f(Vaa, Vbb, (V / scale).clamp(-1.0, 1.0))
 
 
 def linear_drift(V, gamma):
@@ -102,4 +113,34 @@ def attention_noise(V, N, gamma, tau0, heads):
     return (
         (gamma*sqrt(2 - gamma**2)) * (R @ (N[..., 0, :, :] + _T(N[..., 0, :, :])) @ _T(R)) / 2**0.5
         + (gamma**2/(sqrt(heads)*m*tau0)) * (_g1 + _T(_g1))
+    )
+
+
+def mlp_drift(V, gamma, c_plus, c_minus):
+    """b(V) of the mlp block; V (..., m, m) -> (..., m, m)."""
+    m, I, J, P = _setup(V)
+    _e0 = _entrywise(V, lambda Vaa, Vbb, rho: -1/2*(-c_minus + c_plus)**2*(rho*_acos(rho) - _sqrt(1 - rho**2))*_sqrt(Vaa)*_sqrt(Vbb)/pi)
+    _e1 = (gamma**2) * (_e0)
+    return _e1
+
+
+def mlp_diffusion(V, gamma, c_plus, c_minus):
+    """Sigma(V) of the mlp block; V (..., m, m) -> (..., m, m, m, m)."""
+    m, I, J, P = _setup(V)
+    return (
+        (2*gamma**2) * _kron("...ac,...bd->...abcd", V, V)
+        + (2*gamma**2) * _kron("...ad,...bc->...abcd", V, V)
+    )
+
+
+MLP_NOISE_GROUPS = 1
+
+
+def mlp_noise(V, N, gamma, c_plus, c_minus):
+    """Structured noise of the mlp block: N (..., 1, m, m) iid
+    N(0, 1) -> (..., m, m) with covariance Sigma(V); O(m^3) per sample."""
+    m, I, J, P = _setup(V)
+    R = _sqrt_psd(V)
+    return (
+        (sqrt(2)*gamma) * (R @ (N[..., 0, :, :] + _T(N[..., 0, :, :])) @ _T(R)) / 2**0.5
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import sympy as sp
 from sympy.matrices.expressions import MatrixExpr
 
+from .entrywise_kernel import Entrywise
 from .kron import Kron
 from .matrixform import M_TOKENS, P, V
 
@@ -25,6 +26,9 @@ def _eval(e, m: int, env: dict):
         return e.subs(M_TOKENS, m)
     if isinstance(e, sp.MatrixSymbol):
         return env[e.name]
+    if isinstance(e, Entrywise):
+        Vm = _eval(e.args[2], m, env)
+        return sp.Matrix(m, m, lambda a, b: e.entry_value(Vm[a, a], Vm[b, b], Vm[a, b], a == b))
     if isinstance(e, sp.Identity):
         return sp.eye(m)
     if isinstance(e, sp.OneMatrix):

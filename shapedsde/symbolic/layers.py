@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 import sympy as sp
 
+from .activation import RHO, V_AA, V_BB, shaped_kernel_series
 from .softmax import softmax_expansion
 from .width_sums import WidthSum, gaussian_vector, independent
 
@@ -38,6 +39,7 @@ EPS = sp.Symbol("epsilon", positive=True)  # n^{-1/2}
 GAMMA = sp.Symbol("gamma", positive=True)
 TAU0 = sp.Symbol("tau_0", positive=True)
 HEADS = sp.Symbol("n_H", positive=True)
+C_PLUS, C_MINUS = sp.symbols("c_+ c_-", real=True)
 LAM = sp.sqrt(1 - GAMMA**2)
 ORDER = 2  # eps^2 = 1/n: enough for the drift; eps^1 gives the diffusion
 
@@ -141,7 +143,38 @@ def attention_layer(m: int) -> LayerModel:
                       params=(GAMMA, TAU0, HEADS), heads=HEADS)
 
 
-LAYERS = {"linear": linear_layer, "attention": attention_layer}
+def relu_drift_entry(Vm: sp.Matrix, a: int, b: int) -> sp.Expr:
+    """eps^2 coefficient of c E[phi(g_a) phi(g_b)], g ~ N(0, V) (derived by integration)."""
+    kappa = shaped_kernel_series()[2]
+    rho = sp.Integer(1) if a == b else Vm[a, b] / sp.sqrt(Vm[a, a] * Vm[b, b])
+    return sp.simplify(kappa.subs({V_AA: Vm[a, a], V_BB: Vm[b, b], RHO: rho}))
+
+
+def mlp_layer(m: int) -> LayerModel:
+    """Shaped ReLU MLP: Branch(X) = sqrt(c/n) phi(X W^pre / sqrt(n)) W^post.
+
+    With U = sqrt(c) phi(G), G = X W^pre / sqrt(n) (columns g_j iid N(0, V)), the
+    branch is U W^post / sqrt(n): the linear block's value step with X replaced by U.
+    So S = (1/n) U U^T + eps xi_S, where (1/n) U U^T = c (1/n) sum_j phi(g_j) phi(g_j)^T
+    is a width sum with mean c E[phi phi^T] = V + eps^2 kappa(V) + O(eps^3)
+    (`activation.shaped_kernel_series`) and fluctuation eps xi_K, Cov(xi_K) =
+    Cov(g g^T) + O(eps) since phi -> identity and c -> 1 as n grows. At the orders
+    kept, the value step's Gaussians have covariance V (their O(eps) corrections
+    only change Sigma at O(eps)).
+    """
+    V = covariance_symbols(m)
+    series, noise, cov = _residual_update(V, _const(sp.eye(m)), _value_noise(V))
+    g, Vg = gaussian_vector("g", V)
+    gv = sp.Matrix(g)
+    xi, noise_k, cov_k = WidthSum(tuple(g), Vg, {"K": gv * gv.T}).noise()
+    kappa = sp.Matrix(m, m, lambda a, b: relu_drift_entry(V, a, b))
+    series[1] = series[1] + GAMMA**2 * xi["K"]
+    series[2] = series[2] + GAMMA**2 * kappa
+    return LayerModel("mlp", V, series, noise_k + noise, sp.diag(cov_k, cov),
+                      params=(GAMMA, C_PLUS, C_MINUS))
+
+
+LAYERS = {"linear": linear_layer, "attention": attention_layer, "mlp": mlp_layer}
 
 
 def layer_model(name: str, m: int) -> LayerModel:

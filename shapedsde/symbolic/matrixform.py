@@ -21,6 +21,8 @@ from functools import cache
 import sympy as sp
 from sympy.matrices.expressions import MatrixExpr
 
+from .activation import shaped_kernel_series
+from .entrywise_kernel import Entrywise
 from .kron import (
     CovarianceTable,
     Kron,
@@ -49,9 +51,10 @@ class MatrixCoefficients:
 def _sources() -> tuple[dict[str, sp.MatrixSymbol], CovarianceTable]:
     """The layer's noise sources and their covariances, from outer products of
     Gaussian vectors: xi_S ~ h h^T, xi_M ~ h x^T (value weights), z ~ q k^T / tau0."""
-    names = {"xi_S": ("h", "h"), "xi_M": ("h", "x"), "z": ("q", "k")}
-    vec_cov = {(v, v): V for v in "hxqk"}
-    scale = {"xi_S": sp.Integer(1), "xi_M": sp.Integer(1), "z": 1 / TAU0}
+    names = {"xi_S": ("h", "h"), "xi_M": ("h", "x"), "z": ("q", "k"), "xi_K": ("g", "g")}
+    vec_cov = {(v, v): V for v in "hxqkg"}
+    scale = {"xi_S": sp.Integer(1), "xi_M": sp.Integer(1), "z": 1 / TAU0,
+             "xi_K": sp.Integer(1)}
     table = outer_product_covariances(names, vec_cov, scale)
     return {s: sp.MatrixSymbol(s, M_TOKENS, M_TOKENS) for s in names}, table
 
@@ -64,15 +67,22 @@ def attention_expansion(z: MatrixExpr) -> MatrixExpr:
 
 
 #: Number of iid copies averaged per update (multi-head: one per head).
-HEAD_COUNT = {"linear": sp.Integer(1), "attention": HEADS}
+HEAD_COUNT = {"linear": sp.Integer(1), "attention": HEADS, "mlp": sp.Integer(1)}
+
+
+def relu_kernel_correction() -> Entrywise:
+    """kappa(V): the eps^2 term of c E[phi(g) phi(g)^T], g ~ N(0, V) (by integration)."""
+    return Entrywise(sp.Symbol("kappa"), shaped_kernel_series()[2], V)
 
 
 def update_rule(name: str, src: dict[str, sp.MatrixSymbol]) -> MatrixExpr:
     """V' for a named block (one head's copy), as a matrix expression in eps."""
-    A = {"linear": lambda: sp.Identity(M_TOKENS),
+    A = {"linear": lambda: sp.Identity(M_TOKENS), "mlp": lambda: sp.Identity(M_TOKENS),
          "attention": lambda: attention_expansion(src["z"])}[name]()
     scale = sp.sqrt(HEAD_COUNT[name])  # a head's value sums run over n / n_H columns
     S = V + EPS * scale * src["xi_S"]
+    if name == "mlp":  # value step on U = sqrt(c) phi(G): (1/n) U U^T = V + eps xi_K + eps^2 kappa
+        S = S + EPS * src["xi_K"] + EPS**2 * relu_kernel_correction()
     M = EPS * scale * src["xi_M"]
     return LAM**2 * V + GAMMA**2 * A * S * A.T + LAM * GAMMA * (A * M + M.T * A.T)
 
