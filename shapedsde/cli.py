@@ -1,0 +1,381 @@
+"""Command-line interface: `shapedsde {coeffs,sde,finite,derive,verify}`.
+
+`main(argv)` returns the exit status instead of exiting, so it can be called
+in-process. Invalid input (a ValueError from validation, an unreadable file,
+a bad option) becomes one line `error: ...` on stderr and exit status 2, never
+a traceback. The heavier modules (finite networks, code generation, the
+verifier) are imported only by the command that needs them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+import numpy as np
+
+from . import __version__
+from . import _validation as val
+from .blocks import BLOCKS, Block, block
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+BLOCK_PARAMS = ("gamma", "tau0", "nk", "heads", "c_plus", "c_minus")
+
+
+class _UsageError(Exception):
+    """Raised by the parser instead of printing usage and exiting."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise _UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+# ---------------------------------------------------------------------------
+# Shared helpers
+
+
+def load_matrix(path: str, name: str) -> np.ndarray:
+    """Read a float64 (..., m, m) array from a .npy file and validate it as a covariance."""
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"{name} file not found: {path}")
+    try:
+        arr = np.load(p, allow_pickle=False)
+    except (OSError, ValueError) as err:
+        raise ValueError(f"cannot read {name} file {path} as a .npy array: {err}") from None
+    if not isinstance(arr, np.ndarray):
+        raise ValueError(f"{name} file {path} must hold one array (.npy), not an archive")
+    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        raise ValueError(f"{name} file {path} must hold real numbers; got dtype {arr.dtype}")
+    return val.check_covariance(arr, name=name)
+
+
+def block_from_args(args: argparse.Namespace) -> Block:
+    """Build the block from --block and the block options the user gave.
+
+    A block receives only parameters it declares (linear takes only gamma); an
+    option given for a block that does not take it is an error, not ignored.
+    """
+    cls = BLOCKS.get(args.block)
+    if cls is None:
+        raise ValueError(f"unknown block {args.block!r}; choose one of {sorted(BLOCKS)}")
+    accepted = {f.name for f in dataclasses.fields(cls)}
+    given = {k: getattr(args, k) for k in BLOCK_PARAMS if getattr(args, k, None) is not None}
+    extra = sorted(set(given) - accepted)
+    if extra:
+        takes = ", ".join(f"--{k}" for k in BLOCK_PARAMS if k in accepted)
+        raise ValueError(f"block {args.block!r} takes no {', '.join('--' + k for k in extra)} "
+                         f"(it takes {takes})")
+    return block(args.block, **given)
+
+
+def _device(name: str) -> Any:
+    from .sde import check_device
+
+    return check_device(name)
+
+
+def _out_paths(out: str) -> tuple[Path, Path]:
+    """OUT.npy and the metadata file OUT.json beside it (parent folders are created)."""
+    p = Path(out)
+    if p.suffix != ".npy":
+        raise ValueError(f"--out must name a .npy file; got {out}")
+    p.parent.mkdir(parents=True, exist_ok=True)
+    return p, p.with_suffix(".json")
+
+
+def _write_json(path: Path, obj: dict[str, Any]) -> None:
+    path.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def _lazy(module: str, attr: str) -> Any:
+    """Import `attr` from `shapedsde.<module>` only when the command runs."""
+    import importlib
+
+    try:
+        return getattr(importlib.import_module(f"shapedsde.{module}"), attr)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"shapedsde.{module}.{attr} is not available: {err}") from None
+
+
+# ---------------------------------------------------------------------------
+# Commands
+
+
+def cmd_coeffs(args: argparse.Namespace) -> int:
+    blk = block_from_args(args)
+    V = load_matrix(args.V, "V")
+    out = {"block": blk.name, "params": blk.kernel_params(),
+           "drift": np.asarray(blk.drift(V, check=False)).tolist(),
+           "diffusion": np.asarray(blk.diffusion(V, check=False)).tolist()}
+    print(json.dumps(out))
+    return EXIT_OK
+
+
+def cmd_sde(args: argparse.Namespace) -> int:
+    import torch
+
+    from .sde import solve
+
+    blk = block_from_args(args)
+    V0 = load_matrix(args.V0, "V0")
+    out, meta_path = _out_paths(args.out)
+    dtype = {"float64": torch.float64, "float32": torch.float32}[args.dtype]
+    with warnings.catch_warnings():
+        # The non-finite warning is repeated below as one line.
+        warnings.simplefilter("ignore", RuntimeWarning)
+        res = solve(blk, V0, args.T, paths=args.paths, seed=args.seed, steps=args.steps,
+                    device=_device(args.device), dtype=dtype, progress=not args.quiet)
+    np.save(out, res.V.cpu().numpy())
+    _write_json(meta_path, {**res.meta, "block": blk.name, "params": blk.kernel_params(),
+                            "V0": np.asarray(V0).tolist(), "V0_file": args.V0,
+                            "out": str(out)})
+    print(res.summary())
+    if res.meta["n_nonfinite"]:
+        print(f"warning: {res.meta['n_nonfinite']} paths became non-finite; their rows in "
+              f"{out} are NaN", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_finite(args: argparse.Namespace) -> int:
+    blk = block_from_args(args)
+    V0 = load_matrix(args.V0, "V0")
+    if V0.ndim != 2:
+        raise ValueError(f"V0 must be one (m, m) matrix; got shape {V0.shape}")
+    # Validate here too, so bad numbers fail before the (heavier) sampler is imported.
+    val.check_positive_int("width", args.width)
+    val.check_positive_int("nets", args.nets)
+    val.check_time(args.T)
+    out, meta_path = _out_paths(args.out)
+    device = _device(args.device)
+    simulate = _lazy("finite", "simulate")
+    extra = {} if args.method is None else {"method": args.method}
+    V = simulate(blk, V0, width=args.width, T=args.T, nets=args.nets, seed=args.seed,
+                 device=device, progress=not args.quiet, **extra)
+    V = V.detach().cpu().numpy()
+    np.save(out, V)
+    depth = int(round(args.T * args.width))
+    _write_json(meta_path, {"block": blk.name, "params": blk.kernel_params(),
+                            "nk": getattr(blk, "nk", None), "width": args.width,
+                            "depth": depth, "T": args.T, "nets": args.nets, "seed": args.seed,
+                            "device": str(device), "method": args.method or "default",
+                            "V0": V0.tolist(), "V0_file": args.V0, "out": str(out),
+                            "n_nonfinite": int((~np.isfinite(V).all(axis=(-2, -1))).sum())})
+    params = ", ".join(f"{k}={v:g}" for k, v in blk.kernel_params().items())
+    print(f"finite {blk.name}({params}): {args.nets} nets, width {args.width}, "
+          f"depth {depth} (T={args.T:g}), seed {args.seed}, {device} -> {out}")
+    return EXIT_OK
+
+
+def cmd_derive(args: argparse.Namespace) -> int:
+    regenerate = _lazy("codegen", "regenerate")
+    stale = list(regenerate(check=args.check))
+    if args.check:
+        for path in stale:
+            print(f"stale: {path}")
+        print("derived artifacts are up to date" if not stale
+              else f"{len(stale)} derived artifacts are stale; run `shapedsde derive`")
+        return EXIT_FAIL if stale else EXIT_OK
+    for path in stale:
+        print(f"wrote {path}")
+    print(f"regenerated {len(stale)} files" if stale else "nothing to regenerate")
+    return EXIT_OK
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    run_verification = _lazy("verification", "run_verification")
+    kwargs: dict[str, Any] = {"quick": not args.full, "device": str(_device(args.device))}
+    if args.out is not None:
+        kwargs["out_dir"] = args.out
+    if args.seed is not None:
+        kwargs["seed"] = args.seed
+    result = run_verification(**kwargs)
+    for line in _verdict_lines(result):
+        print(line)
+    return EXIT_OK if _verdict_ok(result) else EXIT_FAIL
+
+
+def _verdict_lines(result: Any) -> list[str]:
+    """The verifier's verdict lines: `.lines` / `.verdict_lines` (list or method), a string,
+    or an iterable of strings."""
+    for attr in ("verdict_lines", "lines"):
+        got = getattr(result, attr, None)
+        if got is not None:
+            result = got() if callable(got) else got
+            break
+    if result is None:
+        return []
+    if isinstance(result, str):
+        return result.splitlines()
+    if isinstance(result, dict):
+        return [f"{k}: {v}" for k, v in result.items()]
+    try:
+        return [str(x) for x in result]
+    except TypeError:
+        return [str(result)]
+
+
+def _verdict_ok(result: Any) -> bool:
+    for attr in ("ok", "passed"):
+        got = getattr(result, attr, None)
+        if got is not None:
+            return bool(got() if callable(got) else got)
+    return True
+
+
+# ---------------------------------------------------------------------------
+# Parser
+
+EXAMPLE_V = ("V files are .npy arrays of an (m, m) symmetric PSD matrix, e.g.\n"
+             "  python -c \"import numpy as np; np.save('V0.npy', [[1, .2], [.2, 1]])\"")
+
+
+def _add_block_args(p: argparse.ArgumentParser, *, finite: bool = False) -> None:
+    g = p.add_argument_group("block", "the residual sub-layer X' = lam X + gamma Branch(X), "
+                             "lam^2 + gamma^2 = 1")
+    g.add_argument("--block", required=True, metavar="NAME",
+                   help=f"block name: one of {', '.join(sorted(BLOCKS))}")
+    g.add_argument("--gamma", type=float, required=True, metavar="G",
+                   help="branch weight gamma in (0, 1]")
+    g.add_argument("--tau0", type=float, metavar="T0",
+                   help="attention temperature factor tau0 > 0, tau = tau0 sqrt(n nk) "
+                        "(attention only; default 1)")
+    g.add_argument("--nk", type=int, metavar="K",
+                   help="query/key width (attention only; used by finite networks; "
+                        "default: the width n)" if finite else argparse.SUPPRESS)
+    g.add_argument("--heads", type=int, metavar="H",
+                   help="number of attention heads n_H >= 1 (attention only; default 1)")
+    g.add_argument("--c-plus", dest="c_plus", type=float, metavar="C",
+                   help="MLP slope shaping s_+ = 1 + c_+ / sqrt(n) (mlp, transformer; "
+                        "default 0)")
+    g.add_argument("--c-minus", dest="c_minus", type=float, metavar="C",
+                   help="MLP slope shaping s_- = 1 + c_- / sqrt(n) (mlp, transformer; "
+                        "default -1)")
+
+
+def _add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="cpu", metavar="DEV",
+                   help="torch device: cpu (default) or cuda")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    fmt = argparse.RawDescriptionHelpFormatter
+    parser = _Parser(prog="shapedsde", formatter_class=fmt,
+                     description="Derive, solve and verify the covariance SDE "
+                                 "dV = b(V) dt + Sigma(V)^{1/2} dB of shaped Transformers "
+                                 "(Noci et al. 2023).")
+    parser.add_argument("--version", action="version", version=f"shapedsde {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+
+    p = sub.add_parser("coeffs", formatter_class=fmt, help="print b(V) and Sigma(V) as JSON",
+                       description="Evaluate the drift b(V) (m x m) and diffusion Sigma(V) "
+                                   "(m x m x m x m, Sigma^{ab,cd} = lim n Cov[dV^ab, dV^cd]) "
+                                   "of a block and print them as JSON "
+                                   '{"block", "params", "drift", "diffusion"}.',
+                       epilog=EXAMPLE_V + "\nexample:\n  shapedsde coeffs --block attention "
+                                          "--gamma 0.8 --tau0 1 --V V0.npy")
+    _add_block_args(p)
+    p.add_argument("--V", required=True, metavar="FILE.npy", help="the covariance V (m, m)")
+    p.set_defaults(func=cmd_coeffs)
+
+    p = sub.add_parser("sde", formatter_class=fmt, help="solve the covariance SDE (Monte Carlo)",
+                       description="Simulate PATHS independent paths of the covariance SDE from "
+                                   "V0 to time T (depth-to-width ratio) with the tamed "
+                                   "Euler-Maruyama scheme of shapedsde.sde. Writes V_T as an "
+                                   "(N, m, m) array to OUT.npy and the run's metadata and "
+                                   "counters (tamed steps, PSD projections, non-finite paths) "
+                                   "to OUT.json, and prints a one-line summary.",
+                       epilog=EXAMPLE_V + "\nexample:\n  shapedsde sde --block attention "
+                                          "--gamma 0.8 --tau0 1 --V0 V0.npy --T 0.5 "
+                                          "--paths 4000 --seed 0 --out vt.npy")
+    _add_block_args(p)
+    p.add_argument("--V0", required=True, metavar="FILE.npy", help="initial covariance (m, m)")
+    p.add_argument("--T", type=float, required=True, help="horizon T >= 0")
+    p.add_argument("--paths", type=int, required=True, metavar="N", help="number of paths")
+    p.add_argument("--seed", type=int, required=True, metavar="S", help="random seed (>= 0)")
+    p.add_argument("--steps", type=int, metavar="K",
+                   help="Euler steps (default: max(20, ceil(T / 0.005)))")
+    p.add_argument("--dtype", choices=("float64", "float32"), default="float64")
+    _add_device(p)
+    p.add_argument("--out", required=True, metavar="OUT.npy", help="output file (.npy)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_sde)
+
+    p = sub.add_parser("finite", formatter_class=fmt, help="sample finite-width networks",
+                       description="Run NETS independent finite networks of width n and depth "
+                                   "d = round(T n) sub-layers of the block from a hidden state "
+                                   "with covariance V0, and save V = X X^T / n at depth d as "
+                                   "an (NETS, m, m) array to OUT.npy (metadata in OUT.json).",
+                       epilog=EXAMPLE_V + "\nexample:\n  shapedsde finite --block attention "
+                                          "--gamma 0.8 --tau0 1 --V0 V0.npy --width 64 "
+                                          "--T 0.5 --nets 1000 --seed 0 --out net.npy")
+    _add_block_args(p, finite=True)
+    p.add_argument("--V0", required=True, metavar="FILE.npy", help="initial covariance (m, m)")
+    p.add_argument("--width", type=int, required=True, metavar="n", help="width n >= m")
+    p.add_argument("--T", type=float, required=True, help="depth-to-width ratio T = d / n >= 0")
+    p.add_argument("--nets", type=int, required=True, metavar="N",
+                   help="number of independent networks")
+    p.add_argument("--seed", type=int, required=True, metavar="S", help="random seed")
+    p.add_argument("--method", choices=("full", "gram", "auto"),
+                   help="sampler (see shapedsde.finite; default: its default)")
+    _add_device(p)
+    p.add_argument("--out", required=True, metavar="OUT.npy", help="output file (.npy)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_finite)
+
+    p = sub.add_parser("derive", formatter_class=fmt,
+                       help="regenerate LaTeX and numeric kernels from the derivation",
+                       description="Re-derive b and Sigma symbolically (SymPy) and rewrite the "
+                                   "generated LaTeX (docs/) and kernels "
+                                   "(shapedsde/kernels/_generated_*.py).")
+    p.add_argument("--check", action="store_true",
+                   help="write nothing; exit 1 if any generated file is stale")
+    p.set_defaults(func=cmd_derive)
+
+    p = sub.add_parser("verify", formatter_class=fmt,
+                       help="check the SDE against finite networks",
+                       description="Run the verification suite (one-step moments, laws at T "
+                                   "with negative controls, rank collapse) and print its "
+                                   "verdict lines. Exit status 1 if a check fails.")
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="small, fast settings (default)")
+    mode.add_argument("--full", action="store_true", help="the full-size checks")
+    p.add_argument("--out", metavar="DIR", help="where to write reports and figures "
+                                                "(default: the verifier's)")
+    p.add_argument("--seed", type=int, metavar="S", help="root seed (default: the verifier's)")
+    _add_device(p)
+    p.set_defaults(func=cmd_verify)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the CLI on `argv` (default sys.argv[1:]); return the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+        if args.command is None:
+            raise _UsageError("missing command (see `shapedsde --help`)")
+        return args.func(args)
+    except SystemExit as exc:  # --help / --version
+        return exc.code if isinstance(exc.code, int) else EXIT_OK
+    except (_UsageError, ValueError, OSError) as err:
+        print(f"error: {_one_line(err)}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+def _one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())
