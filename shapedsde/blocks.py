@@ -208,6 +208,38 @@ class MlpBlock(Block):
         return self.lam * X + self.gamma * (U @ W) / math.sqrt(n)
 
 
+@dataclass(frozen=True)
+class TransformerBlock(Block):
+    """Shaped Transformer block: shaped attention sub-layer, then shaped MLP sub-layer.
+
+    Both use the same gamma; SDE time t counts blocks (t = blocks / n). At leading
+    order the two sub-layers' drifts and diffusions add (independent weights; see
+    docs/derivation.md).
+    """
+
+    tau0: float = 1.0
+    c_plus: float = 0.0
+    c_minus: float = -1.0
+    nk: int | None = field(default=None)
+    name: ClassVar[str] = "transformer"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self.parts()  # validates the parameters
+
+    def parts(self) -> tuple[AttentionBlock, MlpBlock]:
+        return (AttentionBlock(self.gamma, tau0=self.tau0, nk=self.nk),
+                MlpBlock(self.gamma, c_plus=self.c_plus, c_minus=self.c_minus))
+
+    def kernel_params(self) -> dict[str, float]:
+        return {"gamma": self.gamma, "tau0": self.tau0, "c_plus": self.c_plus,
+                "c_minus": self.c_minus}
+
+    def finite(self, X: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        attention, mlp = self.parts()
+        return mlp.finite(attention.finite(X, generator), generator)
+
+
 def shaped_mixing(Z: torch.Tensor) -> torch.Tensor:
     """A = I + Softmax(Z) - 11^T/m (row-wise Softmax), for logits Z of shape (..., m, m)."""
     m = Z.shape[-1]
@@ -216,7 +248,7 @@ def shaped_mixing(Z: torch.Tensor) -> torch.Tensor:
 
 
 BLOCKS: dict[str, type[Block]] = {
-    cls.name: cls for cls in (LinearBlock, AttentionBlock, MlpBlock)}
+    cls.name: cls for cls in (LinearBlock, AttentionBlock, MlpBlock, TransformerBlock)}
 
 
 def block(name: str, **params: Any) -> Block:

@@ -12,7 +12,8 @@ from shapedsde.symbolic.entrywise import derive_block
 from shapedsde.symbolic.layers import C_MINUS, C_PLUS, GAMMA, HEADS, TAU0
 
 PARAMS = {"linear": {"gamma": 0.6}, "attention": {"gamma": 0.8, "tau0": 0.7, "heads": 2},
-          "mlp": {"gamma": 0.7, "c_plus": 0.5, "c_minus": -1.5}}
+          "mlp": {"gamma": 0.7, "c_plus": 0.5, "c_minus": -1.5},
+          "transformer": {"gamma": 0.6, "tau0": 0.9, "c_plus": 0.2, "c_minus": -1.0}}
 
 
 def random_cov(m: int, seed: int, batch: tuple[int, ...] = ()) -> np.ndarray:
@@ -25,7 +26,7 @@ def test_generated_artifacts_are_fresh() -> None:
     assert not stale, f"stale generated files {stale}: run `shapedsde derive`"
 
 
-@pytest.mark.parametrize("name", ["linear", "attention", "mlp"])
+@pytest.mark.parametrize("name", ["linear", "attention", "mlp", "transformer"])
 @pytest.mark.parametrize("m", [2, 3, 4])
 def test_kernels_match_per_entry_derivation(name: str, m: int) -> None:
     ew = derive_block(name, m)
@@ -44,7 +45,7 @@ def test_kernels_match_per_entry_derivation(name: str, m: int) -> None:
     np.testing.assert_allclose(blk.diffusion(Vt).numpy(), diffusion, rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("name", ["linear", "attention", "mlp"])
+@pytest.mark.parametrize("name", ["linear", "attention", "mlp", "transformer"])
 def test_kernels_batch_over_leading_axes(name: str) -> None:
     blk = shapedsde.block(name, **PARAMS[name])
     V = random_cov(5, seed=1, batch=(2, 3))

@@ -11,14 +11,15 @@ from shapedsde.symbolic.matrixform import matrix_form
 from shapedsde.symbolic.noise import noise_covariance, noise_groups
 
 PARAMS = {"linear": {"gamma": 0.6}, "attention": {"gamma": 0.8, "tau0": 0.7},
-          "mlp": {"gamma": 0.7, "c_plus": 0.5, "c_minus": -1.5}}
+          "mlp": {"gamma": 0.7, "c_plus": 0.5, "c_minus": -1.5},
+          "transformer": {"gamma": 0.6, "tau0": 0.9, "c_plus": 0.2, "c_minus": -1.0}}
 
 
 def _key(k):
     return (str(k.X), k.xl, str(k.Y), k.yl, str(k.coef))
 
 
-@pytest.mark.parametrize("name", ["linear", "attention", "mlp"])
+@pytest.mark.parametrize("name", ["linear", "attention", "mlp", "transformer"])
 def test_noise_covariance_equals_sigma_symbolically(name: str) -> None:
     """For every m: the Wick covariance of the factorised noise is Sigma's pattern list."""
     c = matrix_form(name)
@@ -31,12 +32,12 @@ def exact_noise_covariance(blk, V: np.ndarray) -> np.ndarray:
     """Cov of the noise map N -> noise(V, N), exactly: it is linear, so J^T J."""
     m, k = V.shape[-1], blk.noise_groups
     basis = np.eye(k * m * m).reshape(k * m * m, k, m, m)
-    jac = blk.structured_noise(np.broadcast_to(V, (k * m * m, m, m)), basis, check=False)
+    jac = blk.structured_noise(V, basis, check=False)  # V broadcasts against the batch
     jac = jac.reshape(k * m * m, m * m)
     return jac.T @ jac
 
 
-@pytest.mark.parametrize("name", ["linear", "attention", "mlp"])
+@pytest.mark.parametrize("name", ["linear", "attention", "mlp", "transformer"])
 @pytest.mark.parametrize("m", [2, 3, 8, 32])
 def test_noise_covariance_equals_sigma_numerically(name: str, m: int) -> None:
     blk = shapedsde.block(name, **PARAMS[name])

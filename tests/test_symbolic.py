@@ -84,7 +84,7 @@ def test_matrix_form_softmax_expansion_equals_per_entry(m: int) -> None:
     assert (full - expected).applyfunc(sp.expand) == sp.zeros(m, m)
 
 
-@pytest.mark.parametrize("name", ["linear", "attention", "mlp"])
+@pytest.mark.parametrize("name", ["linear", "attention", "mlp", "transformer"])
 @pytest.mark.parametrize("m", [2, 3, 4])
 def test_matrix_form_equals_per_entry_derivation(name: str, m: int) -> None:
     """Symbolic proof for this m: the difference simplifies to exactly zero."""
@@ -141,3 +141,16 @@ def test_activation_kernel_against_quadrature() -> None:
 
     q, _ = integrate.dblquad(integrand, -9, 9, -9, 9, epsabs=1e-10)
     assert abs(q - f) < 1e-6
+
+
+@pytest.mark.parametrize("m", [2, 3])
+def test_composed_transformer_coefficients_are_the_sum_of_its_sublayers(m: int) -> None:
+    """Attention then MLP, composed as one update V -> MLP(Attn(V)) and expanded to
+    eps^2: its b and Sigma equal the sums of the sub-layers' (heads = 1)."""
+    from shapedsde.symbolic.layers import HEADS
+
+    tr, at, ml = (derive_block(n, m) for n in ("transformer", "attention", "mlp"))
+    drift = tr.drift - at.drift.subs(HEADS, 1) - ml.drift
+    assert drift.applyfunc(sp.simplify) == sp.zeros(m, m)
+    diff = tr.diffusion - at.diffusion.subs(HEADS, 1) - ml.diffusion
+    assert all(sp.expand(x) == 0 for x in sp.flatten(diff.tolist()))

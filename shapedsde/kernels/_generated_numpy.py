@@ -144,3 +144,50 @@ def mlp_noise(V, N, gamma, c_plus, c_minus):
     return (
         (sqrt(2)*gamma) * (R @ (N[..., 0, :, :] + _T(N[..., 0, :, :])) @ _T(R)) / 2**0.5
     )
+
+
+def transformer_drift(V, gamma, tau0, c_plus, c_minus):
+    """b(V) of the transformer block; V (..., m, m) -> (..., m, m)."""
+    m, I, J, P = _setup(V)
+    _e0 = _entrywise(V, lambda Vaa, Vbb, rho: -1/2*(-c_minus + c_plus)**2*(rho*_acos(rho) - _sqrt(1 - rho**2))*_sqrt(Vaa)*_sqrt(Vbb)/pi)
+    _e1 = (gamma**2) * (_e0)
+    _e3 = P @ V @ P @ V
+    _e2 = _tr(_e3)
+    _e4 = (_e2*gamma**2/(m**2*tau0**2)) * (V)
+    _e5 = I * V
+    _e6 = P @ V @ P
+    _e7 = _e6 * I
+    _e8 = ((1/2)*gamma**2/(m*tau0**2)) * (_e5 @ J @ _e7 @ P @ V)
+    _e9 = ((1/2)*gamma**2/(m*tau0**2)) * (V @ P @ _e7 @ J @ _e5)
+    _e10 = _e1 + _e4 + _e8 + _e9
+    return _e10
+
+
+def transformer_diffusion(V, gamma, tau0, c_plus, c_minus):
+    """Sigma(V) of the transformer block; V (..., m, m) -> (..., m, m, m, m)."""
+    m, I, J, P = _setup(V)
+    _e0 = V @ P @ V @ P @ V
+    return (
+        (-gamma**2*(gamma - 2)*(gamma + 2)) * _kron("...ac,...bd->...abcd", V, V)
+        + (-gamma**2*(gamma - 2)*(gamma + 2)) * _kron("...ad,...bc->...abcd", V, V)
+        + (gamma**4/(m**2*tau0**2)) * _kron("...ac,...bd->...abcd", _e0, V)
+        + (gamma**4/(m**2*tau0**2)) * _kron("...ad,...bc->...abcd", _e0, V)
+        + (gamma**4/(m**2*tau0**2)) * _kron("...ad,...bc->...abcd", V, _e0)
+        + (gamma**4/(m**2*tau0**2)) * _kron("...ac,...bd->...abcd", V, _e0)
+    )
+
+
+TRANSFORMER_NOISE_GROUPS = 2
+
+
+def transformer_noise(V, N, gamma, tau0, c_plus, c_minus):
+    """Structured noise of the transformer block: N (..., 2, m, m) iid
+    N(0, 1) -> (..., m, m) with covariance Sigma(V); O(m^3) per sample."""
+    m, I, J, P = _setup(V)
+    R = _sqrt_psd(V)
+    _e0 = V @ P @ R
+    _g1 = _e0 @ N[..., 1, :, :] @ _T(R)
+    return (
+        (gamma*sqrt(2 - gamma)*sqrt(gamma + 2)) * (R @ (N[..., 0, :, :] + _T(N[..., 0, :, :])) @ _T(R)) / 2**0.5
+        + (gamma**2/(m*tau0)) * (_g1 + _T(_g1))
+    )

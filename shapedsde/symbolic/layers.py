@@ -127,7 +127,7 @@ def shaped_attention_matrix(z: sp.Matrix) -> list[sp.Matrix]:
     return A
 
 
-def attention_layer(m: int) -> LayerModel:
+def attention_layer(m: int, heads: sp.Expr = HEADS) -> LayerModel:
     """Shaped attention sub-layer with n_H heads (n_H = 1: single head)."""
     V = covariance_symbols(m)
     q, Vq = gaussian_vector("q", V)
@@ -138,9 +138,10 @@ def attention_layer(m: int) -> LayerModel:
     if any(e != 0 for e in logits.mean("z")):
         raise AssertionError("logits must be centred")  # they are: q, k independent
     A = shaped_attention_matrix(zsym["z"])
-    series, noise, cov = _residual_update(V, A, _value_noise(V), sp.sqrt(HEADS))
+    series, noise, cov = _residual_update(V, A, _value_noise(V), sp.sqrt(heads))
+    params = (GAMMA, TAU0) + ((heads,) if isinstance(heads, sp.Symbol) else ())
     return LayerModel("attention", V, series, znoise + noise, sp.diag(zcov, cov),
-                      params=(GAMMA, TAU0, HEADS), heads=HEADS)
+                      params=params, heads=sp.sympify(heads))
 
 
 def relu_drift_entry(Vm: sp.Matrix, a: int, b: int) -> sp.Expr:
@@ -174,7 +175,57 @@ def mlp_layer(m: int) -> LayerModel:
                       params=(GAMMA, C_PLUS, C_MINUS))
 
 
-LAYERS = {"linear": linear_layer, "attention": attention_layer, "mlp": mlp_layer}
+def compose(first: LayerModel, second: LayerModel) -> LayerModel:
+    """The update V -> second(first(V)) as one LayerModel (sub-layers in sequence).
+
+    The second sub-layer's series terms f_k(V) are evaluated at V' = first(V) by a
+    Taylor expansion in V to the order that survives at eps^2; its noise keeps the
+    covariance at V, since the change is O(eps) on a centred eps-order noise and so
+    moves neither E[D2] nor Cov[D1]. The sub-layers' weights are independent, so the
+    noises are independent (block-diagonal covariance).
+    """
+    if first.heads != 1 or second.heads != 1:
+        raise NotImplementedError("compose expects single-copy models")
+    # Independent weights: give the second sub-layer's noise symbols their own names.
+    rename = {x: sp.Symbol(f"{x.name}_2") for x in second.noise}
+    second_series = [term.xreplace(rename) for term in second.series]
+    syms = sorted(first.V.free_symbols, key=str)
+    delta = [first.series[0] - first.V] + list(first.series[1:])
+    entry = {sym: next((a, b) for a in range(first.m) for b in range(first.m)
+                       if first.V[a, b] == sym) for sym in syms}
+
+    def shift(f: sp.Expr, order: int) -> list[sp.Expr]:
+        """[f(V'), ...]: eps-coefficients of f(V + sum_k eps^k delta_k) up to `order`."""
+        d = [{s: delta[k][entry[s]] for s in syms} for k in range(ORDER + 1)]
+        out = [f]
+        if order >= 1:
+            grad = {s: sp.diff(f, s) for s in syms}
+            out.append(sum(grad[s] * d[1][s] for s in syms))
+        if order >= 2:
+            hess = sum(sp.diff(grad[s], t) * d[1][s] * d[1][t] for s in syms for t in syms)
+            out.append(sum(grad[s] * d[2][s] for s in syms) + hess / 2)
+        return out
+
+    series = [sp.zeros(first.m, first.m) for _ in range(ORDER + 1)]
+    for k, term in enumerate(second_series):
+        for a in range(first.m):
+            for b in range(first.m):
+                for j, c in enumerate(shift(term[a, b], ORDER - k)):
+                    series[k + j][a, b] += c
+    params = tuple(dict.fromkeys(first.params + second.params))
+    return LayerModel(f"{first.name}+{second.name}", first.V, series,
+                      first.noise + [rename[x] for x in second.noise],
+                      sp.diag(first.noise_cov, second.noise_cov),
+                      params=params)
+
+
+def transformer_layer(m: int) -> LayerModel:
+    """Shaped Transformer block: shaped attention (single head), then the shaped MLP."""
+    return compose(attention_layer(m, heads=1), mlp_layer(m))
+
+
+LAYERS = {"linear": linear_layer, "attention": attention_layer, "mlp": mlp_layer,
+          "transformer": transformer_layer}
 
 
 def layer_model(name: str, m: int) -> LayerModel:

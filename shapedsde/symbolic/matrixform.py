@@ -166,8 +166,21 @@ def expectation(coef: sp.Expr, factors: list[MatrixExpr], src: dict,
     raise NotImplementedError(f"term with {len(rnd)} random factors: {factors}")
 
 
+#: Blocks made of sub-layers in sequence. Their weights are independent, so at leading
+#: order the coefficients add (proved on the per-entry composition in the tests).
+COMPOSITES = {"transformer": ("attention", "mlp")}
+
+
 def derive_matrix_form(name: str) -> MatrixCoefficients:
     """b(V) and Sigma(V) of a named block in matrix form."""
+    if name in COMPOSITES:
+        parts = [derive_matrix_form(p) for p in COMPOSITES[name]]
+        single = {HEADS: 1}  # the Transformer block uses single-head attention
+        drift = _tidy_matrix(sum((p.drift.subs(single) for p in parts[1:]),
+                                 parts[0].drift.subs(single)))
+        diffusion = [Kron(k.coef.subs(single), k.X, k.xl, k.Y, k.yl)
+                     for p in parts for k in p.diffusion]
+        return MatrixCoefficients(name, drift, tuple(_collect(diffusion)))
     src, table = _sources()
     orders = by_order(update_rule(name, src))
     zero = sp.ZeroMatrix(M_TOKENS, M_TOKENS)
