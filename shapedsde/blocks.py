@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 import torch
 
 from . import _validation as val
+from .causal import causal_diffusion, causal_drift
 from .kernels import kernel, noise_group_count
 
 
@@ -117,6 +118,7 @@ class AttentionBlock(Block):
     tau0: float = 1.0
     nk: int | None = field(default=None)
     heads: int = 1
+    causal: bool = False
     name: ClassVar[str] = "attention"
 
     def __post_init__(self) -> None:
@@ -125,9 +127,27 @@ class AttentionBlock(Block):
         object.__setattr__(self, "heads", val.check_positive_int("heads", self.heads))
         if self.nk is not None:
             object.__setattr__(self, "nk", val.check_positive_int("nk", self.nk))
+        if not isinstance(self.causal, bool):
+            raise ValueError(f"causal must be True or False; got {self.causal!r}")
 
     def kernel_params(self) -> dict[str, float]:
         return {"gamma": self.gamma, "tau0": self.tau0, "heads": self.heads}
+
+    def drift(self, V: Any, *, check: bool = True) -> Any:
+        if not self.causal:
+            return super().drift(V, check=check)
+        V = val.check_covariance(V) if check else V
+        return causal_drift(V, self.gamma, self.tau0)
+
+    def diffusion(self, V: Any, *, check: bool = True) -> Any:
+        if not self.causal:
+            return super().diffusion(V, check=check)
+        V = val.check_covariance(V) if check else V
+        return causal_diffusion(V, self.gamma, self.tau0, self.heads)
+
+    @property
+    def noise_groups(self) -> int | None:
+        return None if self.causal else super().noise_groups
 
     def logits(self, X: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         """Z = Y / tau, shape (B, m, m), or (B, H, m, m) with H = heads > 1."""
@@ -142,28 +162,8 @@ class AttentionBlock(Block):
         Z = (Q @ K.transpose(-1, -2)) / (self.tau0 * math.sqrt(n * nk))
         return Z[:, 0] if H == 1 else Z
 
-    @property
-    def noise_groups(self) -> int | None:
-        """k for `structured_noise` (N has shape (..., k, m, m)), or None without one."""
-        return noise_group_count(self.name)
-
-    def structured_noise(self, V: Any, N: Any, *, check: bool = True) -> Any:
-        """A draw with covariance Sigma(V), from N (..., k, m, m) iid N(0, 1), in O(m^3).
-
-        The factorisation is derived from the Kronecker patterns of Sigma
-        (`shapedsde.symbolic.noise`); its covariance is proved equal to Sigma in tests.
-        """
-        if check:
-            V = val.check_covariance(V)
-            k = self.noise_groups
-            if k is None:
-                raise ValueError(f"block {self.name!r} has no structured noise")
-            if tuple(N.shape[-3:]) != (k, V.shape[-1], V.shape[-1]):
-                raise ValueError(f"N must have shape (..., {k}, m, m); got {tuple(N.shape)}")
-        return kernel(self.name, "noise", V)(V, N, **self.kernel_params())
-
     def branch_mixing(self, X: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        return shaped_mixing(self.logits(X, generator))
+        return shaped_mixing(self.logits(X, generator), causal=self.causal)
 
 
 @dataclass(frozen=True)
@@ -240,11 +240,19 @@ class TransformerBlock(Block):
         return mlp.finite(attention.finite(X, generator), generator)
 
 
-def shaped_mixing(Z: torch.Tensor) -> torch.Tensor:
-    """A = I + Softmax(Z) - 11^T/m (row-wise Softmax), for logits Z of shape (..., m, m)."""
+def shaped_mixing(Z: torch.Tensor, causal: bool = False) -> torch.Tensor:
+    """A = I + Softmax(Z) - C (row-wise Softmax), for logits Z of shape (..., m, m).
+
+    C = 11^T/m; causal: row a's Softmax runs over keys 0..a and C is the causal
+    uniform matrix (row a: 1/(a+1) on keys 0..a).
+    """
     m = Z.shape[-1]
     eye = torch.eye(m, dtype=Z.dtype, device=Z.device)
-    return eye + torch.softmax(Z, dim=-1) - 1.0 / m
+    if not causal:
+        return eye + torch.softmax(Z, dim=-1) - 1.0 / m
+    mask = torch.ones(m, m, dtype=torch.bool, device=Z.device).tril()
+    C = mask / mask.sum(-1, keepdim=True)
+    return eye + torch.softmax(Z.masked_fill(~mask, float("-inf")), dim=-1) - C
 
 
 BLOCKS: dict[str, type[Block]] = {

@@ -25,7 +25,7 @@ from . import _validation as val
 from .blocks import BLOCKS, Block, block
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
-BLOCK_PARAMS = ("gamma", "tau0", "nk", "heads", "c_plus", "c_minus")
+BLOCK_PARAMS = ("gamma", "tau0", "nk", "heads", "c_plus", "c_minus", "causal")
 
 
 class _UsageError(Exception):
@@ -252,6 +252,9 @@ def _add_block_args(p: argparse.ArgumentParser, *, finite: bool = False) -> None
                         "default: the width n)" if finite else argparse.SUPPRESS)
     g.add_argument("--heads", type=int, metavar="H",
                    help="number of attention heads n_H >= 1 (attention only; default 1)")
+    g.add_argument("--causal", action="store_const", const=True, default=None,
+                   help="causal (decoder) attention: token a attends to keys 0..a "
+                        "(attention only)")
     g.add_argument("--c-plus", dest="c_plus", type=float, metavar="C",
                    help="MLP slope shaping s_+ = 1 + c_+ / sqrt(n) (mlp, transformer; "
                         "default 0)")

@@ -118,17 +118,28 @@ def linear_layer(m: int) -> LayerModel:
     return LayerModel("linear", V, series, noise, cov)
 
 
-def shaped_attention_matrix(z: sp.Matrix) -> list[sp.Matrix]:
-    """A(eps z) = I + Softmax(eps z) - 11^T/m, row-wise, as a series in eps."""
+def shaped_attention_matrix(z: sp.Matrix, causal: bool = False) -> list[sp.Matrix]:
+    """A(eps z) = I + Softmax(eps z) - C, row-wise, as a series in eps.
+
+    C = 11^T/m; causal: row a attends to keys 0..a only, its Softmax runs over that
+    prefix and C's row a is the uniform row over the prefix, 1/(a+1).
+    """
     m = z.shape[0]
-    rows = [softmax_expansion(list(z.row(a)), ORDER) for a in range(m)]
-    A = [sp.Matrix(m, m, lambda a, b, k=k: rows[a][k][b]) for k in range(ORDER + 1)]
-    A[0] = A[0] + sp.eye(m) - sp.ones(m, m) / m
+    keys = [a + 1 if causal else m for a in range(m)]
+    rows = [softmax_expansion(list(z.row(a))[:keys[a]], ORDER) for a in range(m)]
+
+    def entry(a: int, b: int, k: int) -> sp.Expr:
+        return rows[a][k][b] if b < keys[a] else sp.Integer(0)
+
+    A = [sp.Matrix(m, m, lambda a, b, k=k: entry(a, b, k)) for k in range(ORDER + 1)]
+    C = sp.Matrix(m, m, lambda a, b: sp.Rational(1, keys[a]) if b < keys[a] else 0)
+    A[0] = A[0] + sp.eye(m) - C
     return A
 
 
-def attention_layer(m: int, heads: sp.Expr = HEADS) -> LayerModel:
-    """Shaped attention sub-layer with n_H heads (n_H = 1: single head)."""
+def attention_layer(m: int, heads: sp.Expr = HEADS, causal: bool = False) -> LayerModel:
+    """Shaped attention sub-layer with n_H heads (n_H = 1: single head); `causal`
+    restricts token a to keys 0..a (decoder attention)."""
     V = covariance_symbols(m)
     q, Vq = gaussian_vector("q", V)
     k, Vk = gaussian_vector("k", V)
@@ -137,11 +148,11 @@ def attention_layer(m: int, heads: sp.Expr = HEADS) -> LayerModel:
     zsym, znoise, zcov = logits.noise()
     if any(e != 0 for e in logits.mean("z")):
         raise AssertionError("logits must be centred")  # they are: q, k independent
-    A = shaped_attention_matrix(zsym["z"])
+    A = shaped_attention_matrix(zsym["z"], causal=causal)
     series, noise, cov = _residual_update(V, A, _value_noise(V), sp.sqrt(heads))
     params = (GAMMA, TAU0) + ((heads,) if isinstance(heads, sp.Symbol) else ())
-    return LayerModel("attention", V, series, znoise + noise, sp.diag(zcov, cov),
-                      params=params, heads=sp.sympify(heads))
+    return LayerModel("causal" if causal else "attention", V, series, znoise + noise,
+                      sp.diag(zcov, cov), params=params, heads=sp.sympify(heads))
 
 
 def relu_drift_entry(Vm: sp.Matrix, a: int, b: int) -> sp.Expr:
@@ -224,8 +235,13 @@ def transformer_layer(m: int) -> LayerModel:
     return compose(attention_layer(m, heads=1), mlp_layer(m))
 
 
+def causal_layer(m: int) -> LayerModel:
+    """Causal shaped attention (n_H heads)."""
+    return attention_layer(m, causal=True)
+
+
 LAYERS = {"linear": linear_layer, "attention": attention_layer, "mlp": mlp_layer,
-          "transformer": transformer_layer}
+          "transformer": transformer_layer, "causal": causal_layer}
 
 
 def layer_model(name: str, m: int) -> LayerModel:
