@@ -18,6 +18,7 @@ from sympy.printing.latex import LatexPrinter
 from sympy.printing.pycode import PythonCodePrinter
 
 from .symbolic.activation import RHO, V_AA, V_BB
+from .symbolic.correlation import latex_correlation
 from .symbolic.entrywise_kernel import Entrywise
 from .symbolic.kron import Kron
 from .symbolic.matrixform import M_TOKENS, MatrixCoefficients, P, V, matrix_form
@@ -420,6 +421,9 @@ def latex_source(c: MatrixCoefficients) -> str:
             "\\end{align*}\n")
 
 
+#: Blocks whose correlation SDE (m = 2) is exported.
+CORRELATION_BLOCKS = ("linear", "attention", "mlp", "transformer", "causal")
+
 #: Blocks exported per entry for an explicit m (no matrix form for every m is derived).
 ENTRYWISE_LATEX = {"causal": 2}
 
@@ -450,7 +454,8 @@ def markdown_preview(coeffs: dict[str, MatrixCoefficients]) -> str:
              "$\\lambda^2 = 1 - \\gamma^2$. Conventions: [../conventions.md](../conventions.md).",
              "", "Causal attention is exported per entry for m = 2 in "
              "[causal_m2.tex](causal_m2.tex); its closed form for every m is in "
-             "[../derivation.md](../derivation.md).", ""]
+             "[../derivation.md](../derivation.md). The correlation SDE of each block "
+             "(Ito's lemma, m = 2) is in `correlation_<block>.tex`.", ""]
     for name, c in coeffs.items():
         lines += [f"## {name}", "", "$$b(V) = " + _latex(c.drift) + "$$", "",
                   *[f"$${d.replace('&', '')}$$\n" for d in _entrywise_definitions(c)],
@@ -467,6 +472,8 @@ def artifacts() -> dict[Path, str]:
         files[ROOT / "docs" / "formulas" / f"{name}.tex"] = latex_source(c)
     for name, m in ENTRYWISE_LATEX.items():
         files[ROOT / "docs" / "formulas" / f"{name}_m{m}.tex"] = entrywise_latex(name, m)
+    for name in CORRELATION_BLOCKS:  # Ito's lemma on b and Sigma, m = 2
+        files[ROOT / "docs" / "formulas" / f"correlation_{name}.tex"] = latex_correlation(name)
     files[ROOT / "docs" / "formulas" / "README.md"] = markdown_preview(coeffs)
     return files
 

@@ -39,6 +39,19 @@ Three faces:
                 + rho (3 Sigma^{aa,aa} / (8 s_a^2) + 3 Sigma^{bb,bb} / (8 s_b^2)
                        + Sigma^{aa,bb} / (4 s_a s_b)).
   rho^{aa} = 1 has zero drift and diffusion (the formulas give 0 there as well).
+
+Results for m = 2 (docs/formulas/correlation_<block>.tex; k = gam^2 (2 - gam^2),
+q = V^{aa} + V^{bb} - 2 V^{ab}, nu(rho) = (c_+ - c_-)^2 (sqrt(1 - rho^2) - rho acos rho)
+/ (2 pi)):
+    linear:      mu = -k rho (1 - rho^2) / 2,              sigma^2 = k (1 - rho^2)^2;
+    mlp:         mu = gam^2 (nu(rho) - rho (1 - rho^2)),    sigma^2 = 2 gam^2 (1 - rho^2)^2;
+    attention:   linear's terms plus
+                 mu += gam^4 (1 - rho^2) q (2 (2 + rho^2) sqrt(V^{aa} V^{bb})
+                       - 3 rho (V^{aa} + V^{bb})) / (32 n_H tau0^2),
+                 sigma^2 += gam^4 (1 - rho^2)^2 q^2 / (16 n_H tau0^2);
+    transformer: the sum of attention (n_H = 1) and mlp.
+For m = 2 the attention drift b(V) is proportional to V and moves no correlation: its
+correlation drift is all Ito correction from the attention diffusion (hence gam^4).
 """
 
 from __future__ import annotations
@@ -63,7 +76,9 @@ def _coordinates(V: sp.Matrix) -> list[tuple[int, int]]:
 
 
 def correlation_expr(V: sp.Matrix, a: int, b: int) -> sp.Expr:
-    """rho^{ab} as a function of the independent entries of V."""
+    """rho^{ab} as a function of the independent entries of V (1 on the diagonal)."""
+    if a == b:
+        return sp.Integer(1)
     return V[a, b] / sp.sqrt(V[a, a] * V[b, b])
 
 
@@ -74,10 +89,10 @@ def ito_drift(f: sp.Expr, ew) -> sp.Expr:
     sym = [ew.V[i, j] for i, j in coords]
     grad = [sp.diff(f, s) for s in sym]
     out = sum((g * ew.drift[u] for g, u in zip(grad, coords, strict=True)), sp.Integer(0))
-    for g, (i, j) in zip(grad, coords, strict=True):
-        for s, (k, l) in zip(sym, coords, strict=True):
-            if ew.diffusion[i, j, k, l] != 0:
-                out += sp.diff(g, s) * ew.diffusion[i, j, k, l] / 2
+    for g, u in zip(grad, coords, strict=True):
+        for s, w in zip(sym, coords, strict=True):
+            if ew.diffusion[u + w] != 0:
+                out += sp.diff(g, s) * ew.diffusion[u + w] / 2
     return out
 
 
@@ -88,16 +103,17 @@ def ito_covariation(f: sp.Expr, g: sp.Expr, ew) -> sp.Expr:
     fg = [sp.diff(f, s) for s in sym]
     gg = fg if g is f else [sp.diff(g, s) for s in sym]
     out = sp.Integer(0)
-    for fu, (i, j) in zip(fg, coords, strict=True):
-        for gw, (k, l) in zip(gg, coords, strict=True):
+    for fu, u in zip(fg, coords, strict=True):
+        for gw, w in zip(gg, coords, strict=True):
             if fu != 0 and gw != 0:
-                out += fu * gw * ew.diffusion[i, j, k, l]
+                out += fu * gw * ew.diffusion[u + w]
     return out
 
 
-def _check_pair(m: int, a: int, b: int) -> None:
-    if not (0 <= a < m and 0 <= b < m) or a == b:
-        raise ValueError(f"need two distinct tokens 0 <= a, b < m = {m}; got ({a}, {b})")
+def _check_pair(m: int, a: int, b: int, distinct: bool = True) -> None:
+    if not (0 <= a < m and 0 <= b < m) or (distinct and a == b):
+        kind = "two distinct tokens" if distinct else "tokens"
+        raise ValueError(f"need {kind} 0 <= a, b < m = {m}; got ({a}, {b})")
 
 
 @cache
@@ -118,6 +134,8 @@ def correlation_sde(name: str, m: int, a: int = 0, b: int = 1) -> tuple[sp.Expr,
 def correlation_covariation(name: str, m: int, ab: tuple[int, int],
                             cd: tuple[int, int]) -> sp.Expr:
     """d<rho^{ab}, rho^{cd}>/dt for any two pairs (zero if either pair is diagonal)."""
+    for p in (ab, cd):
+        _check_pair(m, *p, distinct=False)
     ew = derive_block(name, m)
     f, g = (correlation_expr(ew.V, *p) for p in (ab, cd))
     return ito_covariation(f, g, ew)
@@ -159,20 +177,22 @@ def reduced_correlation_sde(name: str, m: int = 2, a: int = 0,
                             b: int = 1) -> tuple[sp.Expr, sp.Expr]:
     """`correlation_sde` with V_ij = rho_ij sqrt(V_ii V_jj), simplified.
 
-    For m = 2: functions of rho (the correlation), V_aa, V_bb (the two variances,
-    `shapedsde.symbolic.activation` symbols) and the block's parameters.
+    For m = 2: functions of rho (the correlation), V_aa = V^{00}, V_bb = V^{11} (the two
+    variances, `shapedsde.symbolic.activation` symbols) and the block's parameters. For
+    m > 2: of rho_ij (i < j) and V_ii (`correlation_symbols`).
     """
     subs, _, _ = correlation_symbols(m)
     drift, diffusion = correlation_sde(name, m, a, b)
     return _reduce(drift, subs), _reduce(diffusion, subs)
 
 
-def split_drift(name: str) -> dict[str, sp.Expr]:
-    """The m = 2 drift of rho split into its two Ito parts:
-    'transport' = sum_u rho_u b_u and 'ito' = 1/2 sum rho_uw Sigma_uw (reduced)."""
-    ew = derive_block(name, 2)
-    subs, _, _ = correlation_symbols(2)
-    rho = correlation_expr(ew.V, 0, 1)
+def split_drift(name: str, m: int = 2, a: int = 0, b: int = 1) -> dict[str, sp.Expr]:
+    """The drift of rho^{ab} split into its two Ito parts, reduced:
+    'transport' = sum_u rho_u b_u and 'ito' = 1/2 sum_{u,w} rho_uw Sigma_uw."""
+    _check_pair(m, a, b)
+    ew = derive_block(name, m)
+    subs, _, _ = correlation_symbols(m)
+    rho = correlation_expr(ew.V, a, b)
     coords = _coordinates(ew.V)
     transport = sum((sp.diff(rho, ew.V[u]) * ew.drift[u] for u in coords), sp.Integer(0))
     total = ito_drift(rho, ew)
@@ -188,39 +208,94 @@ def _latex_symbols() -> dict[sp.Symbol, sp.Symbol]:
             RHO: sp.Symbol(r"\rho", real=True)}
 
 
-def _pretty(e: sp.Expr) -> sp.Expr:
-    """Collect the m = 2 coefficient by its parameter monomials, for display."""
-    from .layers import C_MINUS, C_PLUS, GAMMA, HEADS, TAU0
+_S_A, _S_B = sp.symbols("s_a s_b", positive=True)  # sqrt(V_aa), sqrt(V_bb), for factoring
 
-    e = sp.expand(e)
-    groups: dict[sp.Expr, sp.Expr] = {}
+
+def display_form(e: sp.Expr) -> list[sp.Expr]:
+    """Split an m = 2 reduced coefficient into factored terms, for display.
+
+    Terms are grouped by their power of tau_0 and, where the expression depends on the
+    activation slopes only through c_+ - c_-, by the power of c_+ - c_-; each group is
+    factored in rho, sqrt(V_aa), sqrt(V_bb), with (rho - 1)(rho + 1) written as
+    -(1 - rho^2) and negative sums flipped. Returns the terms; their sum equals e.
+    """
+    from .layers import C_MINUS, C_PLUS, TAU0
+
+    delta = sp.Dummy("delta")
+    e = sp.expand(e.subs({V_AA: _S_A**2, V_BB: _S_B**2}))
+    shifted = sp.expand(e.subs(C_PLUS, C_MINUS + delta))
+    by_c = C_PLUS in e.free_symbols and C_MINUS not in shifted.free_symbols
+    if by_c:
+        e = shifted
+    groups: dict[tuple, sp.Expr] = {}
     for term in sp.Add.make_args(e):
-        coeff, rest = sp.Integer(1), sp.Integer(1)
-        for f in sp.Mul.make_args(term):
-            if f.free_symbols <= {GAMMA, TAU0, HEADS, C_PLUS, C_MINUS} or f.is_number:
-                coeff *= f
-            else:
-                rest *= f
-        key = sp.factor(coeff / sp.Abs(sp.Poly(coeff, *coeff.free_symbols).LC())
-                        if coeff.free_symbols else sp.Integer(1))
-        groups[key] = groups.get(key, sp.Integer(0)) + sp.expand(term / key)
-    return sp.Add(*(k * sp.factor(v) for k, v in groups.items()), evaluate=False)
+        powers = term.as_powers_dict()
+        key = (-powers.get(TAU0, 0), powers.get(delta, 0) if by_c else 0)
+        groups[key] = groups.get(key, sp.Integer(0)) + term
+    back = {_S_A: sp.sqrt(V_AA), _S_B: sp.sqrt(V_BB), delta: C_PLUS - C_MINUS}
+    return [_tidy_factors(sp.factor(groups[key]), back) for key in sorted(groups)]
+
+
+def _negative_sum(e: sp.Expr) -> bool:
+    """Whether to print -e instead of e: a negative constant term, or no positive one and
+    a leading minus sign; arc-cosine sums as sqrt(1 - rho^2) - rho acos(rho) (the
+    arc-cosine kernel's, and Li-Nica-Roy's, sign)."""
+    acos = [t for t in sp.Add.make_args(e) if t.has(sp.acos)]
+    if acos:
+        return not acos[0].could_extract_minus_sign()
+    const = e.as_coeff_Add()[0]
+    return bool(const < 0) or (const == 0 and e.could_extract_minus_sign())
+
+
+def _collect_scales(x: sp.Expr) -> sp.Expr:
+    """Collect a sum (or a power of one) by sqrt(V_aa V_bb), factoring the coefficients."""
+    base, exp = x.as_base_exp()
+    if base.is_Add and {_S_A, _S_B} <= base.free_symbols:
+        return sp.Pow(sp.collect(base, [_S_A * _S_B], func=sp.factor), exp)
+    return x
+
+
+def _tidy_factors(f: sp.Expr, back: dict) -> sp.Expr:
+    """Rewrite a factored product: (rho-1)^k (rho+1)^k -> (-1)^k (1-rho^2)^k, -(sum) -> sum."""
+    sign, factors, pm = sp.Integer(1), [], {RHO - 1: 0, RHO + 1: 0}
+    for x in sp.Mul.make_args(f):
+        base, exp = x.as_base_exp()
+        if base in pm and exp.is_Integer:
+            pm[base] += exp
+        elif base.is_Add and exp.is_Integer and _negative_sum(base):
+            sign *= (-1) ** exp
+            factors.append(sp.Pow(-base, exp))
+        elif x.is_Number:
+            sign *= x
+        else:
+            factors.append(x)
+    k = min(pm.values())
+    if k > 0:
+        sign *= (-1) ** k
+        factors.insert(0, sp.Pow(1 - RHO**2, k))
+    factors += [sp.Pow(b, p - k) for b, p in pm.items() if p - k]
+    factors = [_collect_scales(x).xreplace(back) for x in factors]
+    return sp.Mul(sign, *factors, evaluate=False) if sign != 1 else sp.Mul(*factors,
+                                                                             evaluate=False)
 
 
 def correlation_latex_pieces(name: str) -> tuple[str, str]:
     """(drift, diffusion) of the m = 2 correlation SDE as LaTeX, in V^{aa}, V^{bb}, rho."""
     drift, diffusion = reduced_correlation_sde(name, 2)
     sym = _latex_symbols()
-    return tuple(sp.latex(_pretty(e).xreplace(sym)) for e in (drift, diffusion))
+    return tuple(" + ".join(sp.latex(t.xreplace(sym), order="old") for t in display_form(e))
+                 .replace("+ -", "- ") for e in (drift, diffusion))
 
 
 def latex_correlation(name: str) -> str:
     """A LaTeX fragment (align*) with the m = 2 correlation SDE of a block."""
     drift, diffusion = correlation_latex_pieces(name)
-    return ("% Generated by derivations/correlation_sde.py from "
+    return ("% Generated by `shapedsde derive` from "
             "shapedsde/symbolic/correlation.py. Do not edit.\n"
             f"% Block: {name}, m = 2 tokens a != b. Ito's lemma on the covariance SDE; "
-            "t = depth / width.\n"
+            "t = depth / width;\n"
+            "% B^rho is a standard 1-d Brownian motion (correlated with the noise of V^aa, V^bb), "
+            "sigma^2 = d<rho>/dt.\n"
             "\\begin{align*}\n"
             r"d\rho_t &= \mu(\rho_t, V^{aa}_t, V^{bb}_t)\, dt "
             r"+ \sigma(\rho_t, V^{aa}_t, V^{bb}_t)\, dB^{\rho}_t, \qquad "
@@ -266,7 +341,15 @@ def rho_coefficients(block, V: Any, *, check: bool = True) -> tuple[Any, Any]:
     d<rho^{ab}, rho^{cd}>/dt, from `block.drift(V)`, `block.diffusion(V)` and the
     closed-form derivatives of rho (module docstring). V: NumPy array or Torch tensor
     (..., m, m), batched; the diagonal entries (rho^{aa} = 1) are exactly 0.
+    `check=False` skips input validation (V must then have a positive diagonal).
     """
+    if check:
+        from .. import _validation as val
+
+        V = val.check_covariance(V)
+        d = V.diagonal(0, -2, -1)
+        if not bool((d > 0).all()):
+            raise ValueError("rho needs V^{aa} > 0 for every token")
     b = block.drift(V, check=check)
     S = block.diffusion(V, check=check)
     ops = _Ops(V)
