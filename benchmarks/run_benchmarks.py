@@ -1,0 +1,211 @@
+"""Speed and scale benchmarks (run by a person; not a test).
+
+    python benchmarks/run_benchmarks.py [--quick] [--device cpu|cuda] [--out benchmarks/results]
+
+Prints, in one run, ratios measured against each other (absolute times are noisy):
+  (a) SDE paths/s with structured noise vs the generic (m^2 x m^2) factorisation;
+  (b) finite sampler FLOP/s vs a bare batched matmul of the same shapes;
+  (c) wall time of SDE vs finite-network sampling for the same KS accuracy on rho at T;
+  (d) SymPy derivation time per block (m = 2, 3, 4) and kernel generation time;
+  (e) peak memory (resident set) of the process.
+Writes benchmarks/results/<device>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import platform
+import resource
+import sys
+import time
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import torch
+
+import shapedsde
+from shapedsde.finite import simulate
+from shapedsde.sde import solve
+
+
+def random_cov(m: int, seed: int = 0) -> np.ndarray:
+    G = np.random.default_rng(seed).normal(size=(m, 2 * m))
+    V = G @ G.T / (2 * m)
+    d = np.sqrt(np.diag(V))
+    return V / np.outer(d, d)  # unit diagonal, moderate correlations
+
+
+def timed(fn, repeat: int = 1) -> float:
+    best = math.inf
+    for _ in range(repeat):
+        start = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def bench_sde(ms: list[int], paths: int, steps: int, device: str) -> list[dict]:
+    """(a) paths/s of the solver, structured vs generic noise."""
+    blk = shapedsde.block("attention", gamma=0.8, tau0=1.0)
+    rows = []
+    for m in ms:
+        V0 = random_cov(m)
+        T = steps * 0.005
+        row = {"m": m, "paths": paths, "steps": steps}
+        for noise in ("auto", "generic"):
+            if noise == "generic" and m > 8:
+                row["generic_paths_per_s"] = None  # O(m^6) per step: minutes per step here
+                continue
+            t = timed(partial(solve, blk, V0, T, paths=paths, seed=0, steps=steps,
+                              device=device, noise=noise))
+            row[("structured" if noise == "auto" else "generic") + "_paths_per_s"] = paths / t
+        g = row.get("generic_paths_per_s")
+        row["speedup"] = row["structured_paths_per_s"] / g if g else None
+        rows.append(row)
+        generic = f"{g:9.1f}" if g else "  skipped"
+        speedup = f"{row['speedup']:.1f}x" if g else "n/a"
+        print(f"(a) m={m:3d}: structured {row['structured_paths_per_s']:9.1f} paths/s, "
+              f"generic {generic} paths/s, speed-up {speedup}", flush=True)
+    return rows
+
+
+def bench_m64(device: str, paths: int) -> dict:
+    """The m = 64, 1000-path, T = 1 run at the default step."""
+    blk = shapedsde.block("attention", gamma=0.8, tau0=1.0)
+    res = None
+
+    def run() -> None:
+        nonlocal res
+        res = solve(blk, random_cov(64), 1.0, paths=paths, seed=0, device=device)
+
+    t = timed(run)
+    print(f"    m=64, {paths} paths to T=1, {res.meta['steps']} steps: {t:.1f} s", flush=True)
+    return {"m": 64, "paths": paths, "T": 1.0, "steps": res.meta["steps"], "seconds": t}
+
+
+def bench_finite(widths: list[int], m: int, nets: int, device: str) -> list[dict]:
+    """(b) finite sampler throughput vs bare matmul of the value step's shapes."""
+    blk = shapedsde.block("attention", gamma=0.8, tau0=1.0)
+    rows = []
+    for n in widths:
+        depth = 4
+        t_fin = timed(partial(simulate, blk, random_cov(m), width=n, T=depth / n, nets=nets,
+                              seed=0, device=device, batch_size=nets, method="full"))
+        # The same products done bare: per layer Q, K (n x n), value (n x n), A X.
+        X = torch.randn(nets, m, n, device=device, dtype=torch.float64)
+        W = torch.randn(nets, n, n, device=device, dtype=torch.float64)
+
+        def bare(X=X, W=W, depth=depth) -> None:
+            for _ in range(depth):
+                for _ in range(3):
+                    X @ W
+        t_bare = timed(bare)
+        flops = depth * 3 * 2 * nets * m * n * n
+        rows.append({"width": n, "m": m, "nets": nets, "finite_gflops": flops / t_fin / 1e9,
+                     "bare_gflops": flops / t_bare / 1e9, "ratio": t_bare / t_fin})
+        print(f"(b) n={n:5d}: finite {flops / t_fin / 1e9:6.2f} GFLOP/s (matmul FLOPs only), "
+              f"bare bmm {flops / t_bare / 1e9:6.2f} GFLOP/s, ratio {t_bare / t_fin:.2f} "
+              "(includes drawing the weights)", flush=True)
+    return rows
+
+
+def bench_accuracy(widths: list[int], T: float, nets: int, device: str) -> list[dict]:
+    """(c) time to sample rho at T: finite nets at width n vs SDE paths, same count."""
+    from scipy.stats import ks_2samp
+
+    blk = shapedsde.block("attention", gamma=0.8, tau0=1.0)
+    V0 = random_cov(3, seed=1)
+    start = time.perf_counter()
+    ref = solve(blk, V0, T, paths=4 * nets, seed=1, device=device).V.cpu().numpy()
+    t_sde = (time.perf_counter() - start) / 4
+
+    def rho(V: np.ndarray) -> np.ndarray:
+        return V[:, 0, 1] / np.sqrt(V[:, 0, 0] * V[:, 1, 1])
+
+    sde = solve(blk, V0, T, paths=nets, seed=2, device=device).V.cpu().numpy()
+    ks_sde = ks_2samp(rho(sde), rho(ref)).statistic
+    rows = []
+    for n in widths:
+        start = time.perf_counter()
+        fin = simulate(blk, V0, width=n, T=T, nets=nets, seed=3, device=device).cpu().numpy()
+        t_fin = time.perf_counter() - start
+        ks_fin = ks_2samp(rho(fin), rho(ref)).statistic
+        rows.append({"width": n, "nets": nets, "T": T, "finite_seconds": t_fin,
+                     "sde_seconds": t_sde, "ks_finite_vs_ref": ks_fin, "ks_sde_vs_ref": ks_sde,
+                     "sde_over_finite_time": t_sde / t_fin})
+        print(f"(c) n={n:5d}: {nets} nets {t_fin:7.1f} s (KS {ks_fin:.3f}); {nets} SDE paths "
+              f"{t_sde:5.2f} s (KS {ks_sde:.3f}); time ratio SDE/finite {t_sde / t_fin:.4f}",
+              flush=True)
+    return rows
+
+
+def _derive(name: str, m: int) -> None:
+    from shapedsde.symbolic.entrywise import derive
+    from shapedsde.symbolic.layers import layer_model
+
+    derive(layer_model(name, m))
+
+
+def bench_derivation() -> list[dict]:
+    """(d) per-entry derivation time (m = 2, 3, 4) and matrix form + codegen time."""
+    from shapedsde import codegen
+    from shapedsde.symbolic.matrixform import derive_matrix_form
+
+    rows = []
+    for name in ("linear", "attention", "mlp", "transformer", "causal"):
+        row = {"block": name}
+        for m in (2, 3, 4):
+            row[f"entrywise_m{m}_s"] = timed(partial(_derive, name, m))
+        if name != "causal":
+            row["matrix_form_s"] = timed(partial(derive_matrix_form, name))
+        rows.append(row)
+        print("(d) " + ", ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}"
+                                 for k, v in row.items()), flush=True)
+    t = timed(lambda: codegen.artifacts())
+    rows.append({"block": "all", "codegen_s": t})
+    print(f"(d) kernel + LaTeX generation (all blocks, cached derivations): {t:.2f} s")
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="smaller sizes (a few minutes)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    p.add_argument("--skip", default="", help="comma-separated parts to skip, e.g. c,d")
+    args = p.parse_args(argv)
+    skip = set(args.skip.split(","))
+    q = args.quick
+    report: dict = {"device": args.device, "quick": q, "torch": torch.__version__,
+                    "threads": torch.get_num_threads(), "platform": platform.platform()}
+    if args.device == "cuda":
+        report["gpu"] = torch.cuda.get_device_name()
+    if "a" not in skip:
+        report["sde"] = bench_sde([2, 4, 8, 16, 32, 64], paths=200 if q else 1000,
+                                  steps=5 if q else 20, device=args.device)
+        report["sde_m64"] = bench_m64(args.device, paths=1000)
+    if "b" not in skip:
+        report["finite"] = bench_finite([256, 512, 1024] if q else [256, 512, 1024, 2048],
+                                        m=4, nets=16 if q else 32, device=args.device)
+    if "c" not in skip:
+        report["accuracy"] = bench_accuracy([256] if q else [256, 1024], T=0.2,
+                                            nets=200 if q else 1000, device=args.device)
+    if "d" not in skip:
+        report["derivation"] = bench_derivation()
+    report["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if args.device == "cuda":
+        report["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
+    print(f"(e) peak resident memory {report['peak_rss_mib']:.0f} MiB")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    path = out / f"{args.device}{'-quick' if q else ''}.json"
+    path.write_text(json.dumps(report, indent=2))
+    print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
