@@ -13,3 +13,16 @@ from .blocks import (
 __all__ = ["BLOCKS", "AttentionBlock", "Block", "LinearBlock", "MlpBlock", "TransformerBlock",
            "block"]
 __version__ = "0.1.0"
+
+# Unshaped baselines and ablations (finite face only); importing registers them in BLOCKS.
+from .baselines import (  # noqa: E402
+    CenteringOnlyBlock,
+    PreNormAttentionBlock,
+    StandardAttentionBlock,
+    StandardNoResidualBlock,
+    TemperatureOnlyBlock,
+    rank_collapse_summary,
+)
+
+__all__ += ["CenteringOnlyBlock", "PreNormAttentionBlock", "StandardAttentionBlock",
+            "StandardNoResidualBlock", "TemperatureOnlyBlock", "rank_collapse_summary"]
