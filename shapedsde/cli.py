@@ -392,11 +392,21 @@ def build_parser() -> argparse.ArgumentParser:
     _add_device(p)
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_figures)
+
+    p = sub.add_parser("stability", add_help=False, formatter_class=fmt,
+                       help="map the SDE's behaviour over (gamma, tau0), with finite spot checks",
+                       description="see `shapedsde stability --help`")
+    p.set_defaults(func=None)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI on `argv` (default sys.argv[1:]); return the exit status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["stability"]:  # its own parser: shapedsde/stability.py
+        from .stability import main as stability_main
+
+        return stability_main(argv[1:])
     parser = build_parser()
     try:
         args = parser.parse_args(argv)
