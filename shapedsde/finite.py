@@ -92,8 +92,8 @@ def initial_hidden(
                          "attainable with a full-rank V0")
     gen = torch.Generator().manual_seed(int(seed))
     G = torch.randn(n, m, generator=gen, dtype=torch.float64)
-    O, _ = torch.linalg.qr(G)  # (n, m), orthonormal columns
-    X0 = math.sqrt(n) * psd_factor(V0) @ O.T
+    Q, _ = torch.linalg.qr(G)  # (n, m), orthonormal columns
+    X0 = math.sqrt(n) * psd_factor(V0) @ Q.T
     return X0.to(device=device, dtype=dtype)
 
 
@@ -153,7 +153,8 @@ def simulate(
     depth = int(round(T * n))
     dev = torch.device(device)
     if batch_size is None:
-        batch_size = _default_batch(method, m, n, getattr(block, "nk", None), dev, dtype)
+        batch_size = _default_batch(method, m, n, getattr(block, "nk", None),
+                                    getattr(block, "heads", 1), dev, dtype)
     batch_size = min(batch_size, nets)
     gen = torch.Generator(device=dev).manual_seed(int(seed))
     X0 = initial_hidden(V0, n, dtype=dtype, device=dev, seed=seed)
@@ -234,11 +235,14 @@ def gram_logits(block: AttentionBlock, L: torch.Tensor, n: int,
 
 
 def _attention_mixing(block, L, n, gen):
-    return shaped_mixing(gram_logits(block, L, n, gen))
+    return shaped_mixing(gram_logits(block, L, n, gen), causal=getattr(block, "causal", False))
 
 
-# Blocks whose finite face is X' = lam X + gam A(X) X W^V / sqrt(n) with A(X)
+# Blocks whose finite face is X' = lam X + gam A(X) X W^V / sqrt(n) with one A(X)
 # depending on X only through V; maps the exact type to A given L (or None: A = I).
+# Multi-head attention is excluded (`supports_gram`): head h mixes only the value
+# columns of block h, so the next V depends on the per-block Gram matrices of X,
+# not on V alone, and the V chain is not Markov.
 GRAM_BLOCKS: dict[type, Callable] = {
     LinearBlock: lambda block, L, n, gen: None,
     AttentionBlock: _attention_mixing,
@@ -246,19 +250,17 @@ GRAM_BLOCKS: dict[type, Callable] = {
 
 
 def supports_gram(block: Block) -> bool:
-    """Whether `method="gram"` is available for this block (exact type match)."""
-    return type(block) in GRAM_BLOCKS
+    """Whether `method="gram"` is available for this block (exact type match, one head)."""
+    return type(block) in GRAM_BLOCKS and getattr(block, "heads", 1) == 1
 
 
 def gram_mixing(block: Block, L: torch.Tensor, n: int,
                 generator: torch.Generator) -> torch.Tensor | None:
     """The token-mixing matrix A (B, m, m) given V = L L^T, or None (A = I)."""
-    try:
-        fn = GRAM_BLOCKS[type(block)]
-    except KeyError:
-        raise ValueError(f"block {block.name!r} ({type(block).__name__}) has no gram "
-                         "sampler; use method='full'") from None
-    return fn(block, L, n, generator)
+    if not supports_gram(block):
+        raise ValueError(f"block {block.name!r} ({type(block).__name__}, "
+                         f"{block.kernel_params()}) has no gram sampler; use method='full'")
+    return GRAM_BLOCKS[type(block)](block, L, n, generator)
 
 
 def wishart_identity(B: int, m: int, df: int, generator: torch.Generator,
@@ -342,12 +344,12 @@ def _record_depths(depth: int, every: int | None) -> list[int]:
     return depths
 
 
-def _default_batch(method: str, m: int, n: int, nk: int | None, device: torch.device,
-                   dtype: torch.dtype) -> int:
+def _default_batch(method: str, m: int, n: int, nk: int | None, heads: int,
+                   device: torch.device, dtype: torch.dtype) -> int:
     if method == "gram":
         return GRAM_BATCH_NETS
     itemsize = torch.empty((), dtype=dtype).element_size()
-    # per network and sub-layer: W^V (n, n), W^Q and W^K (n, nk), a few (m, n) states
-    per_net = itemsize * (n * n + 2 * n * (nk or n) + 8 * m * n)
+    # per network and sub-layer: W^V (n, n), W^Q and W^K (heads, n, nk), a few (m, n) states
+    per_net = itemsize * (n * n + 2 * heads * n * (nk or n) + 8 * m * n)
     budget = FULL_BATCH_BYTES.get(device.type, FULL_BATCH_BYTES["cpu"])
     return max(1, budget // per_net)

@@ -10,10 +10,14 @@ import numpy as np
 import torch
 from scipy.stats import norm
 
-# Family-wise false-alarm rate of one check: a check of k entries passes when
-# max |z| < z_crit(k), the Bonferroni bound, so a correct kernel fails a given
-# check with probability <= FAMILY_ALPHA (ignoring finite-width bias).
+# Family-wise false-alarm rate of one comparison (`Comparison.agrees`): k entries
+# agree when max |z| < z_crit(k), the Bonferroni bound, so correct code fails a
+# given comparison with probability <= FAMILY_ALPHA (ignoring finite-width bias).
 FAMILY_ALPHA = 0.01
+# False-alarm probability of one verdict line of the report: each line gates on
+# all its z-scores / p-values with Bonferroni at this level, so a run of ~15
+# lines fails by chance alone with probability <= ~1.5%.
+LINE_ALPHA = 0.001
 
 
 def derive_seed(root: int, label: str) -> int:
