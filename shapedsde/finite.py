@@ -250,8 +250,10 @@ GRAM_BLOCKS: dict[type, Callable] = {
 
 
 def supports_gram(block: Block) -> bool:
-    """Whether `method="gram"` is available for this block (exact type match, one head)."""
-    return type(block) in GRAM_BLOCKS and getattr(block, "heads", 1) == 1
+    """Whether `method="gram"` is available for this block (exact type match, one head,
+    not causal: the Gram chain samples the non-causal mixing)."""
+    return (type(block) in GRAM_BLOCKS and getattr(block, "heads", 1) == 1
+            and not getattr(block, "causal", False))
 
 
 def gram_mixing(block: Block, L: torch.Tensor, n: int,
