@@ -196,6 +196,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
         kwargs["out_dir"] = args.out
     if args.seed is not None:
         kwargs["seed"] = args.seed
+    kwargs["workers"] = val.check_positive_int("workers", args.workers)
+    kwargs["scheduler"] = args.scheduler
     result = run_verification(**kwargs)
     for line in _verdict_lines(result):
         print(line)
@@ -215,6 +217,8 @@ def _verdict_lines(result: Any) -> list[str]:
     if isinstance(result, str):
         return result.splitlines()
     if isinstance(result, dict):
+        if "verdicts" in result:
+            return [str(x) for x in result["verdicts"]]
         return [f"{k}: {v}" for k, v in result.items()]
     try:
         return [str(x) for x in result]
@@ -223,6 +227,8 @@ def _verdict_lines(result: Any) -> list[str]:
 
 
 def _verdict_ok(result: Any) -> bool:
+    if isinstance(result, dict) and "summary" in result:
+        return result["summary"].get("FAIL", 0) == 0
     for attr in ("ok", "passed"):
         got = getattr(result, attr, None)
         if got is not None:
@@ -365,6 +371,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="DIR", help="where to write reports and figures "
                                                 "(default: the verifier's)")
     p.add_argument("--seed", type=int, metavar="S", help="root seed (default: the verifier's)")
+    p.add_argument("--workers", type=int, default=1, metavar="W",
+                   help="Dask worker processes for the sampling tasks (default 1: in "
+                        "process); results are identical for any W")
+    p.add_argument("--scheduler", metavar="ADDRESS",
+                   help="address of an existing Dask scheduler (e.g. tcp://host:8786) "
+                        "instead of an embedded local cluster")
     _add_device(p)
     p.set_defaults(func=cmd_verify)
 

@@ -162,7 +162,8 @@ def _tiny() -> Config:
 
 
 def test_run_verification_smoke(tmp_path):
-    rep = run_verification(quick=True, out_dir=tmp_path, seed=1, config=_tiny(), progress=False)
+    rep = run_verification(quick=True, out_dir=tmp_path, seed=1, config=_tiny(), progress=False,
+                           every_block=False)
     data = json.loads((tmp_path / "report.json").read_text())
     assert data["settings"]["seed"] == 1 and "torch" in data["versions"]
     assert set(data["checks"]) >= {"closed_form", "raw_consistency", "one_step", "law",
@@ -194,3 +195,15 @@ def test_linear_one_step_verdict_is_exact(gamma):
 def test_run_verification_cuda_unavailable(tmp_path):
     with pytest.raises(ValueError, match="CUDA"):
         run_verification(out_dir=tmp_path, device="cuda", config=_tiny(), progress=False)
+
+
+def test_every_block_check_runs_and_is_reproducible() -> None:
+    """The plain one-step + law check on a non-attention block, at tiny sizes."""
+    from shapedsde.verification.all_blocks import check_block
+
+    kw = dict(widths=[32], layers=200, law_widths=[8], nets=60, paths=120, T=0.1, seed=3)
+    r = check_block("mlp", "mlp", {"gamma": 0.9, "c_minus": -1.0}, **kw)
+    assert r["verdict"] in {"PASS", "FAIL", "NO POWER"} and r["line"].startswith(r["verdict"])
+    assert r["one_step"][0]["width"] == 32 and len(r["law"]) == 1
+    again = check_block("mlp", "mlp", {"gamma": 0.9, "c_minus": -1.0}, **kw)
+    assert again["one_step"] == r["one_step"] and again["law"] == r["law"]

@@ -102,13 +102,18 @@ class Config:
 
 def run_verification(*, quick: bool = True, out_dir: str | Path = "verify/out", seed: int = 0,
                      device: str = "cpu", blocks: list[str | Block] | None = None,
-                     progress: bool = True, config: Config | None = None) -> dict:
+                     progress: bool = True, config: Config | None = None,
+                     every_block: bool = True, workers: int = 1,
+                     scheduler: str | None = None) -> dict:
     """Run the checks, write `out_dir/report.json` and PNG figures, return the report.
 
     blocks: names ("attention", "linear") or Block instances to verify; None: both,
     at the configuration's parameters. An attention Block instance is checked at
     its own (gamma, tau0); the law check uses the configuration's horizons.
     `config` overrides the quick/full sizes (tests use tiny ones).
+    every_block: also run `all_blocks.every_block` (MLP, Transformer, multi-head, causal),
+    whose law-at-T samples run as seeded tasks on `workers` Dask processes (or on the
+    cluster at `scheduler`); the numbers do not depend on the number of workers.
     """
     t_start = time.perf_counter()
     if torch.device(device).type == "cuda" and not torch.cuda.is_available():
@@ -187,6 +192,17 @@ def run_verification(*, quick: bool = True, out_dir: str | Path = "verify/out", 
         for v in r["verdicts"]:
             log(v["line"])
     secs["law"] = time.perf_counter() - t
+
+    if every_block:
+        from .all_blocks import every_block as run_every_block
+
+        t = time.perf_counter()
+        checks["every_block"] = run_every_block(
+            quick=quick, seed=seed_of("every-block"), device=device, workers=workers,
+            scheduler=scheduler)
+        for r in checks["every_block"]:
+            log(r["line"])
+        secs["every_block"] = time.perf_counter() - t
 
     t = time.perf_counter()
     from .figures import write_figures
