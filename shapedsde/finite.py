@@ -250,10 +250,13 @@ GRAM_BLOCKS: dict[type, Callable] = {
 
 
 def supports_gram(block: Block) -> bool:
-    """Whether `method="gram"` is available for this block (exact type match, one head,
-    not causal: the Gram chain samples the non-causal mixing)."""
-    return (type(block) in GRAM_BLOCKS and getattr(block, "heads", 1) == 1
-            and not getattr(block, "causal", False))
+    """Whether `method="gram"` is available for this block (exact type match, one head).
+
+    Causal attention is supported: `_attention_mixing` passes `block.causal` to
+    `shaped_mixing`, and the causal mask acts on the logits only, whose law given X
+    depends on V alone (tests/test_finite.py checks the chain against block.finite,
+    with the non-causal chain as a control that the test rejects)."""
+    return type(block) in GRAM_BLOCKS and getattr(block, "heads", 1) == 1
 
 
 def gram_mixing(block: Block, L: torch.Tensor, n: int,
