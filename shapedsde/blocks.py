@@ -240,6 +240,24 @@ class TransformerBlock(Block):
         return mlp.finite(attention.finite(X, generator), generator)
 
 
+@dataclass(frozen=True)
+class SumOfCoefficients:
+    """Coefficients of independent sub-layers applied in turn: at leading order their
+    drifts and diffusions add (used for controls, e.g. a Transformer without attention)."""
+
+    parts: tuple[Any, ...]
+    name: str = "sum"
+
+    def drift(self, V: Any, *, check: bool = True) -> Any:
+        return sum(p.drift(V, check=check) for p in self.parts)
+
+    def diffusion(self, V: Any, *, check: bool = True) -> Any:
+        return sum(p.diffusion(V, check=check) for p in self.parts)
+
+    def kernel_params(self) -> dict[str, float]:
+        return {}
+
+
 def shaped_mixing(Z: torch.Tensor, causal: bool = False) -> torch.Tensor:
     """A = I + Softmax(Z) - C (row-wise Softmax), for logits Z of shape (..., m, m).
 

@@ -40,7 +40,14 @@ import torch
 
 from . import _validation as val
 from .baselines import baseline_blocks, pairwise_rho, rank_collapse_summary
-from .blocks import AttentionBlock, Block, LinearBlock, MlpBlock, TransformerBlock
+from .blocks import (
+    AttentionBlock,
+    Block,
+    LinearBlock,
+    MlpBlock,
+    SumOfCoefficients,
+    TransformerBlock,
+)
 
 PAPER_GAMMA = 1 / math.sqrt(8)
 PAPER = dict(m=2, rho0=0.2, width=200, depth=150, gamma=PAPER_GAMMA, tau0=1.0, sde_dt=0.01,
@@ -154,24 +161,6 @@ def _simulate(blk: Block, V0: np.ndarray, **kw):
     from .finite import simulate
 
     return simulate(blk, V0, **kw)
-
-
-@dataclass(frozen=True)
-class SumOfBlocks:
-    """Coefficients of independent sub-layers applied in turn: drifts and diffusions add
-    (at leading order; used for the no-attention control of the Transformer block)."""
-
-    parts: tuple[Any, ...]
-    name: str = "sum"
-
-    def drift(self, V, *, check: bool = True):
-        return sum(p.drift(V, check=check) for p in self.parts)
-
-    def diffusion(self, V, *, check: bool = True):
-        return sum(p.diffusion(V, check=check) for p in self.parts)
-
-    def kernel_params(self) -> dict[str, float]:
-        return {}
 
 
 def _cli_command(out: Path, *, quick: bool, seed: int, device: str, only: Sequence[str],
@@ -643,7 +632,7 @@ def figure3(out: str | Path = "docs/figures", *, seed: int = 0,
     ncol = max(len(tw), len(mw)) + 1
     fig, axes = plt.subplots(2, ncol, figsize=(3.1 * ncol, 6.6), squeeze=False)
     tblk = TransformerBlock(gamma, tau0=tau0, c_plus=c_plus, c_minus=c_minus)
-    tctrl = SumOfBlocks((LinearBlock(gamma), MlpBlock(gamma, c_plus=c_plus, c_minus=c_minus)))
+    tctrl = SumOfCoefficients((LinearBlock(gamma), MlpBlock(gamma, c_plus=c_plus, c_minus=c_minus)))
     tax = [*axes[0, :len(tw)], axes[0, -1]]
     trows = _density_row(tax, "transformer", lambda n: tblk, tblk, tctrl, "MLP-only SDE", V0, T,
                          tw, transformer_nets, sde_paths, seed, "fig3", device, "full", dtype,

@@ -51,7 +51,7 @@ import numpy as np
 import torch
 
 from . import _validation as val
-from .blocks import Block, LinearBlock, MlpBlock
+from .blocks import Block, LinearBlock, MlpBlock, SumOfCoefficients
 from .blocks import block as make_block
 
 #: Blocks with attention terms that the map and the spot check cover.
@@ -94,23 +94,6 @@ _PROBABILITIES = ("p_degenerate", "p_collapse", *COUNTER_LABELS)
 
 # ----------------------------------------------------------------------------
 # Blocks, attention parts and seeds
-
-
-@dataclass(frozen=True)
-class SumOfCoefficients:
-    """Coefficients of independent sub-layers applied in turn: drifts and diffusions add."""
-
-    parts: tuple[Any, ...]
-    name: str = "sum"
-
-    def drift(self, V: Any, *, check: bool = True) -> Any:
-        return sum(p.drift(V, check=check) for p in self.parts)
-
-    def diffusion(self, V: Any, *, check: bool = True) -> Any:
-        return sum(p.diffusion(V, check=check) for p in self.parts)
-
-    def kernel_params(self) -> dict[str, float]:
-        return {}
 
 
 def map_block(block_name: str, gamma: float, tau0: float, **block_params: Any) -> Block:
