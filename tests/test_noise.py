@@ -62,3 +62,18 @@ def test_noise_rejects_wrong_shape() -> None:
     blk = shapedsde.block("attention", **PARAMS["attention"])
     with pytest.raises(ValueError, match="N must have shape"):
         blk.structured_noise(np.eye(3), np.zeros((1, 3, 3)))
+
+
+def test_many_tokens_solver_runs_without_the_diffusion_tensor() -> None:
+    """m = 128: drift and structured noise are O(m^2) memory per path; Sigma (m^4 = 268M
+    entries) is never built by the solver."""
+    from shapedsde.sde import solve
+
+    m = 128
+    G = np.random.default_rng(0).normal(size=(m, 2 * m))
+    V0 = G @ G.T / (2 * m)
+    blk = shapedsde.block("attention", gamma=0.8, tau0=1.0)
+    res = solve(blk, V0, 0.01, paths=4, seed=0, steps=2)
+    assert res.meta["noise"] == "structured"
+    assert res.V.shape == (4, m, m) and torch.isfinite(res.V).all()
+    assert torch.allclose(res.V, res.V.transpose(-1, -2))
