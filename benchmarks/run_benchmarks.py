@@ -72,18 +72,19 @@ def bench_sde(ms: list[int], paths: int, steps: int, device: str) -> list[dict]:
     return rows
 
 
-def bench_m64(device: str, paths: int) -> dict:
-    """The m = 64, 1000-path, T = 1 run at the default step."""
+def bench_m64(device: str, paths: int) -> list[dict]:
+    """The m = 64, 1000-path, T = 1 run at the default step, float64 and float32."""
     blk = shapedsde.block("attention", gamma=0.8, tau0=1.0)
-    res = None
-
-    def run() -> None:
-        nonlocal res
-        res = solve(blk, random_cov(64), 1.0, paths=paths, seed=0, device=device)
-
-    t = timed(run)
-    print(f"    m=64, {paths} paths to T=1, {res.meta['steps']} steps: {t:.1f} s", flush=True)
-    return {"m": 64, "paths": paths, "T": 1.0, "steps": res.meta["steps"], "seconds": t}
+    rows = []
+    for dtype in (torch.float32, torch.float64):
+        start = time.perf_counter()
+        res = solve(blk, random_cov(64), 1.0, paths=paths, seed=0, device=device, dtype=dtype)
+        t = time.perf_counter() - start
+        rows.append({"m": 64, "paths": paths, "T": 1.0, "steps": res.meta["steps"],
+                     "dtype": str(dtype), "seconds": t})
+        print(f"    m=64, {paths} paths to T=1, {res.meta['steps']} steps, {dtype}: {t:.1f} s",
+              flush=True)
+    return rows
 
 
 def bench_finite(widths: list[int], m: int, nets: int, device: str) -> list[dict]:

@@ -63,11 +63,13 @@ class Block:
         """k for `structured_noise` (N has shape (..., k, m, m)), or None without one."""
         return noise_group_count(self.name)
 
-    def structured_noise(self, V: Any, N: Any, *, check: bool = True) -> Any:
+    def structured_noise(self, V: Any, N: Any, *, check: bool = True, factor: Any = None
+                         ) -> Any:
         """A draw with covariance Sigma(V), from N (..., k, m, m) iid N(0, 1), in O(m^3).
 
         The factorisation is derived from the Kronecker patterns of Sigma
         (`shapedsde.symbolic.noise`); its covariance is proved equal to Sigma in tests.
+        `factor`: any R with R R^T = V the caller already has (e.g. a Cholesky factor).
         """
         if check:
             V = val.check_covariance(V)
@@ -76,7 +78,7 @@ class Block:
                 raise ValueError(f"block {self.name!r} has no structured noise")
             if tuple(N.shape[-3:]) != (k, V.shape[-1], V.shape[-1]):
                 raise ValueError(f"N must have shape (..., {k}, m, m); got {tuple(N.shape)}")
-        return kernel(self.name, "noise", V)(V, N, **self.kernel_params())
+        return kernel(self.name, "noise", V)(V, N, **self.kernel_params(), R=factor)
 
     def branch_mixing(self, X: torch.Tensor, generator: torch.Generator) -> torch.Tensor | None:
         """The token-mixing matrix A of the branch: (B, m, m), (B, H, m, m) with one

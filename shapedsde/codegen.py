@@ -329,7 +329,7 @@ def _noise_source(name: str, c: MatrixCoefficients, args: str) -> list[str]:
     if groups is None:
         return []
     pr, R = _KernelPrinter(), sp.MatrixSymbol("R", M_TOKENS, M_TOKENS)
-    pr.lines.append("    R = _sqrt_psd(V)")
+    pr.lines.append("    R = _sqrt_psd(V) if R is None else R")
     terms = []
     for i, g in enumerate(groups):
         roots = []
@@ -347,9 +347,10 @@ def _noise_source(name: str, c: MatrixCoefficients, args: str) -> list[str]:
             pr.lines.append(f"    _g{i} = {roots[0]} @ {Ni} @ _T({roots[1]})")
             terms.append(f"({scale}) * (_g{i} + _T(_g{i}))")
     return ["", f"{name.upper()}_NOISE_GROUPS = {len(groups)}", "", "",
-            f"def {name}_noise(V, N, {args}):",
+            f"def {name}_noise(V, N, {args}, R=None):",
             f'    """Structured noise of the {name} block: N (..., {len(groups)}, m, m) iid',
-            '    N(0, 1) -> (..., m, m) with covariance Sigma(V); O(m^3) per sample."""',
+            '    N(0, 1) -> (..., m, m) with covariance Sigma(V); O(m^3) per sample.',
+            '    R: a factor with R R^T = V if the caller has one (else computed)."""',
             "    m, I, J, P = _setup(V)", *pr.lines,
             "    return (\n        " + "\n        + ".join(terms) + "\n    )", ""]
 

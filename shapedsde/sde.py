@@ -212,6 +212,7 @@ class _Stepper:
         self.coef, self.V, self.dt, self.gen = coefficients, V, dt, generator
         self.nonfinite = nonfinite
         self.structured = structured
+        self.factor: torch.Tensor | None = None  # Cholesky factor of the current V
         P, m = V.shape[0], V.shape[-1]
         trace = torch.diagonal(V, 0, -2, -1).sum(-1) / m
         # s: the path's initial scale; taming thresholds are relative to it.
@@ -240,7 +241,7 @@ class _Stepper:
         new = 0.5 * (new + new.transpose(-1, -2))
         ok &= _finite_rows(new)
         new = torch.where(ok[:, None, None], new, self.safe)
-        new, projected = _project_psd(new, PSD_COUNT_RTOL[V.dtype] * s)
+        new, projected, self.factor = _project_psd(new, PSD_COUNT_RTOL[V.dtype] * s)
 
         live = self.alive & ok
         tamed_d, tamed_n = live & (f_drift < TAMED_FACTOR), live & (f_noise < TAMED_FACTOR)
@@ -264,7 +265,8 @@ class _Stepper:
         xi = torch.randn(shape, generator=self.gen, device=V.device, dtype=V.dtype)
         if k is None:
             return _noise(self.coef, V, math.sqrt(dt) * xi)
-        return self.coef.structured_noise(V, math.sqrt(dt) * xi, check=False)
+        return self.coef.structured_noise(V, math.sqrt(dt) * xi, check=False,
+                                          factor=self.factor)
 
     def _kill(self, dead: torch.Tensor, k: int) -> None:
         if not bool(dead.any()):
@@ -313,15 +315,17 @@ def _psd_sqrt_times(S: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return (Q @ coef[..., None])[..., 0] * norm.sqrt()[:, None]
 
 
-def _project_psd(V: torch.Tensor, tol: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def _project_psd(V: torch.Tensor, tol: torch.Tensor
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Clip negative eigenvalues of symmetric V (P, m, m) at 0 where there are any.
 
-    Returns the projected states and a (P,) mask of the paths whose smallest
-    eigenvalue was below -tol (the ones that count as having left the cone).
+    Returns the projected states, a (P,) mask of the paths whose smallest
+    eigenvalue was below -tol (the ones that count as having left the cone), and
+    their Cholesky factors when every path was positive definite (else None).
     """
     # A successful Cholesky proves positive definiteness at O(m^3 / 3); only the
     # remaining paths need eigenvalues.
-    _, info = torch.linalg.cholesky_ex(V)
+    L, info = torch.linalg.cholesky_ex(V)
     lam_min = torch.zeros(V.shape[0], dtype=V.dtype, device=V.device)
     check = info != 0
     if bool(check.any()):
@@ -332,7 +336,8 @@ def _project_psd(V: torch.Tensor, tol: torch.Tensor) -> tuple[torch.Tensor, torc
         Vc = (Q * w.clamp_min(0.0)[..., None, :]) @ Q.transpose(-1, -2)
         V = V.clone()
         V[clip] = 0.5 * (Vc + Vc.transpose(-1, -2))
-    return V, lam_min < -tol
+    # The Cholesky factor serves the next step's noise when every path was PD.
+    return V, lam_min < -tol, (L if not bool(check.any()) else None)
 
 
 def _fro(X: torch.Tensor) -> torch.Tensor:

@@ -91,11 +91,12 @@ def linear_diffusion(V, gamma):
 LINEAR_NOISE_GROUPS = 1
 
 
-def linear_noise(V, N, gamma):
+def linear_noise(V, N, gamma, R=None):
     """Structured noise of the linear block: N (..., 1, m, m) iid
-    N(0, 1) -> (..., m, m) with covariance Sigma(V); O(m^3) per sample."""
+    N(0, 1) -> (..., m, m) with covariance Sigma(V); O(m^3) per sample.
+    R: a factor with R R^T = V if the caller has one (else computed)."""
     m, I, J, P = _setup(V)
-    R = _sqrt_psd(V)
+    R = _sqrt_psd(V) if R is None else R
     return (
         (gamma*sqrt(2 - gamma**2)) * (R @ (N[..., 0, :, :] + _T(N[..., 0, :, :])) @ _T(R)) / 2**0.5
     )
@@ -131,11 +132,12 @@ def attention_diffusion(V, gamma, tau0, heads):
 ATTENTION_NOISE_GROUPS = 2
 
 
-def attention_noise(V, N, gamma, tau0, heads):
+def attention_noise(V, N, gamma, tau0, heads, R=None):
     """Structured noise of the attention block: N (..., 2, m, m) iid
-    N(0, 1) -> (..., m, m) with covariance Sigma(V); O(m^3) per sample."""
+    N(0, 1) -> (..., m, m) with covariance Sigma(V); O(m^3) per sample.
+    R: a factor with R R^T = V if the caller has one (else computed)."""
     m, I, J, P = _setup(V)
-    R = _sqrt_psd(V)
+    R = _sqrt_psd(V) if R is None else R
     _e0 = _rP(V) @ R
     _g1 = _e0 @ N[..., 1, :, :] @ _T(R)
     return (
@@ -164,11 +166,12 @@ def mlp_diffusion(V, gamma, c_plus, c_minus):
 MLP_NOISE_GROUPS = 1
 
 
-def mlp_noise(V, N, gamma, c_plus, c_minus):
+def mlp_noise(V, N, gamma, c_plus, c_minus, R=None):
     """Structured noise of the mlp block: N (..., 1, m, m) iid
-    N(0, 1) -> (..., m, m) with covariance Sigma(V); O(m^3) per sample."""
+    N(0, 1) -> (..., m, m) with covariance Sigma(V); O(m^3) per sample.
+    R: a factor with R R^T = V if the caller has one (else computed)."""
     m, I, J, P = _setup(V)
-    R = _sqrt_psd(V)
+    R = _sqrt_psd(V) if R is None else R
     return (
         (sqrt(2)*gamma) * (R @ (N[..., 0, :, :] + _T(N[..., 0, :, :])) @ _T(R)) / 2**0.5
     )
@@ -206,11 +209,12 @@ def transformer_diffusion(V, gamma, tau0, c_plus, c_minus):
 TRANSFORMER_NOISE_GROUPS = 2
 
 
-def transformer_noise(V, N, gamma, tau0, c_plus, c_minus):
+def transformer_noise(V, N, gamma, tau0, c_plus, c_minus, R=None):
     """Structured noise of the transformer block: N (..., 2, m, m) iid
-    N(0, 1) -> (..., m, m) with covariance Sigma(V); O(m^3) per sample."""
+    N(0, 1) -> (..., m, m) with covariance Sigma(V); O(m^3) per sample.
+    R: a factor with R R^T = V if the caller has one (else computed)."""
     m, I, J, P = _setup(V)
-    R = _sqrt_psd(V)
+    R = _sqrt_psd(V) if R is None else R
     _e0 = _rP(V) @ R
     _g1 = _e0 @ N[..., 1, :, :] @ _T(R)
     return (
