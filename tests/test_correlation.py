@@ -7,12 +7,12 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from functools import cache
-from pathlib import Path
 
 import numpy as np
 import pytest
 import sympy as sp
 import torch
+from _shared import PARAMS, random_cov
 
 import shapedsde
 from shapedsde.blocks import shaped_mixing
@@ -29,18 +29,7 @@ from shapedsde.symbolic.correlation import (
 from shapedsde.symbolic.entrywise import derive_block
 from shapedsde.symbolic.layers import C_MINUS, C_PLUS, GAMMA, HEADS, TAU0
 
-ROOT = Path(__file__).resolve().parent.parent
 BLOCKS = ["linear", "attention", "mlp", "transformer"]
-PARAMS = {"linear": {"gamma": 0.6}, "attention": {"gamma": 0.8, "tau0": 0.7, "heads": 2},
-          "mlp": {"gamma": 0.7, "c_plus": 0.5, "c_minus": -1.5},
-          "transformer": {"gamma": 0.6, "tau0": 0.9, "c_plus": 0.2, "c_minus": -1.0}}
-
-
-def random_cov(m: int, seed: int, batch: tuple[int, ...] = ()) -> np.ndarray:
-    G = np.random.default_rng(seed).normal(size=batch + (m, m + 2))
-    return G @ np.swapaxes(G, -1, -2) / (m + 2)
-
-
 def numeric(e: sp.Expr, V: sp.Matrix, Vn: np.ndarray, p: dict) -> float:
     m = Vn.shape[0]
     subs = {V[a, b]: sp.Float(Vn[a, b]) for a in range(m) for b in range(a, m)}

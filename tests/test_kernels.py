@@ -5,20 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from _shared import PARAMS, random_cov
 
 import shapedsde
 from shapedsde.codegen import regenerate
 from shapedsde.symbolic.entrywise import derive_block
 from shapedsde.symbolic.layers import C_MINUS, C_PLUS, GAMMA, HEADS, TAU0
-
-PARAMS = {"linear": {"gamma": 0.6}, "attention": {"gamma": 0.8, "tau0": 0.7, "heads": 2},
-          "mlp": {"gamma": 0.7, "c_plus": 0.5, "c_minus": -1.5},
-          "transformer": {"gamma": 0.6, "tau0": 0.9, "c_plus": 0.2, "c_minus": -1.0}}
-
-
-def random_cov(m: int, seed: int, batch: tuple[int, ...] = ()) -> np.ndarray:
-    G = np.random.default_rng(seed).normal(size=batch + (m, m + 2))
-    return G @ np.swapaxes(G, -1, -2) / (m + 2)
 
 
 def test_generated_artifacts_are_fresh() -> None:

@@ -169,24 +169,31 @@ def test_expected_trace_powers() -> None:
     assert abs(mc / _expected_trace_power_m2(6) - 1) < 0.03
 
 
+def logdet_error(gamma: float, T: float, paths: int, steps: int, seed: int
+                 ) -> tuple[float, float, float]:
+    """Weak error of E[log det V_T] (m = 2, linear block): (error, its SE, Euler's exact bias).
+
+    Asserts the measured error equals Euler's O(dt) bias within 5 SE.
+    """
+    k = linear_k(gamma)
+    exact = math.log(np.linalg.det(V0_2)) - k * 3 * T  # log det drifts by -k m(m+1)/2 per unit t
+    res = solve(shapedsde.block("linear", gamma=gamma), V0_2, T, paths=paths, seed=seed,
+                steps=steps)
+    # k dt <= 0.012: P(I + eps G not PD) ~ exp(-1/(4 k dt)) ~ 1e-9 per step, so the
+    # projection never acts and the Euler law is exact.
+    assert res.meta["n_psd_projections"] == 0 and res.meta["n_tamed"] == 0
+    logdet = torch.logdet(res.V).numpy()
+    err, se = logdet.mean() - exact, logdet.std(ddof=1) / math.sqrt(paths)
+    bias = euler_logdet_bias_m2(k, T, steps)
+    print(f"steps={steps}: error {err:+.4f} +- {se:.4f} (Euler bias {bias:+.4f})")
+    assert abs(err - bias) <= 5 * se  # the measured error is Euler's O(dt) bias
+    return float(err), float(se), float(bias)
+
+
 def test_linear_weak_order_one_on_logdet() -> None:
     """Weak error of E[log det V_T] halves when the step halves, and equals Euler's exact bias."""
-    gamma, T, paths = 0.9, 0.5, 25_000
-    k = linear_k(gamma)
-    exact = math.log(np.linalg.det(V0_2)) - k * 2 * 3 * T / 2  # m = 2
-    errors = {}
-    for steps, seed in ((40, 21), (80, 22)):
-        res = solve(shapedsde.block("linear", gamma=gamma), V0_2, T, paths=paths, seed=seed,
-                    steps=steps)
-        # k dt <= 0.012: P(I + eps G not PD) ~ exp(-1/(4 k dt)) ~ 1e-9 per step, so the
-        # projection never acts and the Euler law above is exact.
-        assert res.meta["n_psd_projections"] == 0 and res.meta["n_tamed"] == 0
-        logdet = torch.logdet(res.V).numpy()
-        err, se = logdet.mean() - exact, logdet.std(ddof=1) / math.sqrt(paths)
-        bias = euler_logdet_bias_m2(k, T, steps)
-        print(f"steps={steps}: error {err:+.4f} +- {se:.4f} (Euler bias {bias:+.4f})")
-        assert abs(err - bias) <= 5 * se  # the measured error is Euler's O(dt) bias
-        errors[steps] = (err, se, bias)
+    errors = {steps: logdet_error(0.9, 0.5, 25_000, steps, seed)
+              for steps, seed in ((40, 21), (80, 22))}
     err40, se40, bias40 = errors[40]
     err80, _, bias80 = errors[80]
     assert err40 < -3 * se40  # the bias is resolved at the coarse step ...
@@ -197,20 +204,9 @@ def test_linear_weak_order_one_on_logdet() -> None:
 @pytest.mark.slow
 def test_linear_weak_order_fit_on_logdet_slow() -> None:
     """Three step sizes, 100k paths each: the fitted weak order on E[log det V_T] is ~1."""
-    gamma, T, paths = 0.9, 0.5, 100_000
-    k = linear_k(gamma)
-    exact = math.log(np.linalg.det(V0_2)) - k * 3 * T
-    steps_list, errs = (40, 80, 160), []
-    for i, steps in enumerate(steps_list):
-        res = solve(shapedsde.block("linear", gamma=gamma), V0_2, T, paths=paths, seed=31 + i,
-                    steps=steps)
-        assert res.meta["n_psd_projections"] == 0 and res.meta["n_tamed"] == 0
-        logdet = torch.logdet(res.V).numpy()
-        err, se = logdet.mean() - exact, logdet.std(ddof=1) / math.sqrt(paths)
-        bias = euler_logdet_bias_m2(k, T, steps)
-        print(f"steps={steps}: error {err:+.4f} +- {se:.4f} (Euler bias {bias:+.4f})")
-        assert abs(err - bias) <= 5 * se
-        errs.append(err)
+    steps_list = (40, 80, 160)
+    errs = [logdet_error(0.9, 0.5, 100_000, steps, 31 + i)[0]
+            for i, steps in enumerate(steps_list)]
     order = -np.polyfit(np.log(steps_list), np.log(np.abs(errs)), 1)[0]
     print(f"fitted weak order {order:.2f}")
     assert 0.6 < order < 1.4

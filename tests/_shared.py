@@ -1,0 +1,16 @@
+"""Fixtures shared by several test modules (imported as `_shared`; tests/ is on sys.path)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+#: Parameters at which the blocks' kernels are compared with their derivations.
+PARAMS = {"linear": {"gamma": 0.6}, "attention": {"gamma": 0.8, "tau0": 0.7, "heads": 2},
+          "mlp": {"gamma": 0.7, "c_plus": 0.5, "c_minus": -1.5},
+          "transformer": {"gamma": 0.6, "tau0": 0.9, "c_plus": 0.2, "c_minus": -1.0}}
+
+
+def random_cov(m: int, seed: int, batch: tuple[int, ...] = ()) -> np.ndarray:
+    """A random positive-definite (..., m, m) covariance."""
+    G = np.random.default_rng(seed).normal(size=batch + (m, m + 2))
+    return G @ np.swapaxes(G, -1, -2) / (m + 2)
