@@ -88,29 +88,81 @@ def bench_m64(device: str, paths: int) -> list[dict]:
 
 
 def bench_finite(widths: list[int], m: int, nets: int, device: str) -> list[dict]:
-    """(b) finite sampler throughput vs bare matmul of the value step's shapes."""
-    blk = shapedsde.block("attention", gamma=0.8, tau0=1.0)
-    rows = []
-    for n in widths:
-        depth = 4
-        t_fin = timed(partial(simulate, blk, random_cov(m), width=n, T=depth / n, nets=nets,
-                              seed=0, device=device, batch_size=nets, method="full"))
-        # The same products done bare: per layer Q, K (n x n), value (n x n), A X.
-        X = torch.randn(nets, m, n, device=device, dtype=torch.float64)
-        W = torch.randn(nets, n, n, device=device, dtype=torch.float64)
+    """(b) finite sampler (full networks) vs a bare bmm of the same shapes, same run.
 
-        def bare(X=X, W=W, depth=depth) -> None:
-            for _ in range(depth):
-                for _ in range(3):
-                    X @ W
-        t_bare = timed(bare)
-        flops = depth * 3 * 2 * nets * m * n * n
-        rows.append({"width": n, "m": m, "nets": nets, "finite_gflops": flops / t_fin / 1e9,
-                     "bare_gflops": flops / t_bare / 1e9, "ratio": t_bare / t_fin})
-        print(f"(b) n={n:5d}: finite {flops / t_fin / 1e9:6.2f} GFLOP/s (matmul FLOPs only), "
-              f"bare bmm {flops / t_bare / 1e9:6.2f} GFLOP/s, ratio {t_bare / t_fin:.2f} "
-              "(includes drawing the weights)", flush=True)
+    Per attention sub-layer a network multiplies X (m, n) by W^Q, W^K (n, nk = n) and
+    W^V (n, n): 3 x 2 m n^2 FLOPs, and draws 3 n^2 Gaussian weights. "bare" is the three
+    batched products on weights drawn beforehand; "bare + draw" adds drawing them
+    (torch.randn), the floor for any sampler that draws every weight.
+    """
+    blk = shapedsde.block("attention", gamma=0.8, tau0=1.0)
+    rows, depth = [], 4
+    for n in widths:
+        for dtype in (torch.float32, torch.float64):
+            t_fin = timed(partial(simulate, blk, random_cov(m), width=n, T=depth / n, nets=nets,
+                                  seed=0, device=device, batch_size=nets, method="full",
+                                  dtype=dtype), repeat=2)
+            gen = torch.Generator(device=device).manual_seed(0)
+            X = torch.randn(nets, m, n, device=device, dtype=dtype, generator=gen)
+            W = torch.randn(3, nets, n, n, device=device, dtype=dtype, generator=gen)
+
+            def bare(X=X, W=W, depth=depth) -> None:
+                for _ in range(depth):
+                    for k in range(3):
+                        torch.bmm(X, W[k])
+
+            def draw(W=W, gen=gen, depth=depth) -> None:
+                for _ in range(depth):
+                    torch.randn(W.shape, out=W, generator=gen)
+
+            t_bare, t_draw = timed(bare, repeat=3), timed(draw, repeat=2)
+            _sync(device)
+            flops = depth * 3 * 2 * nets * m * n * n
+            row = {"width": n, "m": m, "nets": nets, "dtype": str(dtype).removeprefix("torch."),
+                   "finite_gflops": flops / t_fin / 1e9, "bare_gflops": flops / t_bare / 1e9,
+                   "ratio_to_bare": t_bare / t_fin,
+                   "ratio_to_bare_plus_draw": (t_bare + t_draw) / t_fin,
+                   "draw_share": t_draw / t_fin}
+            rows.append(row)
+            print(f"(b) n={n:5d} {row['dtype']}: finite {row['finite_gflops']:6.2f} GFLOP/s, "
+                  f"bare bmm {row['bare_gflops']:6.2f} GFLOP/s, ratio {row['ratio_to_bare']:.2f}"
+                  f"; vs bmm + drawing the weights {row['ratio_to_bare_plus_draw']:.2f} "
+                  f"(drawing = {row['draw_share']:.0%} of the sampler's time)", flush=True)
     return rows
+
+
+def bench_accumulation(n: int, m: int, nets: int, device: str) -> dict:
+    """(b') float32 networks: V accumulated in float32 vs float64 from the same X, and
+    float32 vs float64 networks in law (mean of V, z-scores from standard errors)."""
+    from shapedsde.finite import gram_matrix, initial_hidden
+
+    blk = shapedsde.block("attention", gamma=0.8, tau0=1.0)
+    V0 = random_cov(m)
+    X = initial_hidden(V0, n, dtype=torch.float32, seed=0, device=device)
+    gen = torch.Generator(device=device).manual_seed(1)
+    Xb = X.expand(nets, m, n).contiguous()
+    for _ in range(n // 4):
+        Xb = blk.finite(Xb, gen)
+    acc32 = (Xb @ Xb.transpose(-1, -2) / n).double()
+    acc64 = gram_matrix(Xb)
+    rel = float(((acc32 - acc64).abs().amax((-2, -1)) / acc64.abs().amax((-2, -1))).max())
+    laws = {}
+    for dtype in (torch.float32, torch.float64):
+        laws[dtype] = simulate(blk, V0, width=n, T=0.25, nets=nets, seed=2, device=device,
+                               dtype=dtype, method="full").cpu()
+    a, b = laws[torch.float32], laws[torch.float64]
+    se = torch.sqrt(a.var(0) / nets + b.var(0) / nets)
+    z = float(((a.mean(0) - b.mean(0)) / se).abs().max())
+    print(f"(b') n={n}, m={m}, depth n/4: float32 accumulation of V differs from float64 "
+          f"accumulation of the same X by {rel:.1e} (relative, max over {nets} nets); "
+          f"float32 vs float64 networks, E[V] max |z| {z:.2f} over {m * m} entries", flush=True)
+    return {"width": n, "m": m, "nets": nets, "depth": n // 4,
+            "float32_accumulation_rel_error": rel, "float32_vs_float64_mean_max_abs_z": z}
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
 
 
 def bench_accuracy(widths: list[int], T: float, nets: int, device: str) -> list[dict]:
@@ -191,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     if "b" not in skip:
         report["finite"] = bench_finite([256, 512, 1024] if q else [256, 512, 1024, 2048],
                                         m=4, nets=16 if q else 32, device=args.device)
+        report["finite_accumulation"] = bench_accumulation(
+            512 if q else 1024, m=4, nets=200 if q else 400, device=args.device)
     if "c" not in skip:
         report["accuracy"] = bench_accuracy([256] if q else [256, 1024], T=0.2,
                                             nets=200 if q else 1000, device=args.device)

@@ -53,6 +53,15 @@ def check_time(T: float) -> float:
     return t
 
 
+def check_float_dtype(dtype: Any) -> Any:
+    """torch.float32 or torch.float64, else ValueError."""
+    import torch
+
+    if dtype not in (torch.float32, torch.float64):
+        raise ValueError(f"dtype must be torch.float32 or torch.float64; got {dtype!r}")
+    return dtype
+
+
 def check_covariance(V: Any, *, psd: bool = True, name: str = "V") -> Any:
     """Check that `V` has shape (..., m, m), m >= 2, is finite, symmetric and PSD.
 

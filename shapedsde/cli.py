@@ -120,14 +120,12 @@ def cmd_coeffs(args: argparse.Namespace) -> int:
 
 
 def cmd_sde(args: argparse.Namespace) -> int:
-    import torch
-
     from .sde import solve
 
     blk = block_from_args(args)
     V0 = load_matrix(args.V0, "V0")
     out, meta_path = _out_paths(args.out)
-    dtype = {"float64": torch.float64, "float32": torch.float32}[args.dtype]
+    dtype = _dtype(args.dtype)
     with warnings.catch_warnings():
         # The non-finite warning is repeated below as one line.
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -144,6 +142,12 @@ def cmd_sde(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _dtype(name: str):
+    import torch
+
+    return {"float64": torch.float64, "float32": torch.float32}[name]
+
+
 def cmd_finite(args: argparse.Namespace) -> int:
     blk = block_from_args(args)
     V0 = load_matrix(args.V0, "V0")
@@ -158,7 +162,7 @@ def cmd_finite(args: argparse.Namespace) -> int:
     simulate = _lazy("finite", "simulate")
     extra = {} if args.method is None else {"method": args.method}
     V = simulate(blk, V0, width=args.width, T=args.T, nets=args.nets, seed=args.seed,
-                 device=device, progress=not args.quiet, **extra)
+                 device=device, dtype=_dtype(args.dtype), progress=not args.quiet, **extra)
     V = V.detach().cpu().numpy()
     np.save(out, V)
     depth = int(round(args.T * args.width))
@@ -166,6 +170,7 @@ def cmd_finite(args: argparse.Namespace) -> int:
                             "nk": getattr(blk, "nk", None), "width": args.width,
                             "depth": depth, "T": args.T, "nets": args.nets, "seed": args.seed,
                             "device": str(device), "method": args.method or "default",
+                            "dtype": args.dtype,
                             "V0": V0.tolist(), "V0_file": args.V0, "out": str(out),
                             "n_nonfinite": int((~np.isfinite(V).all(axis=(-2, -1))).sum())})
     params = ", ".join(f"{k}={v:g}" for k, v in blk.kernel_params().items())
@@ -346,6 +351,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, required=True, metavar="S", help="random seed")
     p.add_argument("--method", choices=("full", "gram", "auto"),
                    help="sampler (see shapedsde.finite; default: its default)")
+    p.add_argument("--dtype", choices=("float64", "float32"), default="float64",
+                   help="precision of hidden states and weights (V is accumulated in "
+                        "float64 either way)")
     _add_device(p)
     p.add_argument("--out", required=True, metavar="OUT.npy", help="output file (.npy)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

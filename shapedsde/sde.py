@@ -32,7 +32,12 @@ V_0 = 0):
 3. V <- (V + V^T)/2, then if the smallest eigenvalue is negative the step is
    projected back to the PSD cone by clipping eigenvalues at 0 (the noise on the
    smallest eigenvalue scales like its square root, so Euler steps can leave the
-   cone).
+   cone). Negatives within round-off (Cholesky of V + 16 eps tr(V) I succeeds) are
+   left in the running state, whose noise then uses that jittered factor; states
+   handed out (`V`, `trajectory`) have them clipped. At many tokens this is the
+   common case: the spectrum spreads like exp(-c m t), so V is numerically
+   singular after a few steps, and an eigen-decomposition per path and step would
+   dominate the cost.
 
 Counters (all in `SDEResult.meta`): a "tamed" event is one (path, step) where
 taming reduced the drift or the noise by more than 1% (factor < 0.99); a PSD
@@ -57,6 +62,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from . import _linalg
 from . import _validation as val
 
 #: Default step rule: dt <= DT_MAX and at least MIN_STEPS steps.
@@ -71,6 +77,9 @@ NOISE_CAP = 1.0
 #: to about sqrt(eps) relative, so a singular V picks up noise of that size.
 PSD_COUNT_RTOL = {torch.float64: math.sqrt(torch.finfo(torch.float64).eps),
                   torch.float32: math.sqrt(torch.finfo(torch.float32).eps)}
+#: A state whose Cholesky fails but that of V + JITTER * eps * tr(V) * I succeeds is
+#: PSD up to round-off: it is kept, and the jittered factor drives the next noise.
+JITTER = 16
 
 SCHEME = ("tamed Euler-Maruyama: drift dt*b/(1+dt*|b|_F/s), noise capped at "
           "max(|V|_F, s) in Frobenius norm, symmetrised, eigenvalues clipped at 0 "
@@ -164,7 +173,7 @@ def solve(coefficients: Any, V0: Any, T: float, *, paths: int, seed: int,
         raise ValueError(f"nonfinite must be one of {NONFINITE_POLICIES}; got {nonfinite!r}")
     if noise not in ("auto", "generic"):
         raise ValueError(f"noise must be 'auto' or 'generic'; got {noise!r}")
-    device, dtype = check_device(device), _check_dtype(dtype)
+    device, dtype = check_device(device), val.check_float_dtype(dtype)
     V = _initial_state(V0, paths, device, dtype)
 
     start = time.perf_counter()
@@ -212,7 +221,7 @@ class _Stepper:
         self.coef, self.V, self.dt, self.gen = coefficients, V, dt, generator
         self.nonfinite = nonfinite
         self.structured = structured
-        self.factor: torch.Tensor | None = None  # Cholesky factor of the current V
+        self.factor: torch.Tensor | None = None  # R R^T = current V, from the PSD check
         P, m = V.shape[0], V.shape[-1]
         trace = torch.diagonal(V, 0, -2, -1).sum(-1) / m
         # s: the path's initial scale; taming thresholds are relative to it.
@@ -231,15 +240,14 @@ class _Stepper:
         V, dt, s = self.V, self.dt, self.scale
         b = self.coef.drift(V, check=False)
         noise = self._draw_noise(V, dt)
-        ok = _finite_rows(b) & _finite_rows(noise)
-        b, noise = _zero_where(~ok, b), _zero_where(~ok, noise)
-
+        # A NaN/inf in b or the noise makes `new` non-finite (inf norms give 0 * inf),
+        # so one check on `new` catches all three.
         f_drift = 1.0 / (1.0 + dt * _fro(b) / s)
         cap = NOISE_CAP * torch.maximum(_fro(V), s)
         f_noise = torch.clamp(cap / _fro(noise).clamp_min(torch.finfo(V.dtype).tiny), max=1.0)
         new = V + (dt * f_drift)[:, None, None] * b + f_noise[:, None, None] * noise
         new = 0.5 * (new + new.transpose(-1, -2))
-        ok &= _finite_rows(new)
+        ok = _finite_rows(new)
         new = torch.where(ok[:, None, None], new, self.safe)
         new, projected, self.factor = _project_psd(new, PSD_COUNT_RTOL[V.dtype] * s)
 
@@ -279,8 +287,10 @@ class _Stepper:
         self.alive &= ~dead
 
     def state(self) -> torch.Tensor:
-        """Current states (paths, m, m), NaN for non-finite paths."""
-        return torch.where(self.alive[:, None, None], self.V, torch.full_like(self.V, math.nan))
+        """Current states (paths, m, m), PSD (round-off negatives clipped), NaN for
+        non-finite paths."""
+        return torch.where(self.alive[:, None, None], _clip_psd(self.V),
+                           torch.full_like(self.V, math.nan))
 
     def counters(self) -> dict[str, Any]:
         nd, nn = int(self.n_tamed_drift), int(self.n_tamed_noise)
@@ -316,28 +326,53 @@ def _psd_sqrt_times(S: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 
 
 def _project_psd(V: torch.Tensor, tol: torch.Tensor
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-    """Clip negative eigenvalues of symmetric V (P, m, m) at 0 where there are any.
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Bring symmetric V (P, m, m) back to the PSD cone; return a factor of the result.
 
-    Returns the projected states, a (P,) mask of the paths whose smallest
-    eigenvalue was below -tol (the ones that count as having left the cone), and
-    their Cholesky factors when every path was positive definite (else None).
+    Returns the states, a (P,) mask of the paths whose smallest eigenvalue was below
+    -tol (the ones that count as having left the cone), and R (P, m, m) with
+    R R^T = the returned state (up to round-off), which the next step's structured
+    noise reuses (any square root gives the same noise law).
+
+    Three tiers, cheapest first: a Cholesky factor (proves positive definiteness);
+    else a Cholesky factor of V + delta I with delta = JITTER eps tr(V), i.e. V is
+    PSD up to round-off (its eigenvalues are > -delta), V is left as it is and the
+    noise uses the factor of V + delta I (relative change of Sigma ~ delta / |V|);
+    else an eigen-decomposition, eigenvalues clipped at 0, R = Q diag(w_+)^{1/2}.
+    At many tokens V is numerically singular after a few steps (the spectrum spreads
+    like exp(-c m t)), so the middle tier is what keeps such runs at O(m^3/3).
     """
-    # A successful Cholesky proves positive definiteness at O(m^3 / 3); only the
-    # remaining paths need eigenvalues.
-    L, info = torch.linalg.cholesky_ex(V)
-    lam_min = torch.zeros(V.shape[0], dtype=V.dtype, device=V.device)
-    check = info != 0
-    if bool(check.any()):
-        lam_min[check] = torch.linalg.eigvalsh(V[check])[:, 0]
-    clip = lam_min < 0
-    if bool(clip.any()):
-        w, Q = torch.linalg.eigh(V[clip])
-        Vc = (Q * w.clamp_min(0.0)[..., None, :]) @ Q.transpose(-1, -2)
+    R, info = torch.linalg.cholesky_ex(V)
+    projected = torch.zeros(V.shape[0], dtype=torch.bool, device=V.device)
+    bad = (info != 0).nonzero()[:, 0]
+    if bad.numel() == 0:
+        return V, projected, R
+    Vb = V[bad]
+    eye = torch.eye(V.shape[-1], dtype=V.dtype, device=V.device)
+    delta = JITTER * torch.finfo(V.dtype).eps * torch.diagonal(Vb, 0, -2, -1).sum(-1)
+    Rb, info_b = torch.linalg.cholesky_ex(Vb + delta[:, None, None] * eye)
+    R[bad] = Rb
+    hard = bad[info_b != 0]
+    if hard.numel():
+        w, Q = _linalg.eigh(V[hard])
+        projected[hard] = w[:, 0] < -tol[hard]
+        Rh = Q * w.clamp_min(0.0).sqrt()[..., None, :]
         V = V.clone()
-        V[clip] = 0.5 * (Vc + Vc.transpose(-1, -2))
-    # The Cholesky factor serves the next step's noise when every path was PD.
-    return V, lam_min < -tol, (L if not bool(check.any()) else None)
+        V[hard] = Rh @ Rh.transpose(-1, -2)
+        R[hard] = Rh
+    return V, projected, R
+
+
+def _clip_psd(V: torch.Tensor) -> torch.Tensor:
+    """V with eigenvalues clipped at 0 where Cholesky fails (for states handed out)."""
+    bad = (torch.linalg.cholesky_ex(V)[1] != 0).nonzero()[:, 0]
+    if bad.numel() == 0:
+        return V
+    w, Q = _linalg.eigh(V[bad])
+    V = V.clone()
+    V[bad] = (Q * w.clamp_min(0.0)[..., None, :]) @ Q.transpose(-1, -2)
+    V[bad] = 0.5 * (V[bad] + V[bad].transpose(-1, -2))
+    return V
 
 
 def _fro(X: torch.Tensor) -> torch.Tensor:
@@ -386,12 +421,6 @@ def check_device(device: str | torch.device) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' requested but CUDA is not available here; use 'cpu'")
     return dev
-
-
-def _check_dtype(dtype: torch.dtype) -> torch.dtype:
-    if dtype not in (torch.float32, torch.float64):
-        raise ValueError(f"dtype must be torch.float32 or torch.float64; got {dtype!r}")
-    return dtype
 
 
 def _describe(coefficients: Any) -> str:

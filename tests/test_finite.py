@@ -117,6 +117,7 @@ def test_simulate_trajectory():
     (dict(method="euler"), "method"),
     (dict(record_every=0), "positive integer"),
     (dict(batch_size=0), "positive integer"),
+    (dict(dtype=torch.float16), "dtype"),
 ])
 def test_simulate_errors(kw, match):
     args = dict(width=8, T=0.25, nets=2, seed=0) | kw
@@ -152,6 +153,25 @@ def test_linear_layer_mean_is_V():
     Xn = LIN.finite(X, torch.Generator().manual_seed(11))
     Vn = Xn @ Xn.transpose(-1, -2) / n
     assert _max_z(Vn, torch.tensor(V0)) < z_crit(6, 1e-3)
+
+
+def test_float32_networks_accumulate_V_in_float64():
+    """float32 networks return float64 V; the linear block keeps E[V] = V0 at depth d
+    (drift 0 at every width), so the float32 sampler is checked against an exact mean.
+    Bonferroni over 6 entries, alpha = 1e-3."""
+    from shapedsde.finite import gram_matrix
+
+    X = initial_hidden(V0, 4096, dtype=torch.float32, seed=0)
+    V64 = gram_matrix(X)
+    assert V64.dtype == torch.float64
+    # The float64 Gram of the float32 state is the exact Gram of those numbers, up
+    # to float64 rounding; the float32 one is off by ~ sqrt(n) eps_32 relative.
+    Xd = X.double()
+    exact = (Xd @ Xd.T) / 4096
+    assert (V64 - exact).abs().max() < 1e-13
+    V = simulate(LIN, V0, width=64, T=0.25, nets=4000, seed=5, dtype=torch.float32)
+    assert V.dtype == torch.float64
+    assert _max_z(V, torch.tensor(V0)) < z_crit(6, 1e-3)
 
 
 def test_gram_step_mean_matches_full_layer():

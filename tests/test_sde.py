@@ -306,6 +306,61 @@ def test_rank_deficient_V0_does_not_count_round_off() -> None:
     assert torch.linalg.eigvalsh(res.V).min() >= -1e-8
 
 
+def _psd_cases() -> torch.Tensor:
+    """A positive definite, a singular (round-off negatives) and an indefinite 6 x 6."""
+    g = torch.Generator().manual_seed(0)
+    G = torch.randn(6, 6, generator=g, dtype=torch.float64)
+    pd = G @ G.T / 6 + 0.1 * torch.eye(6, dtype=torch.float64)
+    low = G[:, :2] @ G[:, :2].T  # rank 2: Cholesky fails, eigenvalues ~ +-1e-16
+    Q, _ = torch.linalg.qr(G)
+    indef = Q @ torch.diag(torch.tensor([3.0, 2.0, 1.0, 0.5, -0.2, -1e-3],
+                                        dtype=torch.float64)) @ Q.T
+    return torch.stack([pd, low, 0.5 * (indef + indef.T)])
+
+
+def test_project_psd_tiers() -> None:
+    from shapedsde.sde import _project_psd
+
+    V = _psd_cases()
+    tol = torch.full((3,), 1e-8, dtype=torch.float64)
+    out, projected, R = _project_psd(V.clone(), tol)
+    assert projected.tolist() == [False, False, True]
+    # PD and round-off-singular states are kept as they are.
+    assert torch.equal(out[:2], V[:2])
+    # The projection is the nearest PSD matrix: V = V+ - V-, both PSD, V+ V- = 0.
+    plus, minus = out[2], out[2] - V[2]
+    assert torch.linalg.eigvalsh(plus).min() >= -1e-12
+    assert torch.linalg.eigvalsh(minus).min() >= -1e-12
+    assert torch.allclose(plus @ minus, torch.zeros_like(plus), atol=1e-12)
+    # Every factor reproduces its state (the singular one up to the tiny jitter).
+    RRt = R @ R.transpose(-1, -2)
+    assert torch.allclose(RRt, out, atol=1e-12)
+
+
+def test_threaded_eigh_matches_torch() -> None:
+    from shapedsde import _linalg
+
+    g = torch.Generator().manual_seed(1)
+    G = torch.randn(130, 5, 5, generator=g, dtype=torch.float64)
+    X = G + G.transpose(-1, -2)
+    w, Q = _linalg.eigh(X)
+    w_ref = torch.linalg.eigvalsh(X)
+    assert torch.allclose(w, w_ref, atol=1e-12)
+    assert torch.allclose(Q @ torch.diag_embed(w) @ Q.transpose(-1, -2), X, atol=1e-12)
+
+
+def test_states_handed_out_are_psd_at_many_tokens() -> None:
+    # At m = 24 the spectrum spreads like exp(-c m t): V is numerically singular
+    # within the run, the running state keeps round-off negatives, the output not.
+    V0 = np.eye(24) * 0.5 + 0.5
+    res = solve(shapedsde.block("attention", gamma=0.8, tau0=1.0), V0, 1.0, paths=50,
+                seed=0, save_every=100)
+    assert res.meta["n_psd_projections"] > 0
+    for V in (res.V, *res.trajectory):
+        lam = torch.linalg.eigvalsh(V)
+        assert (lam[:, 0] >= -1e-13 * lam[:, -1]).all()
+
+
 def test_reproducible_with_same_seed() -> None:
     blk = shapedsde.block("attention", gamma=0.8, tau0=1.0)
     a = solve(blk, V0_3, 0.2, paths=50, seed=123)

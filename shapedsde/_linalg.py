@@ -1,0 +1,32 @@
+"""Batched dense linear algebra helpers the solver needs at many tokens."""
+
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from functools import lru_cache
+
+import torch
+
+#: Below this many matrices a batch is decomposed in one call.
+MIN_SPLIT = 64
+
+
+@lru_cache(maxsize=1)
+def _pool(workers: int) -> ThreadPoolExecutor:
+    return ThreadPoolExecutor(workers, thread_name_prefix="shapedsde-eigh")
+
+
+def eigh(X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """`torch.linalg.eigh` of a batch (B, m, m), split across threads on CPU.
+
+    On CPU Torch loops over the batch and hands each small matrix to LAPACK, whose
+    own threading does not pay at m ~ 64 (in float64 it is slower than one thread);
+    one chunk of the batch per thread is 2-3x faster on two cores (see
+    docs/benchmarks.md). Torch releases the GIL inside the call. Same results as one
+    call, chunk by chunk.
+    """
+    workers = torch.get_num_threads()
+    if X.device.type != "cpu" or workers < 2 or X.shape[0] < MIN_SPLIT:
+        return torch.linalg.eigh(X)
+    parts = list(_pool(workers).map(torch.linalg.eigh, X.chunk(workers)))
+    return torch.cat([w for w, _ in parts]), torch.cat([q for _, q in parts])
