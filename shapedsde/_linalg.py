@@ -30,3 +30,15 @@ def eigh(X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.linalg.eigh(X)
     parts = list(_pool(workers).map(torch.linalg.eigh, X.chunk(workers)))
     return torch.cat([w for w, _ in parts]), torch.cat([q for _, q in parts])
+
+
+def psd_factor(V: torch.Tensor) -> torch.Tensor:
+    """F with F F^T = V for PSD V of shape (..., m, m), via Cholesky where it
+    succeeds and a symmetric eigen factor (negative rounding clipped) elsewhere."""
+    L, info = torch.linalg.cholesky_ex(V)
+    bad = info != 0
+    if bool(bad.any()):
+        w, Q = eigh(V[bad])
+        L = L.clone()
+        L[bad] = Q * w.clamp_min(0).sqrt().unsqueeze(-2)
+    return L

@@ -51,6 +51,7 @@ import torch
 
 from . import _validation as val
 from .blocks import BLOCKS, AttentionBlock, Block
+from .weights import RandomSource, weight_source
 
 __all__ = [
     "UnshapedAttentionBlock", "StandardAttentionBlock", "StandardNoResidualBlock",
@@ -91,17 +92,17 @@ class UnshapedAttentionBlock(Block):
         """X_in, the input of the attention branch (X itself unless pre-normalised)."""
         return X
 
-    def logits(self, X: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def logits(self, X: torch.Tensor, generator: RandomSource) -> torch.Tensor:
         """Z = Y(X_in) / temperature, shape (B, m, m); draws W^Q and W^K (n x nk)."""
         B, m, n = X.shape
         nk = self.nk or n
         Xin = self.branch_input(X)
-        kw = dict(generator=generator, device=X.device, dtype=X.dtype)
-        Q = Xin @ torch.randn(B, n, nk, **kw) / math.sqrt(n)
-        K = Xin @ torch.randn(B, n, nk, **kw) / math.sqrt(n)
+        weights = weight_source(generator)
+        Q = weights.times(Xin, nk) / math.sqrt(n)
+        K = weights.times(Xin, nk) / math.sqrt(n)
         return (Q @ K.transpose(-1, -2)) / self.temperature(n, nk)
 
-    def branch_mixing(self, X: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def branch_mixing(self, X: torch.Tensor, generator: RandomSource) -> torch.Tensor:
         """The effective mixing of X: Branch(X) = branch_mixing(X) X W^V / sqrt(n)."""
         A = self.mixing(self.logits(X, generator))
         return A * self._input_scale(X)

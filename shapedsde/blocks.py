@@ -23,6 +23,7 @@ import torch
 from . import _validation as val
 from .causal import causal_diffusion, causal_drift
 from .kernels import kernel, noise_group_count
+from .weights import RandomSource, weight_source
 
 
 @dataclass(frozen=True)
@@ -80,18 +81,18 @@ class Block:
                 raise ValueError(f"N must have shape (..., {k}, m, m); got {tuple(N.shape)}")
         return kernel(self.name, "noise", V)(V, N, **self.kernel_params(), R=factor)
 
-    def branch_mixing(self, X: torch.Tensor, generator: torch.Generator) -> torch.Tensor | None:
+    def branch_mixing(self, X: torch.Tensor, generator: RandomSource) -> torch.Tensor | None:
         """The token-mixing matrix A of the branch: (B, m, m), (B, H, m, m) with one
         matrix per head (head h mixes the value columns of block h), or None for A = I."""
         return None
 
-    def finite(self, X: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def finite(self, X: torch.Tensor, generator: RandomSource) -> torch.Tensor:
         """One sub-layer at width n = X.shape[-1] on a batch X of shape (B, m, n)."""
         _check_hidden(X)
         B, m, n = X.shape
         A = self.branch_mixing(X, generator)
-        WV = torch.randn(B, n, n, generator=generator, device=X.device, dtype=X.dtype)
-        return self.lam * X + self.gamma * apply_mixing(A, X @ WV) / math.sqrt(n)
+        XWV = weight_source(generator).times(X, n)
+        return self.lam * X + self.gamma * apply_mixing(A, XWV) / math.sqrt(n)
 
     def symbolic(self, m: int):
         """The update rule as a symbolic `LayerModel` for m tokens."""
@@ -151,20 +152,19 @@ class AttentionBlock(Block):
     def noise_groups(self) -> int | None:
         return None if self.causal else super().noise_groups
 
-    def logits(self, X: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def logits(self, X: torch.Tensor, generator: RandomSource) -> torch.Tensor:
         """Z = Y / tau, shape (B, m, m), or (B, H, m, m) with H = heads > 1."""
         B, m, n = X.shape
         H, nk = self.heads, self.nk or n
         if n % H:
             raise ValueError(f"width n = {n} must be a multiple of heads = {H}")
-        kw = dict(generator=generator, device=X.device, dtype=X.dtype)
-        Xh = X[:, None]  # (B, 1, m, n): broadcast over heads
-        Q = Xh @ torch.randn(B, H, n, nk, **kw) / math.sqrt(n)
-        K = Xh @ torch.randn(B, H, n, nk, **kw) / math.sqrt(n)
+        weights = weight_source(generator)
+        Q = weights.times(X, nk, heads=H) / math.sqrt(n)  # (B, H, m, nk)
+        K = weights.times(X, nk, heads=H) / math.sqrt(n)
         Z = (Q @ K.transpose(-1, -2)) / (self.tau0 * math.sqrt(n * nk))
         return Z[:, 0] if H == 1 else Z
 
-    def branch_mixing(self, X: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def branch_mixing(self, X: torch.Tensor, generator: RandomSource) -> torch.Tensor:
         return shaped_mixing(self.logits(X, generator), causal=self.causal)
 
 
@@ -189,11 +189,10 @@ class MlpBlock(Block):
     def kernel_params(self) -> dict[str, float]:
         return {"gamma": self.gamma, "c_plus": self.c_plus, "c_minus": self.c_minus}
 
-    def activation_input(self, X: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def activation_input(self, X: torch.Tensor, generator: RandomSource) -> torch.Tensor:
         """G = X W^pre / sqrt(n), shape (B, m, n)."""
-        B, m, n = X.shape
-        W = torch.randn(B, n, n, generator=generator, device=X.device, dtype=X.dtype)
-        return X @ W / math.sqrt(n)
+        n = X.shape[-1]
+        return weight_source(generator).times(X, n) / math.sqrt(n)
 
     def activation(self, G: torch.Tensor) -> torch.Tensor:
         """sqrt(c) phi(G) at width n = G.shape[-1]."""
@@ -202,12 +201,11 @@ class MlpBlock(Block):
         c = 2.0 / (sp_**2 + sm_**2)
         return math.sqrt(c) * (sp_ * G.clamp_min(0) + sm_ * G.clamp_max(0))
 
-    def finite(self, X: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def finite(self, X: torch.Tensor, generator: RandomSource) -> torch.Tensor:
         _check_hidden(X)
         B, m, n = X.shape
         U = self.activation(self.activation_input(X, generator))
-        W = torch.randn(B, n, n, generator=generator, device=X.device, dtype=X.dtype)
-        return self.lam * X + self.gamma * (U @ W) / math.sqrt(n)
+        return self.lam * X + self.gamma * weight_source(generator).times(U, n) / math.sqrt(n)
 
 
 @dataclass(frozen=True)
@@ -237,7 +235,7 @@ class TransformerBlock(Block):
         return {"gamma": self.gamma, "tau0": self.tau0, "c_plus": self.c_plus,
                 "c_minus": self.c_minus}
 
-    def finite(self, X: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    def finite(self, X: torch.Tensor, generator: RandomSource) -> torch.Tensor:
         attention, mlp = self.parts()
         return mlp.finite(attention.finite(X, generator), generator)
 

@@ -349,7 +349,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--nets", type=int, required=True, metavar="N",
                    help="number of independent networks")
     p.add_argument("--seed", type=int, required=True, metavar="S", help="random seed")
-    p.add_argument("--method", choices=("full", "gram", "auto"),
+    p.add_argument("--method", choices=("full", "reduced", "gram", "auto"),
                    help="sampler (see shapedsde.finite; default: its default)")
     p.add_argument("--dtype", choices=("float64", "float32"), default="float64",
                    help="precision of hidden states and weights (V is accumulated in "

@@ -4,12 +4,16 @@
 sub-layers of one block, all starting from the same hidden state X0 with
 X0 X0^T / n = V0, and returns V = X X^T / n at depth d.
 
-Two samplers, equal in law:
+Three samplers, equal in law:
 
 - `method="full"` calls the block's finite face `block.finite(X, generator)`
   on X of shape (B, m, n): every weight matrix is drawn (n^2 numbers per
   sub-layer and network), so it is the network itself, but slow on CPU for
   n >~ 64.
+- `method="reduced"` runs the same finite faces but draws every weight product
+  X W in law as L G (L L^T = X X^T, G of shape (m, c)): the hidden states have
+  exactly the law of the full networks with m c instead of n c random numbers per
+  weight matrix (`shapedsde.weights`). Every block has it.
 - `method="gram"` samples the Markov chain V_l -> V_{l+1} exactly in law with
   O(m^2) random numbers per sub-layer, whatever n. It rests on rotation
   invariance: given X, the law of the next V depends on X only through V
@@ -36,12 +40,15 @@ import torch
 from tqdm.auto import tqdm
 
 from . import _validation as val
+from ._linalg import psd_factor
 from .blocks import AttentionBlock, Block, LinearBlock, shaped_mixing
+from .weights import RandomSource, WeightSource
 
 # Bytes of random weights the full sampler may hold per batch (per device kind).
 # Fixed, not read from free memory, so the default batch size (and hence the
 # random stream) is the same on every machine of a kind.
 FULL_BATCH_BYTES = {"cpu": 256 * 2**20, "cuda": 4 * 2**30}
+METHODS = ("full", "reduced", "gram", "auto")
 GRAM_BATCH_NETS = 1 << 17  # the gram sampler holds O(m^2) numbers per network
 # Below this many degrees of freedom a Wishart / Gaussian product is drawn
 # directly from Gaussians (cheap, and Bartlett's chi-squares need df >= m).
@@ -97,18 +104,6 @@ def initial_hidden(
     return X0.to(device=device, dtype=dtype)
 
 
-def psd_factor(V: torch.Tensor) -> torch.Tensor:
-    """F with F F^T = V for PSD V of shape (..., m, m), via Cholesky where it
-    succeeds and a symmetric eigen factor (negative rounding clipped) elsewhere."""
-    L, info = torch.linalg.cholesky_ex(V)
-    bad = info != 0
-    if bool(bad.any()):
-        w, Q = torch.linalg.eigh(V[bad])
-        L = L.clone()
-        L[bad] = Q * w.clamp_min(0).sqrt().unsqueeze(-2)
-    return L
-
-
 # ----------------------------------------------------------------------------
 # Simulation
 
@@ -135,9 +130,10 @@ def simulate(
     trajectory every `record_every` sub-layers when that is given.
     `dtype`: precision of the hidden states and weights (float32 is 2-4x faster on
     CPU); V is accumulated in float64 either way (`gram_matrix`).
-    `method`: "full" (the block's finite face, all weights drawn) or "gram"
-    (exact-in-law m x m chain; see the module docstring); "auto" picks "gram"
-    where the block supports it. Reproducible for a fixed (seed, batch_size,
+    `method`: "full" (the block's finite face, all weights drawn), "reduced" (the
+    same faces, weight products drawn in law from X X^T) or "gram" (exact-in-law
+    m x m chain; see the module docstring); "auto" picks "gram" where the block
+    supports it, else "full". Reproducible for a fixed (seed, batch_size,
     device, method); `batch_size=None` picks one from a fixed memory budget.
     """
     V0 = _as_matrix(V0, "V0")
@@ -162,7 +158,9 @@ def simulate(
     gen = torch.Generator(device=dev).manual_seed(int(seed))
     X0 = initial_hidden(V0, n, dtype=dtype, device=dev, seed=seed)
     record = _record_depths(depth, record_every)
-    step = _full_runner if method == "full" else _gram_runner
+    step = _gram_runner if method == "gram" else _full_runner
+    if method == "reduced":
+        gen = WeightSource(gen, reduced=True)
     outs: list[torch.Tensor] = []
     bar = tqdm(total=nets * depth, disable=not progress, unit="layer",
                desc=f"finite {block.name} n={n} d={depth} ({method})")
@@ -190,7 +188,7 @@ def gram_matrix(X: torch.Tensor) -> torch.Tensor:
 
 
 def _full_runner(block: Block, X0: torch.Tensor, B: int, depth: int, record: list[int],
-                 gen: torch.Generator, bar) -> torch.Tensor:
+                 gen: RandomSource, bar) -> torch.Tensor:
     """B networks through `depth` sub-layers of block.finite; (B, k, m, m) at `record`."""
     X = X0.expand(B, *X0.shape).clone()
     saved = []
@@ -347,8 +345,8 @@ def _check_method(block: Block, method: str) -> str:
         raise ValueError(f"block must be a shapedsde Block; got {type(block).__name__}")
     if method == "auto":
         return "gram" if supports_gram(block) else "full"
-    if method not in ("full", "gram"):
-        raise ValueError(f"method must be 'full', 'gram' or 'auto'; got {method!r}")
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {METHODS}; got {method!r}")
     if method == "gram" and not supports_gram(block):
         raise ValueError(f"block {block.name!r} has no gram sampler; use method='full'")
     return method
@@ -368,6 +366,9 @@ def _default_batch(method: str, m: int, n: int, nk: int | None, heads: int,
     if method == "gram":
         return GRAM_BATCH_NETS
     itemsize = torch.empty((), dtype=dtype).element_size()
+    if method == "reduced":  # (m, n) states and (m, c) draws only
+        return max(1, FULL_BATCH_BYTES.get(device.type, FULL_BATCH_BYTES["cpu"])
+                   // (itemsize * (8 + 4 * heads) * m * max(n, nk or n)))
     # per network and sub-layer: W^V (n, n), W^Q and W^K (heads, n, nk), a few (m, n) states
     per_net = itemsize * (n * n + 2 * heads * n * (nk or n) + 8 * m * n)
     budget = FULL_BATCH_BYTES.get(device.type, FULL_BATCH_BYTES["cpu"])

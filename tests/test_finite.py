@@ -174,6 +174,63 @@ def test_float32_networks_accumulate_V_in_float64():
     assert _max_z(V, torch.tensor(V0)) < z_crit(6, 1e-3)
 
 
+REDUCED_CASES = [
+    shapedsde.block("attention", gamma=0.8, tau0=0.7, heads=2),
+    shapedsde.block("attention", gamma=0.8, tau0=0.7, causal=True),
+    shapedsde.block("mlp", gamma=0.8, c_plus=0.5, c_minus=-1.0),
+    shapedsde.block("transformer", gamma=0.7, tau0=1.0),
+]
+
+
+@pytest.mark.parametrize("blk", REDUCED_CASES, ids=lambda b: f"{b.name}-{b.kernel_params()}")
+def test_reduced_weights_have_the_law_of_drawn_weights(blk):
+    """Networks with weight products drawn in law (L G) vs all weights drawn: the
+    first and second moments of V at depth 8 (n = 16, T = 0.5) agree. Independent
+    samples, z from both standard errors; Bonferroni over 6 + 6 entries, alpha = 1e-3.
+    A control with the wrong gamma is rejected at the same threshold."""
+    N = 6000
+    kw = dict(width=16, T=0.5, nets=N)
+    full = simulate(blk, V0, seed=1, method="full", **kw)
+    red = simulate(blk, V0, seed=2, method="reduced", **kw)
+    wrong = simulate(type(blk)(**{**_fields(blk), "gamma": blk.gamma * 0.5}), V0, seed=3,
+                     method="reduced", **kw)
+    crit = z_crit(12, 1e-3)
+    assert _two_sample_z(full, red) < crit
+    assert _two_sample_z(full, wrong) > crit
+
+
+def _fields(blk) -> dict:
+    import dataclasses
+
+    return {f.name: getattr(blk, f.name) for f in dataclasses.fields(blk) if f.init}
+
+
+def _two_sample_z(a: torch.Tensor, b: torch.Tensor) -> float:
+    """max |z| of the difference of the means of V and of V o V over unique entries."""
+    zs = []
+    for f in (lambda V: V, lambda V: V * V):
+        x, y = f(a), f(b)
+        z = (x.mean(0) - y.mean(0)) / torch.sqrt(x.var(0) / len(x) + y.var(0) / len(y))
+        zs += [abs(float(z[i])) for i in pair_index(a.shape[-1])]
+    return max(zs)
+
+
+def test_reduced_sampler_is_seeded_and_cheap_in_random_numbers():
+    a = simulate(ATT, V0, width=32, T=0.25, nets=5, seed=4, method="reduced")
+    b = simulate(ATT, V0, width=32, T=0.25, nets=5, seed=4, method="reduced")
+    assert torch.equal(a, b)
+    # One weight product X W (m x n times n x c) draws m c numbers, not n c.
+    from shapedsde.weights import WeightSource
+
+    gen = torch.Generator().manual_seed(0)
+    X = initial_hidden(V0, 32, seed=0)[None]
+    out = WeightSource(gen, reduced=True).times(X, 7, heads=2)
+    assert out.shape == (1, 2, 3, 7)
+    ref = torch.Generator().manual_seed(0)
+    torch.randn(1, 2, 3, 7, generator=ref, dtype=torch.float64)
+    assert torch.equal(gen.get_state(), ref.get_state())
+
+
 def test_gram_step_mean_matches_full_layer():
     """One gram step has E[V' | V] = lam^2 V + gam^2 E[A V A^T] like the full layer; for
     the linear block E[V'] = V. Bonferroni over 6 entries, alpha = 1e-3."""

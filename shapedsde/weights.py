@@ -1,0 +1,63 @@
+"""Where a finite network's Gaussian weights come from: drawn, or reduced in law.
+
+Every weight product in the blocks' finite faces is X W with X (..., m, n) the current
+(function of the) hidden state and W (n, c) a fresh matrix of iid N(0, 1) entries,
+independent of everything before. Given X, X W is matrix normal: its c columns are
+iid N(0, X X^T). So L G, with L L^T = X X^T (an m x m factor) and G (m, c) iid
+N(0, 1), has the same conditional law, and so does the whole network as a Markov
+chain in X: every hidden state has exactly the law of the network with all weights
+drawn. That costs m c random numbers instead of n c, and O(m^2 (n + c)) FLOPs instead
+of O(m n c): at m = 4, n = 1024 a sub-layer draws 256x fewer numbers.
+
+Blocks take `generator: torch.Generator | WeightSource`; a bare generator means the
+weights are drawn (the network itself).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from ._linalg import psd_factor
+
+
+@dataclass(frozen=True)
+class WeightSource:
+    """The random source of a finite network's weight products.
+
+    generator: the `torch.Generator` of every draw.
+    reduced: False: draw W and multiply (the network itself); True: draw X W in law
+        as L G (see the module docstring) - same law of every hidden state, far fewer
+        random numbers.
+    """
+
+    generator: torch.Generator
+    reduced: bool = False
+
+    def times(self, X: torch.Tensor, cols: int, heads: int | None = None) -> torch.Tensor:
+        """X W for fresh iid N(0, 1) weights W (n, cols), one per batch element (and head).
+
+        X: (B, m, n). Returns (B, m, cols), or (B, heads, m, cols) with an independent
+        W per head when `heads` is given.
+        """
+        B, m, n = X.shape
+        lead = (B,) if heads is None else (B, heads)
+        kw = dict(generator=self.generator, device=X.device, dtype=X.dtype)
+        if not self.reduced:
+            W = torch.randn(*lead, n, cols, **kw)
+            return (X if heads is None else X[:, None]) @ W
+        L = psd_factor(X @ X.transpose(-1, -2))
+        G = torch.randn(*lead, m, cols, **kw)
+        return (L if heads is None else L[:, None]) @ G
+
+
+def weight_source(generator: torch.Generator | WeightSource) -> WeightSource:
+    """A `WeightSource`: the argument itself, or drawn weights from a bare generator."""
+    if isinstance(generator, WeightSource):
+        return generator
+    return WeightSource(generator)
+
+
+#: What the finite faces accept as their source of randomness.
+RandomSource = torch.Generator | WeightSource
