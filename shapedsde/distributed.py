@@ -59,14 +59,16 @@ def run_tasks(fn: Callable[..., Any], tasks: Sequence[dict[str, Any]], *, worker
 
 
 def sample_finite(block: str, params: dict[str, Any], V0: Any, *, width: int, T: float,
-                  nets: int, seed: int, device: str = "cpu") -> np.ndarray:
-    """A task: V at depth round(T width) of `nets` finite networks (nets, m, m)."""
+                  nets: int, seed: int, device: str = "cpu", method: str = "full"
+                  ) -> np.ndarray:
+    """A task: V at depth round(T width) of `nets` finite networks (nets, m, m);
+    `method` as in `shapedsde.finite.simulate`."""
     from .blocks import block as make_block
     from .finite import simulate
 
     blk = make_block(block, **params)
     return simulate(blk, np.asarray(V0), width=width, T=T, nets=nets, seed=seed,
-                    device=device).cpu().numpy()
+                    device=device, method=method).cpu().numpy()
 
 
 def sample_sde(block: str, params: dict[str, Any], V0: Any, *, T: float, paths: int,

@@ -19,8 +19,10 @@ def test_spawned_seeds_are_distinct_and_reproducible() -> None:
 def test_one_and_two_workers_give_bit_identical_samples() -> None:
     pytest.importorskip("distributed")
     params = {"gamma": 0.8, "tau0": 0.7}
-    tasks = [dict(block="attention", params=params, V0=V0, width=w, T=4 / w, nets=8, seed=s)
-             for w, s in zip([16, 32, 16, 32], spawn_seeds(0, 4), strict=True)]
+    tasks = [dict(block="attention", params=params, V0=V0, width=w, T=4 / w, nets=8, seed=s,
+                  method=meth)
+             for w, s, meth in zip([16, 32, 16, 32], spawn_seeds(0, 4),
+                                   ["full", "full", "reduced", "reduced"], strict=True)]
     serial = run_tasks(sample_finite, tasks, workers=1)
     parallel = run_tasks(sample_finite, tasks, workers=2)
     for x, y in zip(serial, parallel, strict=True):

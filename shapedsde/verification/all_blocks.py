@@ -75,8 +75,11 @@ def check_block(label: str, name: str, params: dict, *, widths: list[int], layer
                       "diffusion_z": _z(est["cov"], est["cov_se"], S),
                       "diffusion_rel_err": float(np.linalg.norm(est["cov"] - S)
                                                  / np.linalg.norm(S))})
+    # Weight products drawn in law (method="reduced"): the networks' exact law at n/m
+    # times fewer random numbers, so the law check affords wider nets and more of them.
     tasks = [dict(block=name, params=params, V0=V_CHECK, width=n, T=T, nets=nets, seed=s,
-                  device=device) for n, s in zip(law_widths, seeds[len(widths):], strict=False)]
+                  device=device, method="reduced")
+             for n, s in zip(law_widths, seeds[len(widths):], strict=False)]
     finite = run_tasks(sample_finite, tasks, workers=workers, scheduler=scheduler)
     sde = sample_sde(name, params, V_CHECK, T=T, paths=paths, seed=seeds[-1], device=device)
     control = sample_sde("linear", {"gamma": params["gamma"]}, V_CHECK, T=T, paths=paths,
@@ -112,10 +115,10 @@ def check_block(label: str, name: str, params: dict, *, widths: list[int], layer
 def every_block(*, quick: bool, seed: int, device: str = "cpu", workers: int = 1,
                 scheduler: str | None = None) -> list[dict[str, Any]]:
     """Run `check_block` for every setting in BLOCK_SETTINGS."""
-    size = (dict(widths=[64, 256], layers=1000, law_widths=[16, 32], nets=600, paths=1200)
+    size = (dict(widths=[64, 256], layers=1000, law_widths=[32, 128], nets=3000, paths=6000)
             if quick else
-            dict(widths=[128, 512], layers=8000, law_widths=[32, 64, 128, 256], nets=4000,
-                 paths=8000))
+            dict(widths=[128, 512], layers=8000, law_widths=[32, 64, 128, 256, 512],
+                 nets=10000, paths=20000))
     seeds = spawn_seeds(seed, len(BLOCK_SETTINGS))
     return [check_block(label, name, params, T=0.25, seed=s, device=device, workers=workers,
                         scheduler=scheduler, **size)
