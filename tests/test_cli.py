@@ -250,3 +250,16 @@ def test_finite_validates_before_running(tmp_path: Path, vfile, capsys) -> None:
     assert_one_line_error(code, err, "T")
     code, _, err = run([*base, "--gamma", "0.5", "--V0", vfile(np.eye(1))], capsys)
     assert_one_line_error(code, err, "m >= 2")
+
+
+def test_finite_reduced_float32_writes_float64_V(tmp_path: Path, vfile, capsys) -> None:
+    out = tmp_path / "f.npy"
+    code, stdout, _ = run(["finite", "--block", "mlp", "--gamma", "0.5", "--V0", vfile(V2),
+                           "--width", "16", "--T", "0.25", "--nets", "3", "--seed", "0",
+                           "--method", "reduced", "--dtype", "float32", "--quiet",
+                           "--out", str(out)], capsys)
+    assert code == 0 and "finite mlp" in stdout
+    V = np.load(out)
+    assert V.shape == (3, 2, 2) and V.dtype == np.float64
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert meta["method"] == "reduced" and meta["dtype"] == "float32"
