@@ -40,17 +40,26 @@ def random_cov(m: int, seed: int = 0) -> np.ndarray:
 
 
 def timed(fn, repeat: int = 1) -> float:
+    """Best wall time of `repeat` calls (CUDA work is waited for)."""
     best = math.inf
     for _ in range(repeat):
         start = time.perf_counter()
         fn()
+        _sync()
         best = min(best, time.perf_counter() - start)
     return best
+
+
+def _sync() -> None:
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        torch.cuda.synchronize()
 
 
 def bench_sde(ms: list[int], paths: int, steps: int, device: str) -> list[dict]:
     """(a) paths/s of the solver, structured vs generic noise."""
     blk = shapedsde.block("attention", gamma=0.8, tau0=1.0)
+    for noise in ("auto", "generic"):  # warm-up: first calls pay for imports and caches
+        solve(blk, random_cov(2), 0.01, paths=4, seed=0, steps=2, device=device, noise=noise)
     rows = []
     for m in ms:
         V0 = random_cov(m)
@@ -81,10 +90,12 @@ def bench_m64(device: str, paths: int) -> list[dict]:
         start = time.perf_counter()
         res = solve(blk, random_cov(64), 1.0, paths=paths, seed=0, device=device, dtype=dtype)
         t = time.perf_counter() - start
+        counters = {k: res.meta[k] for k in ("n_psd_projections", "n_paths_projected",
+                                             "n_tamed", "n_nonfinite")}
         rows.append({"m": 64, "paths": paths, "T": 1.0, "steps": res.meta["steps"],
-                     "dtype": str(dtype), "seconds": t})
-        print(f"    m=64, {paths} paths to T=1, {res.meta['steps']} steps, {dtype}: {t:.1f} s",
-              flush=True)
+                     "dtype": str(dtype), "seconds": t, **counters})
+        print(f"    m=64, {paths} paths to T=1, {res.meta['steps']} steps, {dtype}: {t:.1f} s "
+              f"({counters})", flush=True)
     return rows
 
 
@@ -99,17 +110,17 @@ def bench_finite(widths: list[int], m: int, nets: int, device: str) -> list[dict
     same bare products.
     """
     blk = shapedsde.block("attention", gamma=0.8, tau0=1.0)
-    rows, depth, budget = [], 4, nets * 1024**2
+    rows, depth = [], 4
     for n in widths:
-        nets = max(1, min(nets, budget // n**2))  # bounded memory for the bare weights
+        k = max(1, min(nets, nets * 1024**2 // n**2))  # bounded memory for the bare weights
         for dtype in (torch.float32, torch.float64):
-            run = partial(simulate, blk, random_cov(m), width=n, T=depth / n, nets=nets,
-                          seed=0, device=device, batch_size=nets, dtype=dtype)
+            run = partial(simulate, blk, random_cov(m), width=n, T=depth / n, nets=k,
+                          seed=0, device=device, batch_size=k, dtype=dtype)
             t_fin = timed(partial(run, method="full"), repeat=2)
             t_red = timed(partial(run, method="reduced"), repeat=2)
             gen = torch.Generator(device=device).manual_seed(0)
-            X = torch.randn(nets, m, n, device=device, dtype=dtype, generator=gen)
-            W = torch.randn(3, nets, n, n, device=device, dtype=dtype, generator=gen)
+            X = torch.randn(k, m, n, device=device, dtype=dtype, generator=gen)
+            W = torch.randn(3, k, n, n, device=device, dtype=dtype, generator=gen)
 
             def bare(X=X, W=W, depth=depth) -> None:
                 for _ in range(depth):
@@ -121,9 +132,8 @@ def bench_finite(widths: list[int], m: int, nets: int, device: str) -> list[dict
                     torch.randn(W.shape, out=W, generator=gen)
 
             t_bare, t_draw = timed(bare, repeat=3), timed(draw, repeat=2)
-            _sync(device)
-            flops = depth * 3 * 2 * nets * m * n * n
-            row = {"width": n, "m": m, "nets": nets, "dtype": str(dtype).removeprefix("torch."),
+            flops = depth * 3 * 2 * k * m * n * n
+            row = {"width": n, "m": m, "nets": k, "dtype": str(dtype).removeprefix("torch."),
                    "finite_gflops": flops / t_fin / 1e9, "bare_gflops": flops / t_bare / 1e9,
                    "ratio_to_bare": t_bare / t_fin,
                    "ratio_to_bare_plus_draw": (t_bare + t_draw) / t_fin,
@@ -169,11 +179,6 @@ def bench_accumulation(n: int, m: int, nets: int, device: str) -> dict:
             "float32_accumulation_rel_error": rel, "float32_vs_float64_mean_max_abs_z": z}
 
 
-def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
 def _rho(V: torch.Tensor) -> np.ndarray:
     V = V.double().cpu().numpy()
     return V[:, 0, 1] / np.sqrt(V[:, 0, 0] * V[:, 1, 1])
@@ -183,6 +188,7 @@ def _timed_ks(sample, ref: np.ndarray, seeds: range) -> tuple[float, float]:
     """Median KS distance to `ref` over the seeds and the mean wall time of one sample."""
     from scipy.stats import ks_2samp
 
+    sample(seeds[0])  # warm-up, not timed
     ks, t = [], 0.0
     for seed in seeds:
         start = time.perf_counter()
@@ -199,7 +205,8 @@ def bench_accuracy(widths: list[int], T: float, nets: int, device: str,
     Reference: 40 x nets SDE paths at a quarter of the default step (the n -> inf law).
     Finite: `nets` networks at width n (median KS over 3 seeds) with the exact-in-law
     V chain ("gram", O(m^2) numbers per sub-layer) and, timed on `full_nets` networks
-    and scaled linearly, the full networks (every weight drawn). SDE: the fewest paths
+    and scaled linearly, the full networks (every weight drawn; float64 like everything
+    else here, after a warm-up call). SDE: the fewest paths
     on a doubling grid whose median KS (3 seeds) is at most the finite one's.
     """
     blk = shapedsde.block("attention", gamma=0.8, tau0=1.0)
@@ -211,10 +218,10 @@ def bench_accuracy(widths: list[int], T: float, nets: int, device: str,
         ks_fin, t_gram = _timed_ks(lambda s, n=n: simulate(
             blk, V0, width=n, T=T, nets=nets, seed=s, device=device, method="gram"), ref,
             range(3))
-        start = time.perf_counter()
-        simulate(blk, V0, width=n, T=T, nets=full_nets, seed=0, device=device, method="full",
-                 dtype=torch.float32, batch_size=full_nets)
-        t_full = (time.perf_counter() - start) * nets / full_nets
+        full = partial(simulate, blk, V0, width=n, T=T, seed=0, device=device, method="full",
+                       batch_size=full_nets)
+        full(T=2 / n, nets=full_nets)  # warm-up
+        t_full = timed(partial(full, nets=full_nets)) * nets / full_nets
         paths, ks_sde, t_sde = max(nets // 32, 8), math.inf, math.nan
         while paths <= 16 * nets:
             ks_sde, t_sde = _timed_ks(lambda s, p=paths: solve(
@@ -287,7 +294,7 @@ def main(argv: list[str] | None = None) -> int:
             512 if q else 1024, m=4, nets=1000 if q else 4000, device=args.device)
     if "c" not in skip:
         report["accuracy"] = bench_accuracy([256, 1024], T=0.2, nets=500 if q else 2000,
-                                            device=args.device, full_nets=4 if q else 16)
+                                            device=args.device, full_nets=2 if q else 4)
     if "d" not in skip:
         report["derivation"] = bench_derivation()
     report["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -297,6 +304,8 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{args.device}{'-quick' if q else ''}.json"
+    if path.exists():  # a run of some parts updates those parts only
+        report = {**json.loads(path.read_text()), **report}
     path.write_text(json.dumps(report, indent=2))
     print(f"wrote {path}")
     return 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from concurrent.futures import ThreadPoolExecutor
 from functools import lru_cache
 
@@ -16,14 +17,18 @@ def _pool(workers: int) -> ThreadPoolExecutor:
     return ThreadPoolExecutor(workers, thread_name_prefix="shapedsde-eigh")
 
 
+# A forked child inherits the pool without its threads: start a new one there.
+os.register_at_fork(after_in_child=_pool.cache_clear)
+
+
 def eigh(X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """`torch.linalg.eigh` of a batch (B, m, m), split across threads on CPU.
 
     On CPU Torch loops over the batch and hands each small matrix to LAPACK, whose
     own threading does not pay at m ~ 64 (in float64 it is slower than one thread);
     one chunk of the batch per thread is 2-3x faster on two cores (see
-    docs/benchmarks.md). Torch releases the GIL inside the call. Same results as one
-    call, chunk by chunk.
+    docs/benchmarks.md). Torch releases the GIL inside the call. The results equal one
+    call's up to round-off.
     """
     workers = torch.get_num_threads()
     if X.device.type != "cpu" or workers < 2 or X.shape[0] < MIN_SPLIT:

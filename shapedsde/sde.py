@@ -335,8 +335,8 @@ def _project_psd(V: torch.Tensor, tol: torch.Tensor
     noise reuses (any square root gives the same noise law).
 
     Three tiers, cheapest first: a Cholesky factor (proves positive definiteness);
-    else a Cholesky factor of V + delta I with delta = JITTER eps tr(V), i.e. V is
-    PSD up to round-off (its eigenvalues are > -delta), V is left as it is and the
+    else a Cholesky factor of V + delta I with delta = min(JITTER eps tr(V), tol), i.e.
+    V is PSD up to round-off (its eigenvalues are > -delta), V is left as it is and the
     noise uses the factor of V + delta I (relative change of Sigma ~ delta / |V|);
     else an eigen-decomposition, eigenvalues clipped at 0, R = Q diag(w_+)^{1/2}.
     At many tokens V is numerically singular after a few steps (the spectrum spreads
@@ -349,7 +349,10 @@ def _project_psd(V: torch.Tensor, tol: torch.Tensor
         return V, projected, R
     Vb = V[bad]
     eye = torch.eye(V.shape[-1], dtype=V.dtype, device=V.device)
-    delta = JITTER * torch.finfo(V.dtype).eps * torch.diagonal(Vb, 0, -2, -1).sum(-1)
+    # Never more than the counting tolerance: a state kept here has left the cone by
+    # less than tol, i.e. not at all by the counters' definition.
+    delta = torch.minimum(JITTER * torch.finfo(V.dtype).eps * torch.diagonal(Vb, 0, -2, -1)
+                          .sum(-1), tol[bad])
     Rb, info_b = torch.linalg.cholesky_ex(Vb + delta[:, None, None] * eye)
     R[bad] = Rb
     hard = bad[info_b != 0]

@@ -215,6 +215,50 @@ def _two_sample_z(a: torch.Tensor, b: torch.Tensor) -> float:
     return max(zs)
 
 
+@pytest.mark.parametrize("reduced", [False, True])
+def test_weight_products_have_the_matrix_normal_law(reduced):
+    """Given X, the columns of X W are iid N(0, X X^T), independent across heads and
+    calls: the sample covariance of (column of head 0, column of head 1, column of a
+    second call) against [[S, 0, 0], [0, S, 0], [0, 0, S]], S = X X^T. z from the
+    normal-theory standard error of a covariance, Bonferroni over the 9 x 9 entries'
+    unique pairs, alpha = 1e-3."""
+    from shapedsde.weights import WeightSource
+
+    N, m, n = 40_000, 3, 8
+    X = torch.randn(1, m, n, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    src = WeightSource(torch.Generator().manual_seed(4), reduced=reduced)
+    Xb = X.expand(N, m, n)
+    a = src.times(Xb, 2, heads=2)  # (N, 2, m, 2)
+    b = src.times(Xb, 1)  # (N, m, 1)
+    Z = torch.cat([a[:, 0, :, 0], a[:, 1, :, 1], b[..., 0]], dim=1)  # (N, 9)
+    S = (X @ X.transpose(-1, -2))[0]
+    expected = torch.block_diag(S, S, S)
+    emp = Z.T @ Z / N  # mean zero is known
+    se = torch.sqrt((expected**2 + torch.outer(expected.diagonal(), expected.diagonal())) / N)
+    iu = torch.triu_indices(9, 9)
+    z = ((emp - expected) / se)[iu[0], iu[1]].abs().max()
+    assert z < z_crit(45, 1e-3)
+
+
+def test_reduced_weights_keep_small_directions_in_float32():
+    """A nearly singular X (singular values 1 ... 1e-5) in float32: L L^T keeps the
+    smallest eigenvalue of X X^T (1e-10 relative), which a Gram-then-Cholesky factor in
+    float32 would lose (its error is ~ eps_32 ~ 1e-7 relative)."""
+    from shapedsde.weights import WeightSource
+
+    g = torch.Generator().manual_seed(0)
+    U, _ = torch.linalg.qr(torch.randn(3, 3, generator=g, dtype=torch.float64))
+    W, _ = torch.linalg.qr(torch.randn(64, 3, generator=g, dtype=torch.float64))
+    X = (U @ torch.diag(torch.tensor([1.0, 1e-2, 1e-5], dtype=torch.float64)) @ W.T)
+    X = X.float()[None]
+    out = WeightSource(g, reduced=True).times(X, 100_000).double()  # columns N(0, L L^T)
+    Xd = X.double()[0]
+    lam = torch.linalg.eigvalsh(Xd @ Xd.T)[0]
+    # The sample covariance of 1e5 columns has relative error ~ sqrt(2 / 1e5) = 0.5%.
+    lam_hat = torch.linalg.eigvalsh((out @ out.transpose(-1, -2))[0] / 100_000)[0]
+    assert abs(float(lam_hat / lam) - 1) < 0.03
+
+
 def test_reduced_sampler_is_seeded_and_cheap_in_random_numbers():
     a = simulate(ATT, V0, width=32, T=0.25, nets=5, seed=4, method="reduced")
     b = simulate(ATT, V0, width=32, T=0.25, nets=5, seed=4, method="reduced")
