@@ -237,7 +237,7 @@ def bench_accuracy(widths: list[int], T: float, nets: int, device: str,
         print(f"(c) n={n:5d}, T={T}: {nets} finite nets reach KS {ks_fin:.3f} in {t_gram:.2f} s "
               f"(V chain) / {t_full:.0f} s (full networks, scaled from {full_nets}); "
               f"{paths} SDE paths reach KS {ks_sde:.3f} in {t_sde:.2f} s; time ratio SDE/finite "
-              f"{row['sde_over_gram_time']:.3f} (V chain), {row['sde_over_full_time']:.5f} "
+              f"{row['sde_over_gram_time']:.3f} (V chain), {row['sde_over_full_time']:.2e} "
               "(full)", flush=True)
     return rows
 
