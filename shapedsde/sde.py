@@ -70,6 +70,8 @@ DT_MAX = 0.005
 MIN_STEPS = 20
 #: A taming factor below this counts as "material" (the drift or noise shrank by >1%).
 TAMED_FACTOR = 0.99
+#: The summary line adds a note when more than this fraction of paths was tamed.
+TAMED_PATHS_NOTE = 0.5
 #: Noise cap: ||noise step||_F <= NOISE_CAP * max(||V||_F, s).
 NOISE_CAP = 1.0
 #: Eigenvalues below -sqrt(eps) * s count as leaving the PSD cone. Smaller negatives
@@ -132,6 +134,10 @@ class SDEResult:
         if d["n_nonfinite"]:
             line += (f" | WARNING: {d['n_nonfinite']} paths became non-finite; "
                      "their V is NaN (see result.finite)")
+        if d["n_paths_tamed"] > TAMED_PATHS_NOTE * d["paths"]:
+            line += (f" | NOTE: {d['n_paths_tamed'] / d['paths']:.0%} of paths were tamed: "
+                     "near the SDE's finite-time blow-up the tamed scheme's upper tail is "
+                     "not accurate (docs/stability.md); shorten T, raise tau0 or refine the step")
         return line
 
 

@@ -283,6 +283,9 @@ def test_attention_hazard_setting_is_tamed_and_finite() -> None:
     assert res.meta["n_nonfinite"] == 0
     assert res.meta["n_tamed"] > 0  # the paths near the blow-up were tamed (and counted)
     assert res.meta["n_paths_tamed"] <= 1000
+    assert "NOTE" not in res.summary()  # 336 of 1000 paths tamed: below the note's 50%
+    stiff = solve(shapedsde.block("attention", gamma=0.9, tau0=0.5), V0, 1.0, paths=200, seed=0)
+    assert stiff.meta["n_paths_tamed"] > 100 and "NOTE" in stiff.summary()
     assert torch.equal(res.V, res.V.transpose(-1, -2))
     lam = torch.linalg.eigvalsh(res.V)
     assert lam.min() >= -1e-8 * lam.max()
