@@ -37,13 +37,19 @@ def eigh(X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat([w for w, _ in parts]), torch.cat([q for _, q in parts])
 
 
+def clipped_factor(V: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eigenvalues w (B, m), ascending, of symmetric V (B, m, m) and R = Q diag(w_+)^{1/2}:
+    R R^T is V with its negative eigenvalues clipped at 0 (the nearest PSD matrix)."""
+    w, Q = eigh(V)
+    return w, Q * w.clamp_min(0).sqrt().unsqueeze(-2)
+
+
 def psd_factor(V: torch.Tensor) -> torch.Tensor:
     """F with F F^T = V for PSD V of shape (..., m, m), via Cholesky where it
     succeeds and a symmetric eigen factor (negative rounding clipped) elsewhere."""
     L, info = torch.linalg.cholesky_ex(V)
     bad = info != 0
     if bool(bad.any()):
-        w, Q = eigh(V[bad])
         L = L.clone()
-        L[bad] = Q * w.clamp_min(0).sqrt().unsqueeze(-2)
+        L[bad] = clipped_factor(V[bad])[1]
     return L

@@ -32,12 +32,12 @@ V_0 = 0):
 3. V <- (V + V^T)/2, then if the smallest eigenvalue is negative the step is
    projected back to the PSD cone by clipping eigenvalues at 0 (the noise on the
    smallest eigenvalue scales like its square root, so Euler steps can leave the
-   cone). Negatives within round-off (Cholesky of V + 16 eps tr(V) I succeeds) are
-   left in the running state, whose noise then uses that jittered factor; states
-   handed out (`V`, `trajectory`) have them clipped. At many tokens this is the
-   common case: the spectrum spreads like exp(-c m t), so V is numerically
-   singular after a few steps, and an eigen-decomposition per path and step would
-   dominate the cost.
+   cone). Negatives within round-off (Cholesky of V + delta I succeeds, delta =
+   min(16 eps tr(V), the counting tolerance below)) are left in the running state,
+   whose noise then uses that jittered factor; states handed out (`V`,
+   `trajectory`) have them clipped. At many tokens this is the common case: the
+   spectrum spreads like exp(-c m t), so V is numerically singular after a few
+   steps, and an eigen-decomposition per path and step would dominate the cost.
 
 Counters (all in `SDEResult.meta`): a "tamed" event is one (path, step) where
 taming reduced the drift or the noise by more than 1% (factor < 0.99); a PSD
@@ -363,9 +363,8 @@ def _project_psd(V: torch.Tensor, tol: torch.Tensor
     R[bad] = Rb
     hard = bad[info_b != 0]
     if hard.numel():
-        w, Q = _linalg.eigh(V[hard])
+        w, Rh = _linalg.clipped_factor(V[hard])
         projected[hard] = w[:, 0] < -tol[hard]
-        Rh = Q * w.clamp_min(0.0).sqrt()[..., None, :]
         V = V.clone()
         V[hard] = Rh @ Rh.transpose(-1, -2)
         R[hard] = Rh
@@ -377,10 +376,10 @@ def _clip_psd(V: torch.Tensor) -> torch.Tensor:
     bad = (torch.linalg.cholesky_ex(V)[1] != 0).nonzero()[:, 0]
     if bad.numel() == 0:
         return V
-    w, Q = _linalg.eigh(V[bad])
+    R = _linalg.clipped_factor(V[bad])[1]
+    Vc = R @ R.transpose(-1, -2)
     V = V.clone()
-    V[bad] = (Q * w.clamp_min(0.0)[..., None, :]) @ Q.transpose(-1, -2)
-    V[bad] = 0.5 * (V[bad] + V[bad].transpose(-1, -2))
+    V[bad] = 0.5 * (Vc + Vc.transpose(-1, -2))
     return V
 
 
