@@ -19,6 +19,7 @@ from sympy.printing.pycode import PythonCodePrinter
 
 from .symbolic.activation import RHO, V_AA, V_BB
 from .symbolic.correlation import latex_correlation
+from .symbolic.contraction import contractions
 from .symbolic.entrywise_kernel import Entrywise
 from .symbolic.kron import Kron
 from .symbolic.matrixform import M_TOKENS, MatrixCoefficients, P, V, matrix_form
@@ -306,7 +307,27 @@ def kernel_source(coeffs: dict[str, MatrixCoefficients], backend: str) -> str:
                   "    m, I, J, P = _setup(V)", *pr.lines,
                   "    return (\n        " + "\n        + ".join(terms) + "\n    )", ""]
         parts += _noise_source(name, c, args)
+        parts += _contraction_source(name, c, args)
     return "\n".join(parts).replace("\n\n\n\n", "\n\n\n").rstrip() + "\n"
+
+
+def _contraction_source(name: str, c: MatrixCoefficients, args: str) -> list[str]:
+    """`<block>_ito(V, ...)` (K) and `<block>_trace_variance(V, ...)` (s^2), see
+    `shapedsde.symbolic.contraction`."""
+    K, s2 = contractions(c)
+    pr = _KernelPrinter()
+    out = pr.matrix(K)
+    parts = ["", f"def {name}_ito(V, {args}):",
+             f'    """K^{{ad}} = Sigma^{{ab,cd}} (V^-1)^{{bc}} of the {name} block; '
+             '(..., m, m)."""',
+             "    m, I, J, P = _setup(V)", *pr.lines, f"    return {out}", ""]
+    pr = _KernelPrinter()
+    out = pr.scalar(s2)
+    return parts + ["", f"def {name}_trace_variance(V, {args}):",
+                    f'    """Var[tr dV] / dt = sum_ac Sigma^{{aa,cc}} of the {name} block; '
+                    '(...,)."""',
+                    "    m, I, J, P = _setup(V)", *pr.lines,
+                    f"    return ({out} + 0 * _tr(V))[..., 0, 0]", ""]
 
 
 def _root(X: MatrixExpr, R: sp.MatrixSymbol) -> MatrixExpr | None:

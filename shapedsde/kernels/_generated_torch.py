@@ -102,6 +102,21 @@ def linear_noise(V, N, gamma, R=None):
     )
 
 
+def linear_ito(V, gamma):
+    """K^{ad} = Sigma^{ab,cd} (V^-1)^{bc} of the linear block; (..., m, m)."""
+    m, I, J, P = _setup(V)
+    _e0 = (-gamma**4*m - gamma**4 + 2*gamma**2*m + 2*gamma**2) * (V)
+    return _e0
+
+
+def linear_trace_variance(V, gamma):
+    """Var[tr dV] / dt = sum_ac Sigma^{aa,cc} of the linear block; (...,)."""
+    m, I, J, P = _setup(V)
+    _e1 = V @ V
+    _e0 = _tr(_e1)
+    return (-2*_e0*gamma**2*(gamma**2 - 2) + 0 * _tr(V))[..., 0, 0]
+
+
 def attention_drift(V, gamma, tau0, heads):
     """b(V) of the attention block; V (..., m, m) -> (..., m, m)."""
     m, I, J, P = _setup(V)
@@ -146,6 +161,29 @@ def attention_noise(V, N, gamma, tau0, heads, R=None):
     )
 
 
+def attention_ito(V, gamma, tau0, heads):
+    """K^{ad} = Sigma^{ab,cd} (V^-1)^{bc} of the attention block; (..., m, m)."""
+    m, I, J, P = _setup(V)
+    _e1 = _rP(_rP(V) @ V)
+    _e0 = _tr(_e1)
+    _e2 = (_e0*gamma**4/(heads*m**2*tau0**2) - gamma**4*m - gamma**4 + 2*gamma**2*m + 2*gamma**2) * (V)
+    _e3 = (gamma**4/(heads*m*tau0**2) + 2*gamma**4/(heads*m**2*tau0**2)) * (_rP(_rP(V) @ V) @ V)
+    _e4 = _e2 + _e3
+    return _e4
+
+
+def attention_trace_variance(V, gamma, tau0, heads):
+    """Var[tr dV] / dt = sum_ac Sigma^{aa,cc} of the attention block; (...,)."""
+    m, I, J, P = _setup(V)
+    _e1 = V @ V
+    _e2 = _rP(_rP(V) @ V) @ _e1
+    _e0 = _tr(_e2)
+    _e4 = _rP(_rP(_e1) @ V) @ V
+    _e3 = _tr(_e4)
+    _e5 = _tr(_e1)
+    return (-2*gamma**2*(-_e0*gamma**2 - _e3*gamma**2 + _e5*gamma**2*heads*m**2*tau0**2 - 2*_e5*heads*m**2*tau0**2)/(heads*m**2*tau0**2) + 0 * _tr(V))[..., 0, 0]
+
+
 def mlp_drift(V, gamma, c_plus, c_minus):
     """b(V) of the mlp block; V (..., m, m) -> (..., m, m)."""
     m, I, J, P = _setup(V)
@@ -175,6 +213,21 @@ def mlp_noise(V, N, gamma, c_plus, c_minus, R=None):
     return (
         (sqrt(2)*gamma) * (R @ (N[..., 0, :, :] + _T(N[..., 0, :, :])) @ _T(R)) / 2**0.5
     )
+
+
+def mlp_ito(V, gamma, c_plus, c_minus):
+    """K^{ad} = Sigma^{ab,cd} (V^-1)^{bc} of the mlp block; (..., m, m)."""
+    m, I, J, P = _setup(V)
+    _e0 = (2*gamma**2*m + 2*gamma**2) * (V)
+    return _e0
+
+
+def mlp_trace_variance(V, gamma, c_plus, c_minus):
+    """Var[tr dV] / dt = sum_ac Sigma^{aa,cc} of the mlp block; (...,)."""
+    m, I, J, P = _setup(V)
+    _e1 = V @ V
+    _e0 = _tr(_e1)
+    return (4*_e0*gamma**2 + 0 * _tr(V))[..., 0, 0]
 
 
 def transformer_drift(V, gamma, tau0, c_plus, c_minus):
@@ -221,3 +274,26 @@ def transformer_noise(V, N, gamma, tau0, c_plus, c_minus, R=None):
         (gamma*sqrt(2 - gamma)*sqrt(gamma + 2)) * (R @ (N[..., 0, :, :] + _T(N[..., 0, :, :])) @ _T(R)) / 2**0.5
         + (gamma**2/(m*tau0)) * (_g1 + _T(_g1))
     )
+
+
+def transformer_ito(V, gamma, tau0, c_plus, c_minus):
+    """K^{ad} = Sigma^{ab,cd} (V^-1)^{bc} of the transformer block; (..., m, m)."""
+    m, I, J, P = _setup(V)
+    _e1 = _rP(_rP(V) @ V)
+    _e0 = _tr(_e1)
+    _e2 = (_e0*gamma**4/(m**2*tau0**2) - gamma**4*m - gamma**4 + 4*gamma**2*m + 4*gamma**2) * (V)
+    _e3 = (gamma**4/(m*tau0**2) + 2*gamma**4/(m**2*tau0**2)) * (_rP(_rP(V) @ V) @ V)
+    _e4 = _e2 + _e3
+    return _e4
+
+
+def transformer_trace_variance(V, gamma, tau0, c_plus, c_minus):
+    """Var[tr dV] / dt = sum_ac Sigma^{aa,cc} of the transformer block; (...,)."""
+    m, I, J, P = _setup(V)
+    _e1 = V @ V
+    _e2 = _rP(_rP(V) @ V) @ _e1
+    _e0 = _tr(_e2)
+    _e4 = _rP(_rP(_e1) @ V) @ V
+    _e3 = _tr(_e4)
+    _e5 = _tr(_e1)
+    return (-2*gamma**2*(-_e0*gamma**2 - _e3*gamma**2 + _e5*gamma**2*m**2*tau0**2 - 4*_e5*m**2*tau0**2)/(m**2*tau0**2) + 0 * _tr(V))[..., 0, 0]
