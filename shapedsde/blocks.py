@@ -18,6 +18,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 
 from . import _validation as val
@@ -58,6 +59,20 @@ class Block:
         if check:
             V = val.check_covariance(V)
         return kernel(self.name, "diffusion", V)(V, **self.kernel_params())
+
+    def ito_contraction(self, V: Any, *, check: bool = True) -> Any:
+        """K^{ad}(V) = sum_bc Sigma^{ab,cd}(V) (V^{-1})^{bc}, shape (..., m, m), V positive
+        definite: the term the positive-definite solver's step compensates (docs/solver.md).
+        Generated from the matrix form (`shapedsde.symbolic.contraction`)."""
+        if check:
+            V = val.check_covariance(V)
+        return kernel(self.name, "ito", V)(V, **self.kernel_params())
+
+    def trace_variance(self, V: Any, *, check: bool = True) -> Any:
+        """s^2(V) = sum_ac Sigma^{aa,cc}(V) = Var[d tr V] / dt, shape (...,)."""
+        if check:
+            V = val.check_covariance(V)
+        return kernel(self.name, "trace_variance", V)(V, **self.kernel_params())
 
     @property
     def noise_groups(self) -> int | None:
@@ -147,6 +162,18 @@ class AttentionBlock(Block):
             return super().diffusion(V, check=check)
         V = val.check_covariance(V) if check else V
         return causal_diffusion(V, self.gamma, self.tau0, self.heads)
+
+    def ito_contraction(self, V: Any, *, check: bool = True) -> Any:
+        if not self.causal:
+            return super().ito_contraction(V, check=check)
+        V = val.check_covariance(V) if check else V
+        return contract_ito(self.diffusion(V, check=False), V)
+
+    def trace_variance(self, V: Any, *, check: bool = True) -> Any:
+        if not self.causal:
+            return super().trace_variance(V, check=check)
+        V = val.check_covariance(V) if check else V
+        return contract_trace(self.diffusion(V, check=False))
 
     @property
     def noise_groups(self) -> int | None:
@@ -254,8 +281,29 @@ class SumOfCoefficients:
     def diffusion(self, V: Any, *, check: bool = True) -> Any:
         return sum(p.diffusion(V, check=check) for p in self.parts)
 
+    def ito_contraction(self, V: Any, *, check: bool = True) -> Any:
+        return sum(p.ito_contraction(V, check=check) for p in self.parts)
+
+    def trace_variance(self, V: Any, *, check: bool = True) -> Any:
+        return sum(p.trace_variance(V, check=check) for p in self.parts)
+
     def kernel_params(self) -> dict[str, float]:
         return {}
+
+
+def contract_ito(Sigma: Any, V: Any) -> Any:
+    """K^{ad} = sum_bc Sigma^{ab,cd} (V^{-1})^{bc} from a full (..., m, m, m, m) Sigma
+    (O(m^4); for coefficients without a generated contraction kernel)."""
+    if val.is_torch(V):
+        return torch.einsum("...abcd,...bc->...ad", Sigma, torch.linalg.inv(V))
+    return np.einsum("...abcd,...bc->...ad", Sigma, np.linalg.inv(V))
+
+
+def contract_trace(Sigma: Any) -> Any:
+    """s^2 = sum_ac Sigma^{aa,cc} from a full Sigma."""
+    if val.is_torch(Sigma):
+        return torch.einsum("...aacc->...", Sigma)
+    return np.einsum("...aacc->...", Sigma)
 
 
 def shaped_mixing(Z: torch.Tensor, causal: bool = False) -> torch.Tensor:

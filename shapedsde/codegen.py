@@ -18,8 +18,8 @@ from sympy.printing.latex import LatexPrinter
 from sympy.printing.pycode import PythonCodePrinter
 
 from .symbolic.activation import RHO, V_AA, V_BB
-from .symbolic.correlation import latex_correlation
 from .symbolic.contraction import contractions
+from .symbolic.correlation import latex_correlation
 from .symbolic.entrywise_kernel import Entrywise
 from .symbolic.kron import Kron
 from .symbolic.matrixform import M_TOKENS, MatrixCoefficients, P, V, matrix_form

@@ -59,8 +59,10 @@ _DIRECT_DF = 64
 class FiniteRun:
     """A finite-width simulation with its recorded trajectory.
 
-    V: (nets, m, m) covariance at depth `depth`; depths: (k,) recorded depths
-    (0, r, 2r, ..., always ending at `depth`); trajectory: (nets, k, m, m).
+    V: (nets, m, m) covariance at depth `depth` (at the exit layer for nets that exited);
+    depths: (k,) recorded depths (0, r, 2r, ..., always ending at `depth`); trajectory:
+    (nets, k, m, m), frozen after an exit; exit_time: (nets,) float64, exit layer / width
+    (inf where the net stayed inside, or where no exit_trace was given).
     """
 
     V: torch.Tensor
@@ -71,6 +73,15 @@ class FiniteRun:
     T: float
     method: str
     seed: int
+    exit_time: torch.Tensor | None = None
+    exit_trace: float | None = None
+
+    @property
+    def exited(self) -> torch.Tensor:
+        """(nets,) bool: the net reached tr V >= exit_trace tr V0 within `depth` layers."""
+        if self.exit_time is None:
+            return torch.zeros(self.V.shape[0], dtype=torch.bool)
+        return torch.isfinite(self.exit_time)
 
 
 # ----------------------------------------------------------------------------
@@ -122,6 +133,7 @@ def simulate(
     progress: bool = False,
     record_every: int | None = None,
     method: str = "full",
+    exit_trace: float | None = None,
 ) -> torch.Tensor | FiniteRun:
     """V at depth d = round(T * width) of `nets` independent finite networks.
 
@@ -135,6 +147,9 @@ def simulate(
     m x m chain; see the module docstring); "auto" picks "gram" where the block
     supports it, else "full". Reproducible for a fixed (seed, batch_size,
     device, method); `batch_size=None` picks one from a fixed memory budget.
+    `exit_trace`: R > 1 stops each net at the first layer l with tr V_l >= R tr V0 (its
+    hidden state is frozen from then on: the stopped chain) and returns a `FiniteRun`
+    whose `exit_time` is l / width (inf for nets that stayed inside).
     """
     V0 = _as_matrix(V0, "V0")
     n = val.check_positive_int("width", width)
@@ -146,6 +161,10 @@ def simulate(
         record_every = val.check_positive_int("record_every", record_every)
     if batch_size is not None:
         batch_size = val.check_positive_int("batch_size", batch_size)
+    if exit_trace is not None:
+        exit_trace = val._finite_scalar("exit_trace", exit_trace)
+        if exit_trace <= 1.0:
+            raise ValueError(f"exit_trace must be > 1 (a ball tr V < R tr V0); got {exit_trace}")
     m = V0.shape[0]
     if n < m:
         raise ValueError(f"width {n} must be >= m = {m}")
@@ -161,18 +180,25 @@ def simulate(
     step = _gram_runner if method == "gram" else _full_runner
     if method == "reduced":
         gen = WeightSource(gen, reduced=True)
+    level = None if exit_trace is None else exit_trace * float(torch.trace(V0))
     outs: list[torch.Tensor] = []
+    exits: list[torch.Tensor] = []
     bar = tqdm(total=nets * depth, disable=not progress, unit="layer",
                desc=f"finite {block.name} n={n} d={depth} ({method})")
     for start in range(0, nets, batch_size):
         B = min(batch_size, nets - start)
-        outs.append(step(block, X0, B, depth, record, gen, bar))
+        traj_b, exit_b = step(block, X0, B, depth, record, gen, bar, level)
+        outs.append(traj_b)
+        exits.append(exit_b)
     bar.close()
     traj = torch.cat(outs, dim=0)  # (nets, k, m, m)
-    if record_every is None:
+    if record_every is None and exit_trace is None:
         return traj[:, -1]
+    exit_layer = torch.cat(exits).cpu().to(torch.float64)
     return FiniteRun(V=traj[:, -1], depths=record, trajectory=traj, width=n, depth=depth,
-                     T=T, method=method, seed=int(seed))
+                     T=T, method=method, seed=int(seed),
+                     exit_time=None if exit_trace is None else exit_layer / n,
+                     exit_trace=exit_trace)
 
 
 def gram_matrix(X: torch.Tensor) -> torch.Tensor:
@@ -188,32 +214,63 @@ def gram_matrix(X: torch.Tensor) -> torch.Tensor:
 
 
 def _full_runner(block: Block, X0: torch.Tensor, B: int, depth: int, record: list[int],
-                 gen: RandomSource, bar) -> torch.Tensor:
-    """B networks through `depth` sub-layers of block.finite; (B, k, m, m) at `record`."""
+                 gen: RandomSource, bar, level: float | None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """B networks through `depth` sub-layers of block.finite: (B, k, m, m) at `record`
+    and each net's exit layer (inf: none); exited nets keep their hidden state."""
     X = X0.expand(B, *X0.shape).clone()
+    stopped = _ExitClock(B, level, X.device)
     saved = []
     for layer in range(depth + 1):
+        if layer in record or level is not None:
+            V = gram_matrix(X)
+            stopped.check(V, layer)
         if layer in record:
-            saved.append(gram_matrix(X))
+            saved.append(V)
         if layer < depth:
-            X = block.finite(X, gen)
+            X = stopped.hold(X, block.finite(X, gen))
             bar.update(B)
-    return torch.stack(saved, dim=1)
+    return torch.stack(saved, dim=1), stopped.layer
 
 
 def _gram_runner(block: Block, X0: torch.Tensor, B: int, depth: int, record: list[int],
-                 gen: torch.Generator, bar) -> torch.Tensor:
-    """B networks of the exact-in-law V chain; (B, k, m, m) at `record`."""
+                 gen: torch.Generator, bar, level: float | None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """B networks of the exact-in-law V chain: (B, k, m, m) at `record`, exit layers."""
     n = X0.shape[-1]
     V = (X0 @ X0.T / n).expand(B, -1, -1).clone()
+    stopped = _ExitClock(B, level, V.device)
     saved = []
     for layer in range(depth + 1):
+        stopped.check(V, layer)
         if layer in record:
             saved.append(V.to(torch.float64))
         if layer < depth:
-            V = gram_step(block, V, n, gen)
+            V = stopped.hold(V, gram_step(block, V, n, gen))
             bar.update(B)
-    return torch.stack(saved, dim=1)
+    return torch.stack(saved, dim=1), stopped.layer
+
+
+class _ExitClock:
+    """First layer with tr V >= level per net (inf: not yet); freezes the exited nets."""
+
+    def __init__(self, B: int, level: float | None, device: torch.device) -> None:
+        self.level = level
+        self.layer = torch.full((B,), math.inf, dtype=torch.float64, device=device)
+
+    def check(self, V: torch.Tensor, layer: int) -> None:
+        if self.level is None:
+            return
+        trace = torch.diagonal(V, 0, -2, -1).sum(-1).to(torch.float64)
+        new = torch.isinf(self.layer) & (trace >= self.level)
+        self.layer[new] = float(layer)
+
+    def hold(self, old: torch.Tensor, new: torch.Tensor) -> torch.Tensor:
+        """`new`, except for exited nets, which keep `old` (the stopped chain)."""
+        if self.level is None:
+            return new
+        out = torch.isfinite(self.layer).view(-1, *([1] * (new.ndim - 1)))
+        return torch.where(out, old, new)
 
 
 # ----------------------------------------------------------------------------

@@ -1,53 +1,30 @@
 """Batched Monte-Carlo solver for the covariance SDE dV = b(V) dt + Sigma(V)^{1/2} dB (Ito).
 
-Conventions (see docs/ and `shapedsde.blocks`):
+Conventions (see docs/solver.md and `shapedsde.blocks`):
 
-- V is a symmetric PSD (m, m) matrix; a batch of paths is a tensor (paths, m, m).
+- V is a symmetric positive-definite (m, m) matrix; a batch of paths is (paths, m, m).
 - "coefficients" is any object with `drift(V, check=False) -> (..., m, m)` and
   `diffusion(V, check=False) -> (..., m, m, m, m)` on Torch tensors, e.g. a
-  `shapedsde.block(...)`. Sigma^{ab,cd} = lim n Cov[dV^{ab}, dV^{cd}]; viewed as
-  an (m^2 x m^2) matrix it is symmetric PSD, and B is an m^2-dimensional
-  standard Brownian motion.
-- Structured-noise hook: if the coefficients object also has
-  `diffusion_prod(V, dB, check=False) -> (..., m, m)`, it is used instead of the
-  generic factorisation. Contract: linear in dB; when dB has iid N(0, dt) entries
-  (shape (..., m, m)), the result has mean 0 and Cov[out^{ab}, out^{cd}] =
-  dt Sigma^{ab,cd}(V). Any square root of Sigma will do (the law is the same).
+  `shapedsde.block(...)`. Sigma^{ab,cd} = lim n Cov[dV^{ab}, dV^{cd}]. Optional hooks, used
+  where present: `ito_contraction(V)` and `trace_variance(V)` (generated kernels; else
+  computed from the full Sigma), `noise_groups` + `structured_noise(V, N, factor=R)` (an
+  O(m^3) draw with covariance Sigma; else Sigma is eigen-factorised, O(m^6)).
 
-The scheme ("tamed Euler-Maruyama with PSD projection"), per step of size dt,
-for each path independently, with s = tr(V_0)/m the path's initial scale (1 if
-V_0 = 0):
+The scheme (`shapedsde.scheme`): the Cholesky factor of V is stepped multiplicatively,
+L' = L chol(exp(M)) with a positive-definite approximation of exp, so every state is
+positive definite by construction (no projection, no clipping, no taming); weak order 1.
+By default the step adapts to the state (`rtol`); `steps=N` gives N equal steps instead.
 
-1. drift, tamed as in Hutzenthaler, Jentzen & Kloeden (Ann. Appl. Probab. 2012):
-   dt * b / (1 + dt * ||b||_F / s), ||.||_F the Frobenius norm over the m^2
-   entries. This changes a step by O(dt^2) where b is moderate (weak order one
-   is kept) and bounds the drift part of any step by s, so the cubic growth of
-   the attention drift cannot overflow in one step;
-2. noise N = sqrt(dt) Sigma(V)^{1/2} xi, xi ~ N(0, I_{m^2}); if ||N||_F exceeds
-   max(||V||_F, s) it is scaled down to that norm (a Gaussian increment larger
-   than the state itself is where Euler stops describing a diffusion on the PSD
-   cone; the attention noise grows like |V|^2 and would otherwise overflow on
-   the paths that approach the SDE's finite-time blow-up). At moderate dt the
-   cap essentially never acts (it is counted when it does);
-3. V <- (V + V^T)/2, then if the smallest eigenvalue is negative the step is
-   projected back to the PSD cone by clipping eigenvalues at 0 (the noise on the
-   smallest eigenvalue scales like its square root, so Euler steps can leave the
-   cone). Negatives within round-off (Cholesky of V + delta I succeeds, delta =
-   min(16 eps tr(V), the counting tolerance below)) are left in the running state,
-   whose noise then uses that jittered factor; states handed out (`V`,
-   `trajectory`) have them clipped. At many tokens this is the common case: the
-   spectrum spreads like exp(-c m t), so V is numerically singular after a few
-   steps, and an eigen-decomposition per path and step would dominate the cost.
-
-Counters (all in `SDEResult.meta`): a "tamed" event is one (path, step) where
-taming reduced the drift or the noise by more than 1% (factor < 0.99); a PSD
-projection is one (path, step) with smallest eigenvalue below -sqrt(eps) s (smaller,
-round-off negatives are clipped silently; eps is the dtype's machine epsilon); a
-non-finite path is one whose drift, noise or state became NaN/inf. Such a path
-is frozen, its entries in `V` and in the trajectory from then on are NaN,
-`SDEResult.finite` is False for it, and by default a `RuntimeWarning` is issued
-(`nonfinite="raise"` raises `FloatingPointError` at the first one instead). The
-summary line reports it.
+Stopping and explosion, per path:
+- `exit_trace=R` stops a path at the first time tr V_t >= R tr V_0 (between two steps the
+  crossing is detected with the Brownian-bridge probability of the trace, so the exit
+  time is not biased by the step); `exit_time` is that time (inf where the path stayed
+  inside up to T) and V, the trajectory included, is frozen there: the stopped process.
+- a path whose trace reaches `blowup` times tr V_0 has exploded (the attention drift is
+  cubic: the SDE blows up in finite time); it is flagged in `exploded`, its
+  `explosion_time` recorded, and its V is NaN: never folded into the sample.
+- a path whose numbers become non-finite is flagged in `finite` (NaN in V); by default a
+  RuntimeWarning is issued, `nonfinite="raise"` raises FloatingPointError instead.
 """
 
 from __future__ import annotations
@@ -62,250 +39,382 @@ from typing import Any
 import numpy as np
 import torch
 
-from . import _linalg
 from . import _validation as val
+from . import scheme
 
-#: Default step rule: dt <= DT_MAX and at least MIN_STEPS steps.
-DT_MAX = 0.005
-MIN_STEPS = 20
-#: A taming factor below this counts as "material" (the drift or noise shrank by >1%).
-TAMED_FACTOR = 0.99
-#: The summary line adds a note when more than this fraction of paths was tamed.
-TAMED_PATHS_NOTE = 0.5
-#: Noise cap: ||noise step||_F <= NOISE_CAP * max(||V||_F, s).
-NOISE_CAP = 1.0
-#: Eigenvalues below -sqrt(eps) * s count as leaving the PSD cone. Smaller negatives
-#: are round-off: the clipped eigen-square-root of a singular Sigma is only accurate
-#: to about sqrt(eps) relative, so a singular V picks up noise of that size.
-PSD_COUNT_RTOL = {torch.float64: math.sqrt(torch.finfo(torch.float64).eps),
-                  torch.float32: math.sqrt(torch.finfo(torch.float32).eps)}
-#: A state whose Cholesky fails but that of V + JITTER * eps * tr(V) * I succeeds is
-#: PSD up to round-off: it is kept, and the jittered factor drives the next noise.
-JITTER = 16
+#: Adaptive step: tolerance on the size of the factor increment M (see `shapedsde.scheme`),
+#: and the largest step. Chosen by the error targets in docs/solver.md.
+RTOL = 0.1
+DT_MAX = 0.01
+#: A path whose trace reaches BLOWUP * tr(V_0) has exploded.
+BLOWUP = 1e10
+#: Most steps any one path may take before the run is stopped with an error.
+MAX_STEPS = 10**6
+#: Saved times closer than this (relative to the step) to a step's end are landed on.
+_SNAP = 1e-6
 
-SCHEME = ("tamed Euler-Maruyama: drift dt*b/(1+dt*|b|_F/s), noise capped at "
-          "max(|V|_F, s) in Frobenius norm, symmetrised, eigenvalues clipped at 0 "
-          "when a step leaves the PSD cone (s = tr(V0)/m)")
-
+SCHEME = scheme.NAME
 NONFINITE_POLICIES = ("warn", "raise")
 
 
 def default_steps(T: float) -> int:
-    """The default number of steps for horizon T: max(MIN_STEPS, ceil(T / DT_MAX)).
-
-    So dt <= 0.005 and short horizons still get 20 steps. For scale: Euler's weak
-    error on E[(V^aa_T)^2] for the linear block is about 2 k^2 T dt relative
-    (k = gamma^2 (2 - gamma^2)), i.e. about 1% at gamma = 1, T = 1.
-    """
+    """The number of equal steps with dt <= DT_MAX (for callers that want a fixed grid)."""
     T = val.check_time(T)
-    return max(MIN_STEPS, math.ceil(T / DT_MAX - 1e-9))
+    return max(1, math.ceil(T / DT_MAX - 1e-9))
 
 
 @dataclass
 class SDEResult:
     """Output of `solve`.
 
-    V: (paths, m, m) states at time T (NaN for non-finite paths, see `finite`).
+    V: (paths, m, m) states at time min(T, exit time) (NaN for exploded or non-finite paths).
     times: (n_saved,) float64 CPU tensor of saved times, or None.
-    trajectory: (n_saved, paths, m, m) saved states (same device as V), or None.
-    finite: (paths,) bool, False for paths that became non-finite.
-    meta: JSON-serialisable run description and counters: steps, dt, T, m, paths,
-        seed, scheme, device, dtype, coefficients, n_tamed (= n_tamed_drift +
-        n_tamed_noise, in (path, step) events), n_paths_tamed, n_psd_projections
-        ((path, step) events), n_paths_projected, n_nonfinite (paths),
-        first_nonfinite_step (or None), nonfinite_policy, wall_s.
+    trajectory: (n_saved, paths, m, m) saved states of the stopped process (same device as
+        V; NaN from the explosion on), or None.
+    finite: (paths,) bool, False for paths whose numbers became NaN/inf.
+    exit_time: (paths,) float64 CPU, first time tr V >= exit_trace tr V_0 (inf: none, or
+        exit_trace not given).
+    exploded: (paths,) bool; explosion_time: (paths,) float64 (inf where none).
+    steps: (paths,) int64, steps each path took.
+    meta: JSON-serialisable run description and counters (see `summary`).
     """
 
     V: torch.Tensor
     times: torch.Tensor | None
     trajectory: torch.Tensor | None
     finite: torch.Tensor
+    exit_time: torch.Tensor
+    exploded: torch.Tensor
+    explosion_time: torch.Tensor
+    steps: torch.Tensor
     meta: dict[str, Any] = field(default_factory=dict)
 
+    @property
+    def exited(self) -> torch.Tensor:
+        """(paths,) bool: the path reached the exit ball before T."""
+        return torch.isfinite(self.exit_time)
+
+    @property
+    def survivors(self) -> torch.Tensor:
+        """(paths,) bool: inside the ball up to T, not exploded, finite."""
+        return ~self.exited & ~self.exploded & self.finite.cpu()
+
+    def survival(self, times: Any) -> tuple[np.ndarray, np.ndarray]:
+        """P(stopping time > t) at each t of `times` (exit or explosion), and its SE."""
+        t = np.asarray(times, dtype=np.float64)
+        stop = np.minimum(self.exit_time.numpy(), self.explosion_time.numpy())
+        S = (stop[None, :] > t[:, None]).mean(axis=1)
+        return S, np.sqrt(S * (1 - S) / stop.size)
+
     def summary(self) -> str:
-        """One line: what was solved, the step, and every counter."""
+        """One line: what was solved, the steps, exits, explosions and failures."""
         d = self.meta
+        steps = (f"{d['steps']} steps (dt={d['dt']:.3g})" if d["step_rule"] == "fixed" else
+                 f"adaptive rtol={d['rtol']:g}: {d['steps_mean']:.0f} steps/path "
+                 f"(min dt {d['dt_min']:.2g})")
         line = (f"SDE {d['coefficients']}: {d['paths']} paths, m={d['m']}, T={d['T']:g}, "
-                f"{d['steps']} steps (dt={d['dt']:.3g}), seed {d['seed']}, "
-                f"{d['device']} {d['dtype']} | tamed (>1%) {d['n_tamed']} path-steps "
-                f"({d['n_paths_tamed']} paths), PSD projections {d['n_psd_projections']} "
-                f"({d['n_paths_projected']} paths), non-finite paths {d['n_nonfinite']} "
-                f"| {d['wall_s']:.2f} s")
+                f"{steps}, seed {d['seed']}, {d['device']} {d['dtype']}")
+        if d["exit_trace"] is not None:
+            line += (f" | exit at tr V >= {d['exit_trace']:g} tr V0: {d['n_exits']} paths, "
+                     f"P(exit) = {d['p_exit']:.4f} +- {d['p_exit_se']:.4f}")
+        line += f" | exploded {d['n_exploded']}, non-finite {d['n_nonfinite']}"
+        line += f" | {d['wall_s']:.2f} s"
+        if d["n_exploded"]:
+            line += (f" | NOTE: {d['n_exploded']} paths blew up (tr V >= {d['blowup']:g} tr V0) "
+                     "before T; their V is NaN (result.exploded, result.explosion_time); "
+                     "pass exit_trace to study the stopped process")
         if d["n_nonfinite"]:
-            line += (f" | WARNING: {d['n_nonfinite']} paths became non-finite; "
-                     "their V is NaN (see result.finite)")
-        if d["n_paths_tamed"] > TAMED_PATHS_NOTE * d["paths"]:
-            line += (f" | NOTE: {d['n_paths_tamed'] / d['paths']:.0%} of paths were tamed: "
-                     "near the SDE's finite-time blow-up the tamed scheme's upper tail is "
-                     "not accurate (docs/stability.md); shorten T, raise tau0 or refine the step")
+            line += (f" | WARNING: {d['n_nonfinite']} paths became non-finite; their V is NaN "
+                     "(see result.finite)")
         return line
 
 
 def solve(coefficients: Any, V0: Any, T: float, *, paths: int, seed: int,
-          steps: int | None = None, device: str | torch.device = "cpu",
-          dtype: torch.dtype = torch.float64, save_every: int | None = None,
-          progress: bool = False, nonfinite: str = "warn",
-          noise: str = "auto") -> SDEResult:
+          steps: int | None = None, rtol: float = RTOL, dt_max: float = DT_MAX,
+          exit_trace: float | None = None, blowup: float = BLOWUP,
+          device: str | torch.device = "cpu", dtype: torch.dtype = torch.float64,
+          save_every: int | None = None, save_times: Any = None, progress: bool = False,
+          nonfinite: str = "warn", noise: str = "auto", max_steps: int = MAX_STEPS
+          ) -> SDEResult:
     """Simulate `paths` independent paths of the covariance SDE from V0 to time T.
 
-    coefficients: object with `drift`/`diffusion` (and optionally `diffusion_prod`),
-        see the module docstring.
-    V0: (m, m) symmetric PSD NumPy array or Torch tensor, or (paths, m, m) for one
-        initial state per path.
+    coefficients: object with `drift`/`diffusion` (and optional hooks, module docstring).
+    V0: (m, m) symmetric positive-definite NumPy array or Torch tensor, or (paths, m, m).
     T: horizon (depth-to-width ratio), >= 0.
-    paths, seed: number of paths (>= 1) and seed (int >= 0) of the `torch.Generator`
-        on `device` from which every random draw is taken (the same seed gives the
-        same result on the same device and dtype).
-    steps: number of Euler steps (default `default_steps(T)`: dt <= 0.005, >= 20).
+    paths, seed: number of paths (>= 1) and seed (integer in [0, 2^63)) of the
+        `torch.Generator` on `device` that every draw comes from (same seed, device and
+        dtype: same result).
+    steps: None (default) for adaptive steps with tolerance `rtol` and dt <= `dt_max`
+        (docs/solver.md: the default meets its error targets); an integer N for N equal
+        steps of T / N.
+    exit_trace: R > 1 stops each path at the first time tr V_t >= R tr V_0 (see the
+        module docstring); None: no stopping.
+    blowup: a path with tr V >= blowup tr V_0 has exploded (flagged, V NaN).
+    save_every (fixed steps only): keep the states every `save_every` steps (and t = 0, T).
+    save_times: an int k (k + 1 equally spaced times in [0, T]) or an increasing sequence
+        of times in [0, T]; the steps land exactly on them. Not together with save_every.
     device, dtype: where and in what precision to compute (float32 or float64).
-    save_every: also keep the states every `save_every` steps (plus t = 0 and T).
-    progress: show a tqdm progress bar on stderr.
-    nonfinite: "warn" (default: flag the paths, NaN in V, RuntimeWarning) or
-        "raise" (FloatingPointError at the first non-finite path).
-    noise: "auto" (default: the block's structured O(m^3) factorisation,
-        `structured_noise` with `noise_groups` Gaussian m x m matrices per step, where
-        it has one; else the generic one) or "generic" (eigen-factorise the
-        (m^2, m^2) Sigma every step: O(m^6)). Same law, different random streams.
+    progress: a tqdm bar on stderr. nonfinite: "warn" or "raise" (module docstring).
+    noise: "auto" (structured O(m^3) noise where the coefficients offer it) or "generic".
+    max_steps: most steps one path may take (RuntimeError beyond).
 
-    Raises ValueError for invalid inputs. See the module docstring for the scheme.
+    Raises ValueError for invalid inputs.
     """
     _check_coefficients(coefficients)
     T = val.check_time(T)
     paths = val.check_positive_int("paths", paths)
     seed = _check_seed(seed)
-    steps = default_steps(T) if steps is None else val.check_positive_int("steps", steps)
-    save_every = None if save_every is None else val.check_positive_int("save_every", save_every)
+    steps = None if steps is None else val.check_positive_int("steps", steps)
+    rtol = _check_positive("rtol", rtol)
+    dt_max = _check_positive("dt_max", dt_max)
+    blowup = _check_positive("blowup", blowup)
+    if exit_trace is not None:
+        exit_trace = _check_positive("exit_trace", exit_trace)
+        if not 1.0 < exit_trace < blowup:
+            raise ValueError(f"exit_trace must lie in (1, blowup = {blowup:g}); got {exit_trace}")
+    max_steps = val.check_positive_int("max_steps", max_steps)
     if nonfinite not in NONFINITE_POLICIES:
         raise ValueError(f"nonfinite must be one of {NONFINITE_POLICIES}; got {nonfinite!r}")
     if noise not in ("auto", "generic"):
         raise ValueError(f"noise must be 'auto' or 'generic'; got {noise!r}")
     device, dtype = check_device(device), val.check_float_dtype(dtype)
+    keep = save_every is not None or save_times is not None
+    grid = _save_grid(T, steps, save_every, save_times)
     V = _initial_state(V0, paths, device, dtype)
 
     start = time.perf_counter()
-    stepper = _Stepper(coefficients, V, T / steps, torch.Generator(device=device).manual_seed(seed),
-                       nonfinite, structured=noise == "auto")
-    saved_idx, saved = [], []
-    if save_every is not None:
-        saved_idx, saved = [0], [stepper.state()]
-    bar = _progress_bar(steps, progress)
-    try:
-        for k in range(1, steps + 1):
-            stepper.step(k)
-            if save_every is not None and (k % save_every == 0 or k == steps):
-                saved_idx.append(k)
-                saved.append(stepper.state())
-            bar.update(1)
-    finally:
-        bar.close()
+    run = _Run(coefficients, V, T, steps, rtol, dt_max, exit_trace, blowup, grid,
+               torch.Generator(device=device).manual_seed(seed), nonfinite,
+               structured=noise == "auto")
+    run.solve(progress, max_steps)
     wall = time.perf_counter() - start
 
-    meta = stepper.counters()
-    n_dead = meta["n_nonfinite"]
-    if n_dead and nonfinite == "warn":
-        warnings.warn(f"{n_dead} of {paths} SDE paths became non-finite; their V is NaN "
-                      "(see SDEResult.finite)", RuntimeWarning, stacklevel=2)
-    meta.update(steps=steps, dt=T / steps, T=T, m=V.shape[-1], paths=paths, seed=seed,
-                scheme=SCHEME, device=str(device), dtype=str(dtype).removeprefix("torch."),
+    meta = run.counters()
+    if meta["n_nonfinite"] and nonfinite == "warn":
+        warnings.warn(f"{meta['n_nonfinite']} of {paths} SDE paths became non-finite; their V "
+                      "is NaN (see SDEResult.finite)", RuntimeWarning, stacklevel=2)
+    meta.update(T=T, m=V.shape[-1], paths=paths, seed=seed, scheme=SCHEME,
+                weak_order=scheme.WEAK_ORDER, device=str(device),
+                dtype=str(dtype).removeprefix("torch."),
                 coefficients=_describe(coefficients), nonfinite_policy=nonfinite,
-                noise="structured" if stepper.uses_structured else "generic",
-                wall_s=wall)
-    times = None
-    trajectory = None
-    if save_every is not None:
-        times = torch.tensor(saved_idx, dtype=torch.float64) * (T / steps)
-        trajectory = torch.stack(saved)
-    return SDEResult(V=stepper.state(), times=times, trajectory=trajectory,
-                     finite=stepper.alive.clone(), meta=meta)
+                noise="structured" if run.uses_structured else "generic", wall_s=wall)
+    return run.result(meta, keep)
 
 
-class _Stepper:
-    """The state of all paths and the counters; `step` advances every path by dt."""
+class _Run:
+    """All paths' factors, clocks and flags; `solve` advances the paths that are not done.
 
-    def __init__(self, coefficients: Any, V: torch.Tensor, dt: float,
-                 generator: torch.Generator, nonfinite: str, structured: bool = True) -> None:
-        self.coef, self.V, self.dt, self.gen = coefficients, V, dt, generator
-        self.nonfinite = nonfinite
+    Each path has its own time t and step (adaptive steps differ between paths); only the
+    paths still running are gathered for a step, so a few slow paths cost only their share.
+    """
+
+    def __init__(self, coefficients: Any, V: torch.Tensor, T: float, steps: int | None,
+                 rtol: float, dt_max: float, exit_trace: float | None, blowup: float,
+                 grid: np.ndarray, generator: torch.Generator, nonfinite: str,
+                 structured: bool) -> None:
+        self.coef, self.T, self.fixed = coefficients, T, steps
+        self.rtol, self.dt_max, self.gen, self.nonfinite = rtol, dt_max, generator, nonfinite
         self.structured = structured
-        self.factor: torch.Tensor | None = None  # R R^T = current V, from the PSD check
         P, m = V.shape[0], V.shape[-1]
-        trace = torch.diagonal(V, 0, -2, -1).sum(-1) / m
-        # s: the path's initial scale; taming thresholds are relative to it.
-        self.scale = torch.where(trace > 0, trace, torch.ones_like(trace))
-        self.safe = V.clone()  # stand-in state for frozen (non-finite) paths
-        self.alive = torch.ones(P, dtype=torch.bool, device=V.device)
-        zeros = dict(dtype=torch.int64, device=V.device)
-        self.n_tamed_drift = torch.zeros((), **zeros)
-        self.n_tamed_noise = torch.zeros((), **zeros)
-        self.n_psd = torch.zeros((), **zeros)
-        self.paths_tamed = torch.zeros(P, dtype=torch.bool, device=V.device)
-        self.paths_projected = torch.zeros(P, dtype=torch.bool, device=V.device)
+        dev, f64 = V.device, dict(dtype=torch.float64, device=V.device)
+        self.L = _initial_factor(V)
+        self.V = V
+        trace0 = torch.diagonal(V, 0, -2, -1).sum(-1).to(torch.float64)
+        self.exit_level = None if exit_trace is None else exit_trace * trace0
+        self.blow_level = blowup * trace0
+        self.exit_trace, self.blowup = exit_trace, blowup
+        self.t = torch.zeros(P, **f64)
+        self.done = torch.zeros(P, dtype=torch.bool, device=dev)
+        self.alive = torch.ones(P, dtype=torch.bool, device=dev)
+        self.exploded = torch.zeros(P, dtype=torch.bool, device=dev)
+        self.exit_time = torch.full((P,), math.inf, **f64)
+        self.explosion_time = torch.full((P,), math.inf, **f64)
+        self.n_steps = torch.zeros(P, dtype=torch.int64, device=dev)
+        self.dt_min = math.inf
         self.first_nonfinite_step: int | None = None
-
-    def step(self, k: int) -> None:
-        V, dt, s = self.V, self.dt, self.scale
-        b = self.coef.drift(V, check=False)
-        noise = self._draw_noise(V, dt)
-        # A NaN/inf in b or the noise makes `new` non-finite (inf norms give 0 * inf),
-        # so one check on `new` catches all three.
-        f_drift = 1.0 / (1.0 + dt * _fro(b) / s)
-        cap = NOISE_CAP * torch.maximum(_fro(V), s)
-        f_noise = torch.clamp(cap / _fro(noise).clamp_min(torch.finfo(V.dtype).tiny), max=1.0)
-        new = V + (dt * f_drift)[:, None, None] * b + f_noise[:, None, None] * noise
-        new = 0.5 * (new + new.transpose(-1, -2))
-        ok = _finite_rows(new)
-        new = torch.where(ok[:, None, None], new, self.safe)
-        new, projected, self.factor = _project_psd(new, PSD_COUNT_RTOL[V.dtype] * s)
-
-        live = self.alive & ok
-        tamed_d, tamed_n = live & (f_drift < TAMED_FACTOR), live & (f_noise < TAMED_FACTOR)
-        self.n_tamed_drift += tamed_d.sum()
-        self.n_tamed_noise += tamed_n.sum()
-        self.paths_tamed |= tamed_d | tamed_n
-        self.n_psd += (live & projected).sum()
-        self.paths_projected |= live & projected
-        self._kill(self.alive & ~ok, k)
-        # Frozen paths keep their stand-in state so the kernels never see NaN.
-        self.V = torch.where(self.alive[:, None, None], new, self.safe)
+        self.grid = torch.as_tensor(grid, **f64)  # saved times, always ending at T
+        self.next_save = torch.zeros(P, dtype=torch.int64, device=dev)
+        self.saved = torch.full((len(grid), P, m, m), math.nan, dtype=V.dtype, device=dev)
+        self._record(torch.arange(P, device=dev))
+        self.iterations = 0
 
     @property
     def uses_structured(self) -> bool:
         return self.structured and getattr(self.coef, "noise_groups", None) is not None
 
-    def _draw_noise(self, V: torch.Tensor, dt: float) -> torch.Tensor:
-        """Sigma(V)^{1/2} dB: structured (O(m^3)) where the coefficients offer it."""
+    def solve(self, progress: bool, max_steps: int) -> None:
+        bar = _progress_bar(self.T, progress)
+        try:
+            while not bool(self.done.all()):
+                if self.iterations >= max_steps:
+                    raise RuntimeError(
+                        f"{int((~self.done).sum())} paths did not reach T = {self.T:g} in "
+                        f"{max_steps} steps (smallest step {self.dt_min:.3g}); raise max_steps "
+                        "or rtol, or pass exit_trace to stop paths near blow-up")
+                self.step(self.iterations + 1)
+                self.iterations += 1
+                t_low = float(self.t[~self.done].min()) if not bool(self.done.all()) else self.T
+                bar.update(t_low - bar.n)
+        finally:
+            bar.close()
+
+    def step(self, k: int) -> None:
+        idx = (~self.done).nonzero()[:, 0]
+        L, V, t = self.L[idx], self.V[idx], self.t[idx]
+        corrected, K = scheme.drift_and_contraction(self.coef, V)
+        h = self._dt(V, corrected, K, t, idx)
+        N = self._draw_noise(V, L, h)
+        Linv = scheme.triangular_inverse(L)
+        L_new = scheme.factor_step(L, scheme.sandwich(Linv, corrected),
+                                   scheme.sandwich(Linv, N), h.to(V.dtype))
+        V_new = L_new @ L_new.transpose(-1, -2)
+        t_new = torch.where(self.grid[self.next_save[idx]] - (t + h) <= _SNAP * h,
+                            self.grid[self.next_save[idx]], t + h)
+        ok = _finite_rows(V_new)
+        self._kill(idx[~ok], k)
+        trace = torch.diagonal(V_new, 0, -2, -1).sum(-1).to(torch.float64)
+        blown = ok & (trace >= self.blow_level[idx])
+        exits = ok & ~blown & self._exits(V, trace, h, idx)
+        keep = ok & ~blown
+        self.L[idx[keep]], self.V[idx[keep]] = L_new[keep], V_new[keep]
+        self.t[idx] = t_new
+        self.n_steps[idx] += 1
+        self.dt_min = min(self.dt_min, float(h.min()))
+        self.exploded[idx[blown]] = True
+        self.explosion_time[idx[blown]] = t_new[blown]
+        self.exit_time[idx[exits]] = t_new[exits]
+        landed = keep & (t_new == self.grid[self.next_save[idx]])
+        self._record(idx[landed])
+        self._freeze(idx[exits])
+        self.done[idx[~keep | exits | (t_new >= self.T)]] = True
+
+    def _dt(self, V: torch.Tensor, corrected: torch.Tensor, K: torch.Tensor, t: torch.Tensor,
+            idx: torch.Tensor) -> torch.Tensor:
+        """Per-path step: fixed T/steps or adaptive, never past the next saved time."""
+        if self.fixed is not None:
+            h = torch.full_like(t, self.T / self.fixed)
+        else:
+            h = scheme.adaptive_dt(V, corrected, K, self.rtol, self.dt_max).to(torch.float64)
+        return torch.minimum(h, self.grid[self.next_save[idx]] - t)
+
+    def _draw_noise(self, V: torch.Tensor, L: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+        """Sigma(V)^{1/2} dB_h per path: structured (O(m^3)) where the coefficients offer it."""
         k = getattr(self.coef, "noise_groups", None) if self.structured else None
         shape = V.shape if k is None else (V.shape[0], k, *V.shape[1:])
         xi = torch.randn(shape, generator=self.gen, device=V.device, dtype=V.dtype)
+        xi = xi * h.sqrt().to(V.dtype).view(-1, *([1] * (xi.ndim - 1)))
         if k is None:
-            return _noise(self.coef, V, math.sqrt(dt) * xi)
-        return self.coef.structured_noise(V, math.sqrt(dt) * xi, check=False,
-                                          factor=self.factor)
+            return _noise(self.coef, V, xi)
+        return self.coef.structured_noise(V, xi, check=False, factor=L)
+
+    def _exits(self, V: torch.Tensor, trace: torch.Tensor, h: torch.Tensor,
+               idx: torch.Tensor) -> torch.Tensor:
+        """Paths that reached the exit level during the step (Brownian-bridge test)."""
+        if self.exit_level is None:
+            return torch.zeros_like(trace, dtype=torch.bool)
+        level = self.exit_level[idx]
+        x0 = torch.diagonal(V, 0, -2, -1).sum(-1).to(torch.float64)
+        s2 = scheme.trace_variance(self.coef, V).to(torch.float64).clamp_min(1e-300)
+        # P(a Brownian bridge from x0 to x1 with variance s2 h crosses the level).
+        p_cross = torch.exp(-2.0 * (level - x0).clamp_min(0) * (level - trace).clamp_min(0)
+                            / (s2 * h))
+        u = torch.rand(trace.shape, generator=self.gen, device=trace.device,
+                       dtype=torch.float64)
+        return (trace >= level) | (u < p_cross)
+
+    def _record(self, idx: torch.Tensor) -> None:
+        """Save the states of paths `idx`, which have just landed on their next saved time."""
+        if idx.numel() == 0:
+            return
+        self.saved[self.next_save[idx], idx] = self.V[idx]
+        self.next_save[idx] = (self.next_save[idx] + 1).clamp(max=len(self.grid) - 1)
+
+    def _freeze(self, idx: torch.Tensor) -> None:
+        """Stopped paths keep their state at the exit for every later saved time."""
+        for i in idx.tolist():
+            later = self.grid > self.t[i]
+            self.saved[later, i] = self.V[i]
 
     def _kill(self, dead: torch.Tensor, k: int) -> None:
-        if not bool(dead.any()):
+        if dead.numel() == 0:
             return
         if self.first_nonfinite_step is None:
             self.first_nonfinite_step = k
         if self.nonfinite == "raise":
-            raise FloatingPointError(f"{int(dead.sum())} SDE paths became non-finite at step {k} "
-                                     f"(t = {k * self.dt:.4g}); pass nonfinite='warn' to flag them")
-        self.alive &= ~dead
+            raise FloatingPointError(f"{dead.numel()} SDE paths became non-finite at step {k}; "
+                                     "pass nonfinite='warn' to flag them")
+        self.alive[dead] = False
 
-    def state(self) -> torch.Tensor:
-        """Current states (paths, m, m), PSD (round-off negatives clipped), NaN for
-        non-finite paths."""
-        return torch.where(self.alive[:, None, None], _clip_psd(self.V),
-                           torch.full_like(self.V, math.nan))
+    def result(self, meta: dict[str, Any], keep: bool) -> SDEResult:
+        bad = ~self.alive | self.exploded
+        V = torch.where(bad[:, None, None], math.nan, self.V)
+        saved = self.saved
+        for i in bad.nonzero()[:, 0].tolist():  # NaN from the explosion / failure on
+            stop = min(float(self.explosion_time[i]), float(self.t[i]))
+            saved[self.grid >= stop, i] = math.nan
+        return SDEResult(V=V, times=self.grid.cpu() if keep else None,
+                         trajectory=saved if keep else None,
+                         finite=self.alive.clone(), exit_time=self.exit_time.cpu(),
+                         exploded=self.exploded.cpu(),
+                         explosion_time=self.explosion_time.cpu(),
+                         steps=self.n_steps.cpu(), meta=meta)
 
     def counters(self) -> dict[str, Any]:
-        nd, nn = int(self.n_tamed_drift), int(self.n_tamed_noise)
-        return dict(n_tamed=nd + nn, n_tamed_drift=nd, n_tamed_noise=nn,
-                    n_paths_tamed=int(self.paths_tamed.sum()),
-                    n_psd_projections=int(self.n_psd),
-                    n_paths_projected=int(self.paths_projected.sum()),
+        P = self.t.numel()
+        n_exits = int(torch.isfinite(self.exit_time).sum())
+        p = n_exits / P
+        steps = self.n_steps.to(torch.float64)
+        return dict(step_rule="fixed" if self.fixed is not None else "adaptive",
+                    steps=int(self.n_steps.max()), steps_mean=float(steps.mean()),
+                    dt=self.T / self.fixed if self.fixed else None,
+                    dt_min=self.dt_min if math.isfinite(self.dt_min) else None,
+                    rtol=None if self.fixed else self.rtol,
+                    dt_max=None if self.fixed else self.dt_max,
+                    exit_trace=self.exit_trace, n_exits=n_exits, p_exit=p,
+                    p_exit_se=math.sqrt(p * (1 - p) / P), blowup=self.blowup,
+                    n_exploded=int(self.exploded.sum()),
                     n_nonfinite=int((~self.alive).sum()),
                     first_nonfinite_step=self.first_nonfinite_step)
+
+
+def _save_grid(T: float, steps: int | None, save_every: int | None, save_times: Any
+               ) -> np.ndarray:
+    """The times the steps land on and the trajectory keeps; always ends at T."""
+    if save_every is not None and save_times is not None:
+        raise ValueError("give save_every or save_times, not both")
+    if save_every is not None:
+        if steps is None:
+            raise ValueError("save_every counts fixed steps: pass steps=N too, or use "
+                             "save_times with adaptive steps")
+        every = val.check_positive_int("save_every", save_every)
+        k = np.unique(np.r_[np.arange(0, steps + 1, every), steps])
+        return k * (T / steps)
+    if save_times is None:
+        return np.array([0.0, T])
+    if np.ndim(save_times) == 0:
+        k = val.check_positive_int("save_times", save_times)
+        return np.linspace(0.0, T, k + 1)
+    grid = np.asarray(save_times, dtype=np.float64)
+    if grid.ndim != 1 or not np.all(np.isfinite(grid)) or np.any(np.diff(grid) <= 0) \
+            or grid[0] < 0 or grid[-1] > T:
+        raise ValueError("save_times must be increasing finite times in [0, T]")
+    return np.unique(np.r_[0.0, grid, T])
+
+
+def _initial_factor(V: torch.Tensor) -> torch.Tensor:
+    L, info = torch.linalg.cholesky_ex(V)
+    if bool((info != 0).any()):
+        raise ValueError("V0 must be positive definite (the SDE's coefficients vanish on the "
+                         "singular set, so a singular V0 never leaves it); smallest eigenvalue "
+                         f"{float(torch.linalg.eigvalsh(V).min()):.3g}")
+    return L
+
+
+def _check_positive(name: str, value: Any) -> float:
+    x = val._finite_scalar(name, value)
+    if x <= 0:
+        raise ValueError(f"{name} must be > 0; got {x}")
+    return x
 
 
 def _noise(coefficients: Any, V: torch.Tensor, dB: torch.Tensor) -> torch.Tensor:
@@ -329,58 +438,6 @@ def _psd_sqrt_times(S: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     w, Q = torch.linalg.eigh(S)
     coef = w.clamp_min(0.0).sqrt() * (Q.transpose(-1, -2) @ x[..., None])[..., 0]
     return (Q @ coef[..., None])[..., 0] * norm.sqrt()[:, None]
-
-
-def _project_psd(V: torch.Tensor, tol: torch.Tensor
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Bring symmetric V (P, m, m) back to the PSD cone; return a factor of the result.
-
-    Returns the states, a (P,) mask of the paths whose smallest eigenvalue was below
-    -tol (the ones that count as having left the cone), and R (P, m, m) with
-    R R^T = the returned state (up to round-off), which the next step's structured
-    noise reuses (any square root gives the same noise law).
-
-    Three tiers, cheapest first: a Cholesky factor (proves positive definiteness);
-    else a Cholesky factor of V + delta I with delta = min(JITTER eps tr(V), tol), i.e.
-    V is PSD up to round-off (its eigenvalues are > -delta), V is left as it is and the
-    noise uses the factor of V + delta I (relative change of Sigma ~ delta / |V|);
-    else an eigen-decomposition, eigenvalues clipped at 0, R = Q diag(w_+)^{1/2}.
-    At many tokens V is numerically singular after a few steps (the spectrum spreads
-    like exp(-c m t)), so the middle tier is what keeps such runs at O(m^3/3).
-    """
-    R, info = torch.linalg.cholesky_ex(V)
-    projected = torch.zeros(V.shape[0], dtype=torch.bool, device=V.device)
-    bad = (info != 0).nonzero()[:, 0]
-    if bad.numel() == 0:
-        return V, projected, R
-    Vb = V[bad]
-    eye = torch.eye(V.shape[-1], dtype=V.dtype, device=V.device)
-    # Never more than the counting tolerance: a state kept here has left the cone by
-    # less than tol, i.e. not at all by the counters' definition.
-    delta = torch.minimum(JITTER * torch.finfo(V.dtype).eps * torch.diagonal(Vb, 0, -2, -1)
-                          .sum(-1), tol[bad])
-    Rb, info_b = torch.linalg.cholesky_ex(Vb + delta[:, None, None] * eye)
-    R[bad] = Rb
-    hard = bad[info_b != 0]
-    if hard.numel():
-        w, Rh = _linalg.clipped_factor(V[hard])
-        projected[hard] = w[:, 0] < -tol[hard]
-        V = V.clone()
-        V[hard] = Rh @ Rh.transpose(-1, -2)
-        R[hard] = Rh
-    return V, projected, R
-
-
-def _clip_psd(V: torch.Tensor) -> torch.Tensor:
-    """V with eigenvalues clipped at 0 where Cholesky fails (for states handed out)."""
-    bad = (torch.linalg.cholesky_ex(V)[1] != 0).nonzero()[:, 0]
-    if bad.numel() == 0:
-        return V
-    R = _linalg.clipped_factor(V[bad])[1]
-    Vc = R @ R.transpose(-1, -2)
-    V = V.clone()
-    V[bad] = 0.5 * (Vc + Vc.transpose(-1, -2))
-    return V
 
 
 def _fro(X: torch.Tensor) -> torch.Tensor:
@@ -440,7 +497,9 @@ def _describe(coefficients: Any) -> str:
     return name
 
 
-def _progress_bar(steps: int, enabled: bool):
+def _progress_bar(T: float, enabled: bool):
     from tqdm import tqdm
 
-    return tqdm(total=steps, desc="sde", unit="step", file=sys.stderr, disable=not enabled)
+    return tqdm(total=T, desc="sde (t of the slowest path)", file=sys.stderr,
+                disable=not enabled, bar_format="{l_bar}{bar}| t={n:.3g}/{total:.3g} "
+                "[{elapsed}<{remaining}]")
