@@ -95,6 +95,13 @@ def _write_json(path: Path, obj: dict[str, Any]) -> None:
     path.write_text(json.dumps(obj, indent=2, default=str) + "\n")
 
 
+def _add_exit_trace(p: argparse.ArgumentParser, unit: str) -> None:
+    p.add_argument("--exit-trace", type=float, metavar="R", dest="exit_trace",
+                   help=f"stop each {unit} at the first time tr V >= R tr V0 (R > 1) and write "
+                        "the exit times (inf: none) to OUT.exit.npy; the metadata records R, "
+                        "the number of exits and P(exit) with its standard error")
+
+
 def _lazy(module: str, attr: str) -> Any:
     """Import `attr` from `shapedsde.<module>` only when the command runs."""
     import importlib
@@ -130,11 +137,18 @@ def cmd_sde(args: argparse.Namespace) -> int:
         # The non-finite warning is repeated below as one line.
         warnings.simplefilter("ignore", RuntimeWarning)
         res = solve(blk, V0, args.T, paths=args.paths, seed=args.seed, steps=args.steps,
-                    device=_device(args.device), dtype=dtype, progress=not args.quiet)
+                    rtol=args.rtol, exit_trace=args.exit_trace, device=_device(args.device),
+                    dtype=dtype, progress=not args.quiet)
     np.save(out, res.V.cpu().numpy())
+    extra = {}
+    if args.exit_trace is not None:
+        np.save(exit_path(out), res.exit_time.numpy())
+        extra["exit_file"] = str(exit_path(out))
+    np.save(out.with_suffix(".exploded.npy"), res.exploded.numpy())
     _write_json(meta_path, {**res.meta, "block": blk.name, "params": blk.kernel_params(),
                             "V0": np.asarray(V0).tolist(), "V0_file": args.V0,
-                            "out": str(out)})
+                            "out": str(out), "exploded_file":
+                            str(out.with_suffix(".exploded.npy")), **extra})
     print(res.summary())
     if res.meta["n_nonfinite"]:
         print(f"warning: {res.meta['n_nonfinite']} paths became non-finite; their rows in "
@@ -161,22 +175,46 @@ def cmd_finite(args: argparse.Namespace) -> int:
     device = _device(args.device)
     simulate = _lazy("finite", "simulate")
     extra = {} if args.method is None else {"method": args.method}
-    V = simulate(blk, V0, width=args.width, T=args.T, nets=args.nets, seed=args.seed,
-                 device=device, dtype=_dtype(args.dtype), progress=not args.quiet, **extra)
-    V = V.detach().cpu().numpy()
+    if args.exit_trace is not None:
+        extra["exit_trace"] = args.exit_trace
+    run = simulate(blk, V0, width=args.width, T=args.T, nets=args.nets, seed=args.seed,
+                   device=device, dtype=_dtype(args.dtype), progress=not args.quiet, **extra)
+    V = (run if args.exit_trace is None else run.V).detach().cpu().numpy()
     np.save(out, V)
     depth = int(round(args.T * args.width))
+    exits: dict[str, Any] = {}
+    if args.exit_trace is not None:
+        np.save(exit_path(out), run.exit_time.numpy())
+        exits = _exit_summary(run.exit_time.numpy(), args.exit_trace)
+        exits["exit_file"] = str(exit_path(out))
     _write_json(meta_path, {"block": blk.name, "params": blk.kernel_params(),
                             "nk": getattr(blk, "nk", None), "width": args.width,
                             "depth": depth, "T": args.T, "nets": args.nets, "seed": args.seed,
                             "device": str(device), "method": args.method or "default",
                             "dtype": args.dtype,
                             "V0": V0.tolist(), "V0_file": args.V0, "out": str(out),
-                            "n_nonfinite": int((~np.isfinite(V).all(axis=(-2, -1))).sum())})
+                            "n_nonfinite": int((~np.isfinite(V).all(axis=(-2, -1))).sum()),
+                            "exit_trace": args.exit_trace, **exits})
     params = ", ".join(f"{k}={v:g}" for k, v in blk.kernel_params().items())
-    print(f"finite {blk.name}({params}): {args.nets} nets, width {args.width}, "
-          f"depth {depth} (T={args.T:g}), seed {args.seed}, {device} -> {out}")
+    line = (f"finite {blk.name}({params}): {args.nets} nets, width {args.width}, "
+            f"depth {depth} (T={args.T:g}), seed {args.seed}, {device} -> {out}")
+    if exits:
+        line += (f" | exit at tr V >= {args.exit_trace:g} tr V0: {exits['n_exits']} nets, "
+                 f"P(exit) = {exits['p_exit']:.4f} +- {exits['p_exit_se']:.4f}")
+    print(line)
     return EXIT_OK
+
+
+def exit_path(out: Path) -> Path:
+    """OUT.exit.npy beside OUT.npy: the exit times (inf where none)."""
+    return out.with_suffix(".exit.npy")
+
+
+def _exit_summary(exit_time: np.ndarray, R: float) -> dict[str, Any]:
+    n = int(np.isfinite(exit_time).sum())
+    p = n / exit_time.size
+    return {"exit_trace": R, "n_exits": n, "p_exit": p,
+            "p_exit_se": float(np.sqrt(p * (1 - p) / exit_time.size))}
 
 
 def cmd_derive(args: argparse.Namespace) -> int:
@@ -313,11 +351,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("sde", formatter_class=fmt, help="solve the covariance SDE (Monte Carlo)",
                        description="Simulate PATHS independent paths of the covariance SDE from "
-                                   "V0 to time T (depth-to-width ratio) with the tamed "
-                                   "Euler-Maruyama scheme of shapedsde.sde. Writes V_T as an "
-                                   "(N, m, m) array to OUT.npy and the run's metadata and "
-                                   "counters (tamed steps, PSD projections, non-finite paths) "
-                                   "to OUT.json, and prints a one-line summary.",
+                                   "V0 to time T (depth-to-width ratio) with the positive-"
+                                   "definite adaptive scheme of shapedsde.sde (docs/solver.md). "
+                                   "Writes V at min(T, exit time) as an (N, m, m) array to "
+                                   "OUT.npy (NaN rows: paths that blew up), the per-path "
+                                   "explosion flags to OUT.exploded.npy, with --exit-trace the "
+                                   "exit times (inf: none) to OUT.exit.npy, the run's metadata "
+                                   "and counters to OUT.json, and prints a one-line summary.",
                        epilog=EXAMPLE_V + "\nexample:\n  shapedsde sde --block attention "
                                           "--gamma 0.8 --tau0 1 --V0 V0.npy --T 0.5 "
                                           "--paths 4000 --seed 0 --out vt.npy")
@@ -327,7 +367,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--paths", type=int, required=True, metavar="N", help="number of paths")
     p.add_argument("--seed", type=int, required=True, metavar="S", help="random seed (>= 0)")
     p.add_argument("--steps", type=int, metavar="K",
-                   help="Euler steps (default: max(20, ceil(T / 0.005)))")
+                   help="K equal steps instead of the adaptive default")
+    p.add_argument("--rtol", type=float, default=0.1,
+                   help="adaptive step tolerance (docs/solver.md; smaller is finer)")
+    _add_exit_trace(p, "path")
     p.add_argument("--dtype", choices=("float64", "float32"), default="float64")
     _add_device(p)
     p.add_argument("--out", required=True, metavar="OUT.npy", help="output file (.npy)")
@@ -351,6 +394,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, required=True, metavar="S", help="random seed")
     p.add_argument("--method", choices=("full", "reduced", "gram", "auto"),
                    help="sampler (see shapedsde.finite; default: its default)")
+    _add_exit_trace(p, "net")
     p.add_argument("--dtype", choices=("float64", "float32"), default="float64",
                    help="precision of hidden states and weights (V is accumulated in "
                         "float64 either way)")
