@@ -7,7 +7,10 @@ Checks (see verify/README.md for how to read them):
 3. one-step moments against the kernels at several widths and (gamma, tau0),
    with the 1/n extrapolation;
 4. sampler consistency: the exact-in-law V chain against block.finite;
-5. law at T against the SDE, with negative controls.
+5. law at T against the SDE, with negative controls;
+6. every block (MLP, Transformer, multi-head, causal): one step and law at T;
+7. at depth (T = 1, strong attention): the stopped process, P(exit), survival curve,
+   near-singular fraction and survivors' laws against exact finite networks (`depth`).
 Seeds: every check draws from its own seed, derived from the root seed and the
 check's label (`common.derive_seed`), so results are reproducible and do not
 depend on which other checks run.
@@ -104,7 +107,7 @@ def run_verification(*, quick: bool = True, out_dir: str | Path = "verify/out", 
                      device: str = "cpu", blocks: list[str | Block] | None = None,
                      progress: bool = True, config: Config | None = None,
                      every_block: bool = True, workers: int = 1,
-                     scheduler: str | None = None) -> dict:
+                     scheduler: str | None = None, depth: bool | None = None) -> dict:
     """Run the checks, write `out_dir/report.json` and PNG figures, return the report.
 
     blocks: names ("attention", "linear") or Block instances to verify; None: both,
@@ -114,6 +117,8 @@ def run_verification(*, quick: bool = True, out_dir: str | Path = "verify/out", 
     every_block: also run `all_blocks.every_block` (MLP, Transformer, multi-head, causal),
     whose law-at-T samples run as seeded tasks on `workers` Dask processes (or on the
     cluster at `scheduler`); the numbers do not depend on the number of workers.
+    depth: run the stopped-process checks at depth (`verification.depth`); default: with
+    every_block.
     """
     t_start = time.perf_counter()
     if torch.device(device).type == "cuda" and not torch.cuda.is_available():
@@ -203,6 +208,15 @@ def run_verification(*, quick: bool = True, out_dir: str | Path = "verify/out", 
         for r in checks["every_block"]:
             log(r["line"])
         secs["every_block"] = time.perf_counter() - t
+
+    if every_block if depth is None else depth:
+        from .depth import depth_checks
+
+        t = time.perf_counter()
+        checks["depth"] = depth_checks(quick=quick, seed=seed_of("depth"), device=device)
+        for r in checks["depth"]:
+            log(r["line"])
+        secs["depth"] = time.perf_counter() - t
 
     t = time.perf_counter()
     from .figures import write_figures
