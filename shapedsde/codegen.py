@@ -18,8 +18,8 @@ from sympy.printing.latex import LatexPrinter
 from sympy.printing.pycode import PythonCodePrinter
 
 from .symbolic.activation import RHO, V_AA, V_BB
-from .symbolic.correlation import latex_correlation
 from .symbolic.contraction import contractions
+from .symbolic.correlation import latex_correlation
 from .symbolic.entrywise_kernel import Entrywise
 from .symbolic.kron import Kron
 from .symbolic.matrixform import M_TOKENS, MatrixCoefficients, P, V, matrix_form
@@ -192,7 +192,8 @@ class _KernelPrinter:
         return name
 
     def scalar(self, e: sp.Expr) -> str:
-        traces = {t: sp.Symbol(self.matrix_trace(t)) for t in e.atoms(sp.Trace)}
+        traces = {t: sp.Symbol(self.matrix_trace(t))
+                  for t in sorted(e.atoms(sp.Trace), key=sp.default_sort_key)}
         e = e.xreplace(traces)
         e = e.xreplace({x: sp.Symbol(self.SCALARS[x.name]) for x in e.free_symbols
                         if x.name in self.SCALARS})

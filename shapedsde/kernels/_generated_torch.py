@@ -176,9 +176,9 @@ def attention_trace_variance(V, gamma, tau0, heads):
     """Var[tr dV] / dt = sum_ac Sigma^{aa,cc} of the attention block; (...,)."""
     m, I, J, P = _setup(V)
     _e1 = V @ V
-    _e2 = _rP(_rP(V) @ V) @ _e1
+    _e2 = _rP(_rP(_e1) @ V) @ V
     _e0 = _tr(_e2)
-    _e4 = _rP(_rP(_e1) @ V) @ V
+    _e4 = _rP(_rP(V) @ V) @ _e1
     _e3 = _tr(_e4)
     _e5 = _tr(_e1)
     return (-2*gamma**2*(-_e0*gamma**2 - _e3*gamma**2 + _e5*gamma**2*heads*m**2*tau0**2 - 2*_e5*heads*m**2*tau0**2)/(heads*m**2*tau0**2) + 0 * _tr(V))[..., 0, 0]
@@ -291,9 +291,9 @@ def transformer_trace_variance(V, gamma, tau0, c_plus, c_minus):
     """Var[tr dV] / dt = sum_ac Sigma^{aa,cc} of the transformer block; (...,)."""
     m, I, J, P = _setup(V)
     _e1 = V @ V
-    _e2 = _rP(_rP(V) @ V) @ _e1
+    _e2 = _rP(_rP(_e1) @ V) @ V
     _e0 = _tr(_e2)
-    _e4 = _rP(_rP(_e1) @ V) @ V
+    _e4 = _rP(_rP(V) @ V) @ _e1
     _e3 = _tr(_e4)
     _e5 = _tr(_e1)
     return (-2*gamma**2*(-_e0*gamma**2 - _e3*gamma**2 + _e5*gamma**2*m**2*tau0**2 - 4*_e5*m**2*tau0**2)/(m**2*tau0**2) + 0 * _tr(V))[..., 0, 0]

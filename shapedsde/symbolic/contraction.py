@@ -20,7 +20,7 @@ import sympy as sp
 from sympy.matrices.expressions import MatrixExpr
 
 from .kron import Kron
-from .matrixform import M_TOKENS, V, MatrixCoefficients, _symmetrise, _tidy_matrix
+from .matrixform import M_TOKENS, MatrixCoefficients, V, _symmetrise, _tidy_matrix
 
 
 def _oriented(F: MatrixExpr, labels: tuple[str, str], first: str) -> tuple[MatrixExpr, str]:
