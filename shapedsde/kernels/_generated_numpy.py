@@ -63,11 +63,18 @@ _sqrt, _acos = np.sqrt, np.arccos
 
 
 def _entrywise(V, f):
-    """f(V^aa, V^bb, rho^ab) entry by entry, rho clipped to [-1, 1]."""
+    """f(V^aa, V^bb, rho^ab) entry by entry, rho clipped to [-1, 1] (0 where V^aa V^bb = 0).
+
+    rho = (V^ab / sqrt(V^aa)) / sqrt(V^bb): no product V^aa V^bb is formed, so it
+    neither over- nor underflows for any representable V.
+    """
     d = np.diagonal(V, 0, -2, -1)
     Vaa, Vbb = d[..., :, None], d[..., None, :]
-    scale = np.sqrt(np.clip(Vaa * Vbb, np.finfo(V.dtype).tiny, None))
-    return f(Vaa, Vbb, np.clip(V / scale, -1.0, 1.0))
+    sa, sb = np.sqrt(np.clip(Vaa, 0, None)), np.sqrt(np.clip(Vbb, 0, None))
+    ok = (sa > 0) & (sb > 0)
+    rho = np.where(ok, V / np.where(sa > 0, sa, 1) / np.where(sb > 0, sb, 1), 0)
+    rho = np.where(np.eye(V.shape[-1], dtype=bool), ok, rho)  # rho^aa = 1 exactly
+    return f(Vaa, Vbb, np.clip(rho, -1.0, 1.0))
 
 
 def linear_drift(V, gamma):
