@@ -91,6 +91,7 @@ def initial_hidden(
     and O (m, n) random orthonormal rows (QR of a seeded Gaussian matrix).
     Computed in float64 on the CPU, then cast, so X0 does not depend on device.
     """
+    seed = val.check_seed(seed)
     V0 = _as_matrix(V0, "V0")
     m = V0.shape[0]
     n = val.check_positive_int("n (width)", n)
@@ -136,6 +137,7 @@ def simulate(
     supports it, else "full". Reproducible for a fixed (seed, batch_size,
     device, method); `batch_size=None` picks one from a fixed memory budget.
     """
+    seed = val.check_seed(seed)
     V0 = _as_matrix(V0, "V0")
     n = val.check_positive_int("width", width)
     T = val.check_time(T)
