@@ -354,7 +354,8 @@ def _check_hidden(X: torch.Tensor, *, values: bool = True) -> None:
         raise ValueError(f"X needs B >= 1 networks, m >= 2 tokens and width n >= 1; got shape "
                          f"{tuple(X.shape)}")
     if values and not bool(torch.isfinite(X).all()):
-        raise ValueError("X contains NaN or inf")
+        raise ValueError("X contains NaN or inf (pass check=False to let non-finite networks "
+                         "propagate)")
 
 
 def _check_same_kind(V: Any, N: Any) -> None:
