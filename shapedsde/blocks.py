@@ -88,6 +88,7 @@ class Block:
         `factor`: any R with R R^T = V the caller already has (e.g. a Cholesky factor).
         """
         if check:
+            _check_same_kind(V, N)
             V = val.check_covariance(V)
             k = self.noise_groups
             if k is None:
@@ -101,9 +102,19 @@ class Block:
         matrix per head (head h mixes the value columns of block h), or None for A = I."""
         return None
 
-    def finite(self, X: torch.Tensor, generator: RandomSource) -> torch.Tensor:
-        """One sub-layer at width n = X.shape[-1] on a batch X of shape (B, m, n)."""
-        _check_hidden(X)
+    def check_width(self, n: int) -> int:
+        """The width n as an int if the finite face can run at it, else ValueError."""
+        return val.check_positive_int("width", n)
+
+    def finite(self, X: torch.Tensor, generator: RandomSource, *, check: bool = True
+               ) -> torch.Tensor:
+        """One sub-layer at width n = X.shape[-1] on a batch X of shape (B, m, n).
+
+        X must be a real floating tensor; `check=False` skips the test that its entries
+        are finite (for runners that track exploding networks themselves).
+        """
+        _check_hidden(X, values=check)
+        self.check_width(X.shape[-1])
         B, m, n = X.shape
         A = self.branch_mixing(X, generator)
         XWV = weight_source(generator).times(X, n)
@@ -113,6 +124,8 @@ class Block:
         """The update rule as a symbolic `LayerModel` for m tokens."""
         from .symbolic.layers import layer_model
 
+        if isinstance(m, bool) or not isinstance(m, int) or m < 2:
+            raise ValueError(f"m (number of tokens) must be an int >= 2; got {m!r}")
         return layer_model(self.name, m)
 
 
@@ -150,6 +163,12 @@ class AttentionBlock(Block):
 
     def kernel_params(self) -> dict[str, float]:
         return {"gamma": self.gamma, "tau0": self.tau0, "heads": self.heads}
+
+    def check_width(self, n: int) -> int:
+        n = super().check_width(n)
+        if n % self.heads:
+            raise ValueError(f"width n = {n} must be a multiple of heads = {self.heads}")
+        return n
 
     def drift(self, V: Any, *, check: bool = True) -> Any:
         if not self.causal:
@@ -211,10 +230,24 @@ class MlpBlock(Block):
     def __post_init__(self) -> None:
         super().__post_init__()
         for attr in ("c_plus", "c_minus"):
-            object.__setattr__(self, attr, val._finite_scalar(attr, getattr(self, attr)))
+            object.__setattr__(self, attr, val.check_slope_shift(attr, getattr(self, attr)))
 
     def kernel_params(self) -> dict[str, float]:
         return {"gamma": self.gamma, "c_plus": self.c_plus, "c_minus": self.c_minus}
+
+    def slopes(self, n: int) -> tuple[float, float]:
+        """(s_+, s_-) = 1 + c_pm / sqrt(n) at width n."""
+        return 1 + self.c_plus / math.sqrt(n), 1 + self.c_minus / math.sqrt(n)
+
+    def check_width(self, n: int) -> int:
+        """Refuse widths where both slopes vanish (phi = 0: c = 2 / (s_+^2 + s_-^2) is 1/0)."""
+        n = super().check_width(n)
+        sp_, sm_ = self.slopes(n)
+        if sp_**2 + sm_**2 == 0.0:
+            raise ValueError(f"at width n = {n} both MLP slopes 1 + c/sqrt(n) are 0 (c_plus = "
+                             f"c_minus = {self.c_plus:g} = -sqrt(n)), so the activation is 0 "
+                             "and cannot be normalised; change c_plus, c_minus or the width")
+        return n
 
     def activation_input(self, X: torch.Tensor, generator: RandomSource) -> torch.Tensor:
         """G = X W^pre / sqrt(n), shape (B, m, n)."""
@@ -223,13 +256,14 @@ class MlpBlock(Block):
 
     def activation(self, G: torch.Tensor) -> torch.Tensor:
         """sqrt(c) phi(G) at width n = G.shape[-1]."""
-        n = G.shape[-1]
-        sp_, sm_ = 1 + self.c_plus / math.sqrt(n), 1 + self.c_minus / math.sqrt(n)
+        n = self.check_width(G.shape[-1])
+        sp_, sm_ = self.slopes(n)
         c = 2.0 / (sp_**2 + sm_**2)
         return math.sqrt(c) * (sp_ * G.clamp_min(0) + sm_ * G.clamp_max(0))
 
-    def finite(self, X: torch.Tensor, generator: RandomSource) -> torch.Tensor:
-        _check_hidden(X)
+    def finite(self, X: torch.Tensor, generator: RandomSource, *, check: bool = True
+               ) -> torch.Tensor:
+        _check_hidden(X, values=check)
         B, m, n = X.shape
         U = self.activation(self.activation_input(X, generator))
         return self.lam * X + self.gamma * weight_source(generator).times(U, n) / math.sqrt(n)
@@ -262,9 +296,14 @@ class TransformerBlock(Block):
         return {"gamma": self.gamma, "tau0": self.tau0, "c_plus": self.c_plus,
                 "c_minus": self.c_minus}
 
-    def finite(self, X: torch.Tensor, generator: RandomSource) -> torch.Tensor:
+    def check_width(self, n: int) -> int:
         attention, mlp = self.parts()
-        return mlp.finite(attention.finite(X, generator), generator)
+        return mlp.check_width(attention.check_width(n))
+
+    def finite(self, X: torch.Tensor, generator: RandomSource, *, check: bool = True
+               ) -> torch.Tensor:
+        attention, mlp = self.parts()
+        return mlp.finite(attention.finite(X, generator, check=check), generator, check=False)
 
 
 @dataclass(frozen=True)
@@ -327,6 +366,8 @@ BLOCKS: dict[str, type[Block]] = {
 
 def block(name: str, **params: Any) -> Block:
     """Build a block by name: `block("attention", gamma=0.8, tau0=1.0)`."""
+    if not isinstance(name, str):
+        raise ValueError(f"block name must be a string, one of {sorted(BLOCKS)}; got {name!r}")
     try:
         cls = BLOCKS[name]
     except KeyError:
@@ -348,9 +389,27 @@ def apply_mixing(A: torch.Tensor | None, Y: torch.Tensor) -> torch.Tensor:
     return torch.einsum("bhij,bjhk->bihk", A, Yh).reshape(Y.shape)
 
 
-def _check_hidden(X: torch.Tensor) -> None:
+def _check_hidden(X: torch.Tensor, *, values: bool = True) -> None:
+    """X: a real floating Torch tensor (B, m, n), B >= 1, m >= 2, n >= 1; finite if `values`."""
     if not isinstance(X, torch.Tensor) or X.ndim != 3:
         shape = getattr(X, "shape", None)
-        raise ValueError(f"X must be a Torch tensor of shape (B, m, n); got {shape}")
-    if X.shape[1] < 2 or X.shape[2] < 1:
-        raise ValueError(f"X needs m >= 2 tokens and width n >= 1; got shape {tuple(X.shape)}")
+        raise ValueError(f"X must be a Torch tensor of shape (B, m, n); got "
+                         f"{type(X).__name__} of shape {shape}")
+    if X.is_complex() or not X.is_floating_point():
+        raise ValueError(f"X must be a real floating-point tensor; got dtype {X.dtype} "
+                         "(convert with X.double())")
+    if X.shape[0] < 1 or X.shape[1] < 2 or X.shape[2] < 1:
+        raise ValueError(f"X needs B >= 1 networks, m >= 2 tokens and width n >= 1; got shape "
+                         f"{tuple(X.shape)}")
+    if values and not bool(torch.isfinite(X).all()):
+        raise ValueError("X contains NaN or inf (pass check=False to let non-finite networks "
+                         "propagate)")
+
+
+def _check_same_kind(V: Any, N: Any) -> None:
+    """V and N both NumPy arrays or both Torch tensors."""
+    if val.is_torch(V) != val.is_torch(N):
+        kinds = [("torch.Tensor" if val.is_torch(x) else type(x).__name__) for x in (V, N)]
+        raise ValueError(f"V and N must be of the same kind (both NumPy arrays or both Torch "
+                         f"tensors); got {kinds[0]} and {kinds[1]}: convert one with "
+                         "torch.as_tensor(...) or .numpy()")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import sys
 import warnings
 from collections.abc import Sequence
@@ -20,12 +21,17 @@ from typing import Any, NoReturn
 
 import numpy as np
 
-from . import __version__
+from . import __version__, _io
 from . import _validation as val
 from .blocks import BLOCKS, Block, block
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 BLOCK_PARAMS = ("gamma", "tau0", "nk", "heads", "c_plus", "c_minus", "causal")
+#: A run estimated to hold more memory than this is refused unless --insist is given.
+MEMORY_LIMIT_BYTES = 8 * 2**30
+#: At most this many SDE steps / finite sub-layers unless --insist is given.
+MAX_STEPS = 10**7
+NPY_MAGIC = b"\x93NUMPY"
 
 
 class _UsageError(Exception):
@@ -47,11 +53,29 @@ def load_matrix(path: str, name: str) -> np.ndarray:
     if not p.is_file():
         raise ValueError(f"{name} file not found: {path}")
     try:
+        with p.open("rb") as f:
+            head = f.read(len(NPY_MAGIC))
+    except OSError as err:
+        raise ValueError(f"cannot read {name} file {path}: {err.strerror or err}") from None
+    if not head:
+        raise ValueError(f"cannot read {name} file {path}: it is empty (0 bytes); write it with "
+                         "numpy.save")
+    if head[:2] == b"PK":
+        raise ValueError(f"cannot read {name} file {path}: it is a .npz archive; save the one "
+                         "matrix with numpy.save")
+    if head != NPY_MAGIC:
+        raise ValueError(f"cannot read {name} file {path}: not a .npy file (no NumPy header; "
+                         "write it with numpy.save)")
+    try:
         arr = np.load(p, allow_pickle=False)
-    except (OSError, ValueError) as err:
+    except ValueError as err:
+        if "pickled" in str(err) or "Object arrays" in str(err):
+            raise ValueError(f"cannot read {name} file {path}: it holds Python objects (object "
+                             "dtype), not numbers; save a float array") from None
         raise ValueError(f"cannot read {name} file {path} as a .npy array: {err}") from None
-    if not isinstance(arr, np.ndarray):
-        raise ValueError(f"{name} file {path} must hold one array (.npy), not an archive")
+    except (OSError, EOFError) as err:
+        raise ValueError(f"cannot read {name} file {path} as a .npy array (truncated or "
+                         f"corrupt?): {err}") from None
     if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
         raise ValueError(f"{name} file {path} must hold real numbers; got dtype {arr.dtype}")
     return val.check_covariance(arr, name=name)
@@ -82,17 +106,54 @@ def _device(name: str) -> Any:
     return check_device(name)
 
 
-def _out_paths(out: str) -> tuple[Path, Path]:
-    """OUT.npy and the metadata file OUT.json beside it (parent folders are created)."""
-    p = Path(out)
-    if p.suffix != ".npy":
-        raise ValueError(f"--out must name a .npy file; got {out}")
-    p.parent.mkdir(parents=True, exist_ok=True)
-    return p, p.with_suffix(".json")
+def memory_limit() -> int:
+    """MEMORY_LIMIT_BYTES, or half the machine's memory where that is smaller."""
+    try:
+        phys = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return MEMORY_LIMIT_BYTES
+    return min(MEMORY_LIMIT_BYTES, phys // 2) if phys > 0 else MEMORY_LIMIT_BYTES
 
 
-def _write_json(path: Path, obj: dict[str, Any]) -> None:
-    path.write_text(json.dumps(obj, indent=2, default=str) + "\n")
+def _check_work(args: argparse.Namespace, nbytes: float, what: str,
+                steps: int | None = None, step_name: str = "steps") -> None:
+    """Refuse (unless --insist) a run over the memory limit or over MAX_STEPS steps."""
+    if getattr(args, "insist", False):
+        return
+    val.check_budget(nbytes, what, limit=memory_limit())
+    if steps is not None and steps > MAX_STEPS:
+        raise ValueError(f"{what} would take {steps:.3g} {step_name}, over the limit of "
+                         f"{MAX_STEPS:.0e}; lower --T (or --steps / --width) or pass --insist "
+                         "to run it anyway")
+
+
+def _itemsize(dtype_name: str) -> int:
+    return 4 if dtype_name == "float32" else 8
+
+
+def sde_bytes(m: int, paths: int, itemsize: int, noise_groups: int | None) -> int:
+    """Bytes the SDE solver holds: (paths, m, m) states and temporaries, and the
+    (paths, m^2, m^2) Sigma with its eigenvectors where there is no structured noise."""
+    per_path = itemsize * (24 + (noise_groups or 0)) * m * m
+    if noise_groups is None:
+        per_path += itemsize * 8 * m**4
+    return paths * per_path + 2 * 8 * paths * m * m  # + the float64 copy that is saved
+
+
+def finite_bytes(blk: Block, m: int, width: int, nets: int, method: str, itemsize: int,
+                 dtype: Any, device: Any) -> int:
+    """Bytes a finite run holds: the initial state, one batch of networks with its weights
+    (the batch `shapedsde.finite` picks), and the (nets, m, m) results."""
+    n, nk, heads = width, getattr(blk, "nk", None) or width, getattr(blk, "heads", 1)
+    batch = min(nets, _lazy("finite", "_default_batch")(method, m, n, getattr(blk, "nk", None),
+                                                         heads, device, dtype))
+    if method == "gram":
+        per_net = 8 * m * m * 32 + itemsize * m * (2 * min(nk, 64) + min(n, 64))
+    elif method == "reduced":
+        per_net = itemsize * (8 + 4 * heads) * m * max(n, nk)
+    else:
+        per_net = itemsize * (n * n + 2 * heads * n * nk + 8 * m * n)
+    return 4 * 8 * n * m + batch * per_net + 3 * 8 * nets * m * m
 
 
 def _add_exit_trace(p: argparse.ArgumentParser, unit: str) -> None:
@@ -118,37 +179,65 @@ def _lazy(module: str, attr: str) -> Any:
 
 def cmd_coeffs(args: argparse.Namespace) -> int:
     blk = block_from_args(args)
+    output = None if args.out is None else _io.prepare_output(args.out, extras=("diffusion",))
     V = load_matrix(args.V, "V")
-    out = {"block": blk.name, "params": blk.kernel_params(),
-           "drift": np.asarray(blk.drift(V, check=False)).tolist(),
-           "diffusion": np.asarray(blk.diffusion(V, check=False)).tolist()}
-    print(json.dumps(out))
+    m = V.shape[-1]
+    # Sigma (and, printed, about 25 bytes of JSON per entry).
+    _check_work(args, (8 * 4 + (0 if output else 25)) * V.size * m * m, "coeffs")
+    with np.errstate(all="ignore"):  # overflow is reported below, in one line
+        drift = np.asarray(blk.drift(V, check=False), dtype=np.float64)
+        diffusion = np.asarray(blk.diffusion(V, check=False), dtype=np.float64)
+    for label, arr in (("drift b(V)", drift), ("diffusion Sigma(V)", diffusion)):
+        if not np.all(np.isfinite(arr)):
+            raise ValueError(f"the {label} of block {blk.name!r} is not finite in float64 for "
+                             f"this V (largest |V^ab| = {float(np.max(np.abs(V))):.3g}); "
+                             "rescale V towards O(1) (for the linear and mlp blocks "
+                             "b(cV) = c b(V) and Sigma(cV) = c^2 Sigma(V))")
+    meta = {"block": blk.name, "params": blk.kernel_params()}
+    if output is None:
+        print(json.dumps({**meta, "drift": drift.tolist(), "diffusion": diffusion.tolist()}))
+        return EXIT_OK
+    _io.write_outputs(output, drift, {**meta, "V": np.asarray(V).tolist(), "V_file": args.V,
+                                      "drift": str(output.data),
+                                      "diffusion": str(output.extras["diffusion"])},
+                      extras={"diffusion": diffusion})
+    print(f"coeffs {blk.name}: drift -> {output.data}, diffusion -> "
+          f"{output.extras['diffusion']}")
     return EXIT_OK
 
 
 def cmd_sde(args: argparse.Namespace) -> int:
-    from .sde import solve
+    from .sde import default_steps, solve
 
     blk = block_from_args(args)
+    seed = val.check_seed(args.seed, "--seed")
+    output = _io.prepare_output(
+        args.out, extras=("exploded",) + (() if args.exit_trace is None else ("exit",)))
     V0 = load_matrix(args.V0, "V0")
-    out, meta_path = _out_paths(args.out)
+    T = val.check_time(args.T)
+    paths = val.check_positive_int("paths", args.paths)
+    steps = default_steps(T) if args.steps is None else val.check_positive_int("steps",
+                                                                              args.steps)
+    m = V0.shape[-1]
+    _check_work(args, sde_bytes(m, paths, _itemsize(args.dtype), blk.noise_groups),
+                f"sde with {paths} paths of {m} x {m}", steps=steps,
+                step_name="steps" if args.steps else "steps (at least T / dt_max)")
     dtype = _dtype(args.dtype)
     with warnings.catch_warnings():
         # The non-finite warning is repeated below as one line.
         warnings.simplefilter("ignore", RuntimeWarning)
-        res = solve(blk, V0, args.T, paths=args.paths, seed=args.seed, steps=args.steps,
-                    rtol=args.rtol, exit_trace=args.exit_trace, device=_device(args.device),
-                    dtype=dtype, progress=not args.quiet)
-    np.save(out, res.V.cpu().numpy())
-    extra = {}
+        res = solve(blk, V0, T, paths=paths, seed=seed, steps=args.steps, rtol=args.rtol,
+                    exit_trace=args.exit_trace, device=_device(args.device), dtype=dtype,
+                    progress=not args.quiet)
+    out = output.data
+    extras = {"exploded": res.exploded.numpy()}
     if args.exit_trace is not None:
-        np.save(exit_path(out), res.exit_time.numpy())
-        extra["exit_file"] = str(exit_path(out))
-    np.save(out.with_suffix(".exploded.npy"), res.exploded.numpy())
-    _write_json(meta_path, {**res.meta, "block": blk.name, "params": blk.kernel_params(),
-                            "V0": np.asarray(V0).tolist(), "V0_file": args.V0,
-                            "out": str(out), "exploded_file":
-                            str(out.with_suffix(".exploded.npy")), **extra})
+        extras["exit"] = res.exit_time.numpy()
+    _io.write_outputs(output, res.V.cpu().numpy(),
+                      {**res.meta, "block": blk.name, "params": blk.kernel_params(),
+                       "V0": np.asarray(V0).tolist(), "V0_file": args.V0, "out": str(out),
+                       **{f"{k}_file": str(output.extras[k]) for k in extras}},
+                      extras=extras)
     print(res.summary())
     if res.meta["n_nonfinite"]:
         print(f"warning: {res.meta['n_nonfinite']} paths became non-finite; their rows in "
@@ -168,33 +257,44 @@ def cmd_finite(args: argparse.Namespace) -> int:
     if V0.ndim != 2:
         raise ValueError(f"V0 must be one (m, m) matrix; got shape {V0.shape}")
     # Validate here too, so bad numbers fail before the (heavier) sampler is imported.
-    val.check_positive_int("width", args.width)
-    val.check_positive_int("nets", args.nets)
-    val.check_time(args.T)
-    out, meta_path = _out_paths(args.out)
+    width = blk.check_width(val.check_positive_int("width", args.width))
+    nets = val.check_positive_int("nets", args.nets)
+    T = val.check_time(args.T)
+    seed = val.check_seed(args.seed, "--seed")
+    if width < V0.shape[-1]:
+        raise ValueError(f"--width {width} must be >= m = {V0.shape[-1]} (the tokens of V0)")
+    output = _io.prepare_output(args.out, extras=() if args.exit_trace is None else ("exit",))
+    out = output.data
     device = _device(args.device)
+    dtype = _dtype(args.dtype)
+    method = args.method or "full"
+    if method == "auto":
+        method = "gram" if _lazy("finite", "supports_gram")(blk) else "full"
+    depth = int(round(T * width))
+    _check_work(args, finite_bytes(blk, V0.shape[-1], width, nets, method,
+                                   _itemsize(args.dtype), dtype, device),
+                f"finite with {nets} nets of width {width}", steps=depth,
+                step_name="sub-layers (depth = T * width)")
     simulate = _lazy("finite", "simulate")
     extra = {} if args.method is None else {"method": args.method}
     if args.exit_trace is not None:
         extra["exit_trace"] = args.exit_trace
-    run = simulate(blk, V0, width=args.width, T=args.T, nets=args.nets, seed=args.seed,
-                   device=device, dtype=_dtype(args.dtype), progress=not args.quiet, **extra)
+    run = simulate(blk, V0, width=width, T=T, nets=nets, seed=seed,
+                   device=device, dtype=dtype, progress=not args.quiet, **extra)
     V = (run if args.exit_trace is None else run.V).detach().cpu().numpy()
-    np.save(out, V)
-    depth = int(round(args.T * args.width))
     exits: dict[str, Any] = {}
+    extras = {}
     if args.exit_trace is not None:
-        np.save(exit_path(out), run.exit_time.numpy())
-        exits = _exit_summary(run.exit_time.numpy(), args.exit_trace)
-        exits["exit_file"] = str(exit_path(out))
-    _write_json(meta_path, {"block": blk.name, "params": blk.kernel_params(),
-                            "nk": getattr(blk, "nk", None), "width": args.width,
-                            "depth": depth, "T": args.T, "nets": args.nets, "seed": args.seed,
-                            "device": str(device), "method": args.method or "default",
-                            "dtype": args.dtype,
-                            "V0": V0.tolist(), "V0_file": args.V0, "out": str(out),
-                            "n_nonfinite": int((~np.isfinite(V).all(axis=(-2, -1))).sum()),
-                            "exit_trace": args.exit_trace, **exits})
+        extras["exit"] = run.exit_time.numpy()
+        exits = {**_exit_summary(extras["exit"], args.exit_trace),
+                 "exit_file": str(output.extras["exit"])}
+    meta = {"block": blk.name, "params": blk.kernel_params(), "nk": getattr(blk, "nk", None),
+            "width": width, "depth": depth, "T": T, "nets": nets, "seed": seed,
+            "device": str(device), "method": method, "dtype": args.dtype,
+            "V0": V0.tolist(), "V0_file": args.V0, "out": str(out),
+            "n_nonfinite": int((~np.isfinite(V).all(axis=(-2, -1))).sum()),
+            "exit_trace": args.exit_trace, **exits}
+    _io.write_outputs(output, V, meta, extras=extras)
     params = ", ".join(f"{k}={v:g}" for k, v in blk.kernel_params().items())
     line = (f"finite {blk.name}({params}): {args.nets} nets, width {args.width}, "
             f"depth {depth} (T={args.T:g}), seed {args.seed}, {device} -> {out}")
@@ -203,11 +303,6 @@ def cmd_finite(args: argparse.Namespace) -> int:
                  f"P(exit) = {exits['p_exit']:.4f} +- {exits['p_exit_se']:.4f}")
     print(line)
     return EXIT_OK
-
-
-def exit_path(out: Path) -> Path:
-    """OUT.exit.npy beside OUT.npy: the exit times (inf where none)."""
-    return out.with_suffix(".exit.npy")
 
 
 def _exit_summary(exit_time: np.ndarray, R: float) -> dict[str, Any]:
@@ -238,7 +333,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if args.out is not None:
         kwargs["out_dir"] = args.out
     if args.seed is not None:
-        kwargs["seed"] = args.seed
+        kwargs["seed"] = val.check_seed(args.seed, "--seed")
     kwargs["workers"] = val.check_positive_int("workers", args.workers)
     kwargs["scheduler"] = args.scheduler
     result = run_verification(**kwargs)
@@ -283,9 +378,8 @@ def cmd_figures(args: argparse.Namespace) -> int:
     make_figures = _lazy("figures", "make_figures")
     parse_only = _lazy("figures", "parse_only")
     only = parse_only(args.only)  # validate before any work
-    if args.seed < 0:
-        raise ValueError(f"--seed must be >= 0; got {args.seed}")
-    make_figures(args.out, quick=args.quick, seed=args.seed, device=str(_device(args.device)),
+    seed = val.check_seed(args.seed, "--seed")
+    make_figures(args.out, quick=args.quick, seed=seed, device=str(_device(args.device)),
                  only=only, method=args.method, progress=not args.quiet)
     print(f"figures written to {args.out} (README.md, summary.json)")
     return EXIT_OK
@@ -324,6 +418,12 @@ def _add_block_args(p: argparse.ArgumentParser, *, finite: bool = False) -> None
                         "default -1)")
 
 
+def _add_insist(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--insist", action="store_true",
+                   help=f"run even when the estimated memory is over the limit (8 GiB or half "
+                        f"the machine's memory) or there are over {MAX_STEPS:.0e} steps")
+
+
 def _add_device(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", metavar="DEV",
                    help="torch device: cpu (default) or cuda")
@@ -347,6 +447,10 @@ def build_parser() -> argparse.ArgumentParser:
                                           "--gamma 0.8 --tau0 1 --V V0.npy")
     _add_block_args(p)
     p.add_argument("--V", required=True, metavar="FILE.npy", help="the covariance V (m, m)")
+    p.add_argument("--out", metavar="OUT.npy",
+                   help="write b(V) to OUT.npy, Sigma(V) to OUT.diffusion.npy and the block "
+                        "to OUT.json instead of printing JSON")
+    _add_insist(p)
     p.set_defaults(func=cmd_coeffs)
 
     p = sub.add_parser("sde", formatter_class=fmt, help="solve the covariance SDE (Monte Carlo)",
@@ -365,12 +469,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--V0", required=True, metavar="FILE.npy", help="initial covariance (m, m)")
     p.add_argument("--T", type=float, required=True, help="horizon T >= 0")
     p.add_argument("--paths", type=int, required=True, metavar="N", help="number of paths")
-    p.add_argument("--seed", type=int, required=True, metavar="S", help="random seed (>= 0)")
+    p.add_argument("--seed", type=int, required=True, metavar="S",
+                   help="random seed, an integer in [0, 2^63)")
     p.add_argument("--steps", type=int, metavar="K",
-                   help="K equal steps instead of the adaptive default")
+                   help="K equal steps instead of the adaptive default (at most "
+                        f"{MAX_STEPS:.0e} without --insist)")
     p.add_argument("--rtol", type=float, default=0.1,
                    help="adaptive step tolerance (docs/solver.md; smaller is finer)")
     _add_exit_trace(p, "path")
+    _add_insist(p)
     p.add_argument("--dtype", choices=("float64", "float32"), default="float64")
     _add_device(p)
     p.add_argument("--out", required=True, metavar="OUT.npy", help="output file (.npy)")
@@ -391,7 +498,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--T", type=float, required=True, help="depth-to-width ratio T = d / n >= 0")
     p.add_argument("--nets", type=int, required=True, metavar="N",
                    help="number of independent networks")
-    p.add_argument("--seed", type=int, required=True, metavar="S", help="random seed")
+    p.add_argument("--seed", type=int, required=True, metavar="S",
+                   help="random seed, an integer in [0, 2^63)")
+    _add_insist(p)
     p.add_argument("--method", choices=("full", "reduced", "gram", "auto"),
                    help="sampler (see shapedsde.finite; default: its default)")
     _add_exit_trace(p, "net")

@@ -92,11 +92,18 @@ _sqrt, _acos = np.sqrt, np.arccos
 
 
 def _entrywise(V, f):
-    """f(V^aa, V^bb, rho^ab) entry by entry, rho clipped to [-1, 1]."""
+    """f(V^aa, V^bb, rho^ab) entry by entry, rho clipped to [-1, 1] (0 where V^aa V^bb = 0).
+
+    rho = (V^ab / sqrt(V^aa)) / sqrt(V^bb): no product V^aa V^bb is formed, so it
+    neither over- nor underflows for any representable V.
+    """
     d = np.diagonal(V, 0, -2, -1)
     Vaa, Vbb = d[..., :, None], d[..., None, :]
-    scale = np.sqrt(np.clip(Vaa * Vbb, np.finfo(V.dtype).tiny, None))
-    return f(Vaa, Vbb, np.clip(V / scale, -1.0, 1.0))
+    sa, sb = np.sqrt(np.clip(Vaa, 0, None)), np.sqrt(np.clip(Vbb, 0, None))
+    ok = (sa > 0) & (sb > 0)
+    rho = np.where(ok, V / np.where(sa > 0, sa, 1) / np.where(sb > 0, sb, 1), 0)
+    rho = np.where(np.eye(V.shape[-1], dtype=bool), ok, rho)  # rho^aa = 1 exactly
+    return f(Vaa, Vbb, np.clip(rho, -1.0, 1.0))
 ''',
     },
     "torch": {
@@ -160,11 +167,21 @@ _sqrt, _acos = torch.sqrt, torch.acos
 
 
 def _entrywise(V, f):
-    """f(V^aa, V^bb, rho^ab) entry by entry, rho clipped to [-1, 1]."""
+    """f(V^aa, V^bb, rho^ab) entry by entry, rho clipped to [-1, 1] (0 where V^aa V^bb = 0).
+
+    rho = (V^ab / sqrt(V^aa)) / sqrt(V^bb): no product V^aa V^bb is formed, so it
+    neither over- nor underflows for any representable V.
+    """
     d = torch.diagonal(V, 0, -2, -1)
     Vaa, Vbb = d[..., :, None], d[..., None, :]
-    scale = (Vaa * Vbb).clamp_min(torch.finfo(V.dtype).tiny).sqrt()
-    return f(Vaa, Vbb, (V / scale).clamp(-1.0, 1.0))
+    sa, sb = Vaa.clamp_min(0).sqrt(), Vbb.clamp_min(0).sqrt()
+    one = torch.ones((), dtype=V.dtype, device=V.device)
+    rho = V / torch.where(sa > 0, sa, one) / torch.where(sb > 0, sb, one)
+    ok = (sa > 0) & (sb > 0)
+    rho = torch.where(ok, rho, torch.zeros_like(rho))
+    eye = torch.eye(V.shape[-1], dtype=torch.bool, device=V.device)
+    rho = torch.where(eye, ok.to(V.dtype), rho)  # rho^aa = 1 exactly
+    return f(Vaa, Vbb, rho.clamp(-1.0, 1.0))
 ''',
     },
 }
@@ -192,7 +209,8 @@ class _KernelPrinter:
         return name
 
     def scalar(self, e: sp.Expr) -> str:
-        traces = {t: sp.Symbol(self.matrix_trace(t)) for t in e.atoms(sp.Trace)}
+        traces = {t: sp.Symbol(self.matrix_trace(t))
+                  for t in sorted(e.atoms(sp.Trace), key=sp.default_sort_key)}
         e = e.xreplace(traces)
         e = e.xreplace({x: sp.Symbol(self.SCALARS[x.name]) for x in e.free_symbols
                         if x.name in self.SCALARS})

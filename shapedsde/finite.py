@@ -102,6 +102,7 @@ def initial_hidden(
     and O (m, n) random orthonormal rows (QR of a seeded Gaussian matrix).
     Computed in float64 on the CPU, then cast, so X0 does not depend on device.
     """
+    seed = val.check_seed(seed)
     V0 = _as_matrix(V0, "V0")
     m = V0.shape[0]
     n = val.check_positive_int("n (width)", n)
@@ -151,6 +152,7 @@ def simulate(
     hidden state is frozen from then on: the stopped chain) and returns a `FiniteRun`
     whose `exit_time` is l / width (inf for nets that stayed inside).
     """
+    seed = val.check_seed(seed)
     V0 = _as_matrix(V0, "V0")
     n = val.check_positive_int("width", width)
     T = val.check_time(T)
@@ -228,7 +230,7 @@ def _full_runner(block: Block, X0: torch.Tensor, B: int, depth: int, record: lis
         if layer in record:
             saved.append(V)
         if layer < depth:
-            X = stopped.hold(X, block.finite(X, gen))
+            X = stopped.hold(X, block.finite(X, gen, check=False))
             bar.update(B)
     return torch.stack(saved, dim=1), stopped.layer
 

@@ -163,7 +163,7 @@ def solve(coefficients: Any, V0: Any, T: float, *, paths: int, seed: int,
     _check_coefficients(coefficients)
     T = val.check_time(T)
     paths = val.check_positive_int("paths", paths)
-    seed = _check_seed(seed)
+    seed = val.check_seed(seed)
     steps = None if steps is None else val.check_positive_int("steps", steps)
     rtol = _check_positive("rtol", rtol)
     dt_max = _check_positive("dt_max", dt_max)
@@ -467,12 +467,6 @@ def _check_coefficients(obj: Any) -> None:
         if not callable(getattr(obj, name, None)):
             raise ValueError(f"coefficients must have a callable .{name}(V, check=False); "
                              f"got {type(obj).__name__}")
-
-
-def _check_seed(seed: Any) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed < 2**63:
-        raise ValueError(f"seed must be an integer in [0, 2^63); got {seed!r}")
-    return int(seed)
 
 
 def check_device(device: str | torch.device) -> torch.device:

@@ -35,6 +35,11 @@ class WeightSource:
     generator: torch.Generator
     reduced: bool = False
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.generator, torch.Generator):
+            raise ValueError("WeightSource needs a torch.Generator (e.g. "
+                             f"torch.Generator().manual_seed(0)); got {self.generator!r}")
+
     def times(self, X: torch.Tensor, cols: int, heads: int | None = None) -> torch.Tensor:
         """X W for fresh iid N(0, 1) weights W (n, cols), one per batch element (and head).
 
@@ -55,9 +60,17 @@ class WeightSource:
 
 
 def weight_source(generator: torch.Generator | WeightSource) -> WeightSource:
-    """A `WeightSource`: the argument itself, or drawn weights from a bare generator."""
+    """A `WeightSource`: the argument itself, or drawn weights from a bare generator.
+
+    A generator is required: without one the draws would come from Torch's global,
+    unseeded generator and a run could not be reproduced.
+    """
     if isinstance(generator, WeightSource):
         return generator
+    if not isinstance(generator, torch.Generator):
+        raise ValueError("generator must be a torch.Generator (e.g. "
+                         "torch.Generator().manual_seed(0)) or a shapedsde.weights.WeightSource; "
+                         f"got {generator!r}")
     return WeightSource(generator)
 
 

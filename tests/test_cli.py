@@ -104,7 +104,7 @@ def test_sde_writes_array_metadata_and_summary(tmp_path: Path, vfile, capsys) ->
     V = np.load(out)
     assert V.shape == (16, 3, 3) and np.allclose(V, V.transpose(0, 2, 1))
     meta = json.loads(out.with_suffix(".json").read_text())
-    for key in ("steps", "dt", "scheme", "seed", "n_tamed", "n_psd_projections",
+    for key in ("steps", "dt", "scheme", "seed", "n_exploded", "exploded_file",
                 "n_nonfinite", "paths", "block", "params"):
         assert key in meta
     assert meta["steps"] == 10 and meta["seed"] == 3 and meta["paths"] == 16
@@ -263,3 +263,26 @@ def test_finite_reduced_float32_writes_float64_V(tmp_path: Path, vfile, capsys) 
     assert V.shape == (3, 2, 2) and V.dtype == np.float64
     meta = json.loads(out.with_suffix(".json").read_text())
     assert meta["method"] == "reduced" and meta["dtype"] == "float32"
+
+
+def test_finite_seed_policy_matches_sde(tmp_path: Path, vfile, capsys) -> None:
+    base = ["finite", "--block", "linear", "--gamma", "0.5", "--V0", vfile(V2), "--width", "4",
+            "--T", "0.5", "--nets", "2", "--out", str(tmp_path / "f.npy")]
+    for seed in ("-1", str(2**64)):
+        code, _, err = run([*base, "--seed", seed], capsys)
+        assert_one_line_error(code, err, "--seed", "[0, 2^63)")
+
+
+def test_coeffs_out_writes_arrays_and_metadata(tmp_path: Path, vfile, capsys) -> None:
+    out = tmp_path / "c" / "coef.npy"
+    code, stdout, err = run(["coeffs", "--block", "mlp", "--gamma", "0.7", "--V", vfile(V3),
+                             "--out", str(out)], capsys)
+    assert code == 0, err
+    blk = shapedsde.block("mlp", gamma=0.7)
+    np.testing.assert_allclose(np.load(out), blk.drift(V3), rtol=1e-13)
+    np.testing.assert_allclose(np.load(out.with_suffix(".diffusion.npy")), blk.diffusion(V3),
+                               rtol=1e-13)
+    meta = json.loads(out.with_suffix(".json").read_text())
+    assert meta["block"] == "mlp" and "coef.npy" in stdout
+    assert sorted(p.name for p in out.parent.iterdir()) == ["coef.diffusion.npy", "coef.json",
+                                                            "coef.npy"]

@@ -63,11 +63,18 @@ _sqrt, _acos = np.sqrt, np.arccos
 
 
 def _entrywise(V, f):
-    """f(V^aa, V^bb, rho^ab) entry by entry, rho clipped to [-1, 1]."""
+    """f(V^aa, V^bb, rho^ab) entry by entry, rho clipped to [-1, 1] (0 where V^aa V^bb = 0).
+
+    rho = (V^ab / sqrt(V^aa)) / sqrt(V^bb): no product V^aa V^bb is formed, so it
+    neither over- nor underflows for any representable V.
+    """
     d = np.diagonal(V, 0, -2, -1)
     Vaa, Vbb = d[..., :, None], d[..., None, :]
-    scale = np.sqrt(np.clip(Vaa * Vbb, np.finfo(V.dtype).tiny, None))
-    return f(Vaa, Vbb, np.clip(V / scale, -1.0, 1.0))
+    sa, sb = np.sqrt(np.clip(Vaa, 0, None)), np.sqrt(np.clip(Vbb, 0, None))
+    ok = (sa > 0) & (sb > 0)
+    rho = np.where(ok, V / np.where(sa > 0, sa, 1) / np.where(sb > 0, sb, 1), 0)
+    rho = np.where(np.eye(V.shape[-1], dtype=bool), ok, rho)  # rho^aa = 1 exactly
+    return f(Vaa, Vbb, np.clip(rho, -1.0, 1.0))
 
 
 def linear_drift(V, gamma):
@@ -174,9 +181,9 @@ def attention_trace_variance(V, gamma, tau0, heads):
     """Var[tr dV] / dt = sum_ac Sigma^{aa,cc} of the attention block; (...,)."""
     m, I, J, P = _setup(V)
     _e1 = V @ V
-    _e2 = _rP(_rP(V) @ V) @ _e1
+    _e2 = _rP(_rP(_e1) @ V) @ V
     _e0 = _tr(_e2)
-    _e4 = _rP(_rP(_e1) @ V) @ V
+    _e4 = _rP(_rP(V) @ V) @ _e1
     _e3 = _tr(_e4)
     _e5 = _tr(_e1)
     return (-2*gamma**2*(-_e0*gamma**2 - _e3*gamma**2 + _e5*gamma**2*heads*m**2*tau0**2 - 2*_e5*heads*m**2*tau0**2)/(heads*m**2*tau0**2) + 0 * _tr(V))[..., 0, 0]
@@ -289,9 +296,9 @@ def transformer_trace_variance(V, gamma, tau0, c_plus, c_minus):
     """Var[tr dV] / dt = sum_ac Sigma^{aa,cc} of the transformer block; (...,)."""
     m, I, J, P = _setup(V)
     _e1 = V @ V
-    _e2 = _rP(_rP(V) @ V) @ _e1
+    _e2 = _rP(_rP(_e1) @ V) @ V
     _e0 = _tr(_e2)
-    _e4 = _rP(_rP(_e1) @ V) @ V
+    _e4 = _rP(_rP(V) @ V) @ _e1
     _e3 = _tr(_e4)
     _e5 = _tr(_e1)
     return (-2*gamma**2*(-_e0*gamma**2 - _e3*gamma**2 + _e5*gamma**2*m**2*tau0**2 - 4*_e5*m**2*tau0**2)/(m**2*tau0**2) + 0 * _tr(V))[..., 0, 0]

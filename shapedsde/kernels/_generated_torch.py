@@ -65,11 +65,21 @@ _sqrt, _acos = torch.sqrt, torch.acos
 
 
 def _entrywise(V, f):
-    """f(V^aa, V^bb, rho^ab) entry by entry, rho clipped to [-1, 1]."""
+    """f(V^aa, V^bb, rho^ab) entry by entry, rho clipped to [-1, 1] (0 where V^aa V^bb = 0).
+
+    rho = (V^ab / sqrt(V^aa)) / sqrt(V^bb): no product V^aa V^bb is formed, so it
+    neither over- nor underflows for any representable V.
+    """
     d = torch.diagonal(V, 0, -2, -1)
     Vaa, Vbb = d[..., :, None], d[..., None, :]
-    scale = (Vaa * Vbb).clamp_min(torch.finfo(V.dtype).tiny).sqrt()
-    return f(Vaa, Vbb, (V / scale).clamp(-1.0, 1.0))
+    sa, sb = Vaa.clamp_min(0).sqrt(), Vbb.clamp_min(0).sqrt()
+    one = torch.ones((), dtype=V.dtype, device=V.device)
+    rho = V / torch.where(sa > 0, sa, one) / torch.where(sb > 0, sb, one)
+    ok = (sa > 0) & (sb > 0)
+    rho = torch.where(ok, rho, torch.zeros_like(rho))
+    eye = torch.eye(V.shape[-1], dtype=torch.bool, device=V.device)
+    rho = torch.where(eye, ok.to(V.dtype), rho)  # rho^aa = 1 exactly
+    return f(Vaa, Vbb, rho.clamp(-1.0, 1.0))
 
 
 def linear_drift(V, gamma):
@@ -176,9 +186,9 @@ def attention_trace_variance(V, gamma, tau0, heads):
     """Var[tr dV] / dt = sum_ac Sigma^{aa,cc} of the attention block; (...,)."""
     m, I, J, P = _setup(V)
     _e1 = V @ V
-    _e2 = _rP(_rP(V) @ V) @ _e1
+    _e2 = _rP(_rP(_e1) @ V) @ V
     _e0 = _tr(_e2)
-    _e4 = _rP(_rP(_e1) @ V) @ V
+    _e4 = _rP(_rP(V) @ V) @ _e1
     _e3 = _tr(_e4)
     _e5 = _tr(_e1)
     return (-2*gamma**2*(-_e0*gamma**2 - _e3*gamma**2 + _e5*gamma**2*heads*m**2*tau0**2 - 2*_e5*heads*m**2*tau0**2)/(heads*m**2*tau0**2) + 0 * _tr(V))[..., 0, 0]
@@ -291,9 +301,9 @@ def transformer_trace_variance(V, gamma, tau0, c_plus, c_minus):
     """Var[tr dV] / dt = sum_ac Sigma^{aa,cc} of the transformer block; (...,)."""
     m, I, J, P = _setup(V)
     _e1 = V @ V
-    _e2 = _rP(_rP(V) @ V) @ _e1
+    _e2 = _rP(_rP(_e1) @ V) @ V
     _e0 = _tr(_e2)
-    _e4 = _rP(_rP(_e1) @ V) @ V
+    _e4 = _rP(_rP(V) @ V) @ _e1
     _e3 = _tr(_e4)
     _e5 = _tr(_e1)
     return (-2*gamma**2*(-_e0*gamma**2 - _e3*gamma**2 + _e5*gamma**2*m**2*tau0**2 - 4*_e5*m**2*tau0**2)/(m**2*tau0**2) + 0 * _tr(V))[..., 0, 0]
