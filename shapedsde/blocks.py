@@ -333,9 +333,11 @@ class SumOfCoefficients:
 def contract_ito(Sigma: Any, V: Any) -> Any:
     """K^{ad} = sum_bc Sigma^{ab,cd} (V^{-1})^{bc} from a full (..., m, m, m, m) Sigma
     (O(m^4); for coefficients without a generated contraction kernel)."""
+    # pinv, not inv: a nearly singular V (LU pivot exactly 0 in floating point) is a
+    # valid state whose K stays finite (K is homogeneous of degree 1 in V).
     if val.is_torch(V):
-        return torch.einsum("...abcd,...bc->...ad", Sigma, torch.linalg.inv(V))
-    return np.einsum("...abcd,...bc->...ad", Sigma, np.linalg.inv(V))
+        return torch.einsum("...abcd,...bc->...ad", Sigma, torch.linalg.pinv(V, hermitian=True))
+    return np.einsum("...abcd,...bc->...ad", Sigma, np.linalg.pinv(V, hermitian=True))
 
 
 def contract_trace(Sigma: Any) -> Any:

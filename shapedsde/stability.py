@@ -76,16 +76,18 @@ STAT_LABELS = {
     "trace_median": "median tr V_T / tr V_0",
     "trace_q99": "99% quantile tr V_T / tr V_0",
 }
-#: Solver counters per cell (fractions of paths, or of path-steps for the step rate).
+#: The SDE is stopped at the exit of the ball tr V < EXIT_TRACE tr V0 (finite networks
+#: converge to it only up to that time, docs/solver.md); the other statistics of a cell
+#: are those of the survivors.
+EXIT_TRACE = 5.0
+#: Solver outcomes per cell (fractions of paths).
 COUNTER_LABELS = {
-    "frac_tamed": "paths tamed (>1% in some step)",
-    "tamed_step_rate": "tamed path-steps / all",
-    "frac_projected": "paths PSD-projected",
+    "p_exit": f"P(tr V >= {EXIT_TRACE:g} tr V0 by T)",
     "frac_nonfinite": "paths non-finite",
 }
 #: Panels of `StabilityMap.plot`.
 PLOT_STATS = ("rho_std", "rho_range", "p_degenerate", "p_collapse",
-              "trace_q99", "frac_tamed", "frac_projected", "frac_nonfinite")
+              "trace_q99", "p_exit")
 #: Statistics compared by `spot_check`.
 SPOT_STATS = ("rho_mean", "rho_std", "rho_q10", "rho_q90", "rho_range", "p_degenerate",
               "p_collapse", "trace_median")
@@ -292,27 +294,23 @@ def summarize(x: dict[str, np.ndarray], *, eig_threshold: float = EIG_THRESHOLD,
 
 
 def counter_stats(meta: dict[str, Any]) -> tuple[dict[str, float], dict[str, float]]:
-    """Solver counters as fractions (of paths; of path-steps for the step rate) with
-    binomial standard errors."""
-    P, S = meta["paths"], max(meta["steps"], 1)
-    est = {"frac_tamed": meta["n_paths_tamed"] / P,
-           "tamed_step_rate": meta["n_tamed"] / (P * S),
-           "frac_projected": meta["n_paths_projected"] / P,
-           "frac_nonfinite": meta["n_nonfinite"] / P}
-    # sqrt(p (1 - p) / paths) for all four: the steps of one path are dependent, so the
-    # step rate gets the per-path (conservative) count too
+    """P(exit by T) and the non-finite fraction of paths, with binomial standard errors."""
+    P = meta["paths"]
+    est = {"p_exit": meta["n_exits"] / P, "frac_nonfinite": meta["n_nonfinite"] / P}
     se = {k: math.sqrt(v * (1 - v) / P) for k, v in est.items()}
     return est, se
 
 
 def _solve(coef: Any, V0: np.ndarray, T: float, paths: int, seed: int, steps: int | None,
            device: str) -> tuple[torch.Tensor, dict[str, Any]]:
+    """The survivors' V_T (paths inside the exit ball up to T) and the run's metadata."""
     from .sde import solve
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)  # counted in meta and reported
-        res = solve(coef, V0, T, paths=paths, seed=seed, steps=steps, device=device)
-    return res.V, res.meta
+        res = solve(coef, V0, T, paths=paths, seed=seed, steps=steps, device=device,
+                    exit_trace=EXIT_TRACE)
+    return res.V[res.survivors.to(res.V.device)], res.meta
 
 
 # ----------------------------------------------------------------------------
@@ -439,7 +437,7 @@ class StabilityMap:
                  f"T={self.T:g} paths={self.paths} steps={self.steps} seed={self.seed} "
                  f"({len(self.gammas)} x {len(self.tau0s)} cells, "
                  f"{float(np.sum(self.wall_s)):.1f} s of solver time)"]
-        for name in PLOT_STATS + ("tamed_step_rate",):
+        for name in PLOT_STATS:
             g, t, v = self.argmax(name)
             lo = float(np.nanmin(self.stats[name]))
             lines.append(f"  {self.label(name)}: range [{lo:.3g}, {v:.3g}], "
@@ -646,8 +644,8 @@ class SpotCheck:
                     f"p={self.ks['pvalue']:.3g}; control (attention terms removed): "
                     f"D={self.control_ks['statistic']:.4f} p={self.control_ks['pvalue']:.3g}")
         c = self.sde_counters
-        rows.append(f"  SDE paths tamed {c['frac_tamed']:.3f}, projected {c['frac_projected']:.3f}"
-                    f", non-finite {c['frac_nonfinite']:.3f} | finite {self.wall_s['finite']:.1f}"
+        rows.append(f"  SDE P(exit by T) {c['p_exit']:.3f} (statistics of the survivors), "
+                    f"non-finite {c['frac_nonfinite']:.3f} | finite {self.wall_s['finite']:.1f}"
                     f" s, SDE {self.wall_s['sde']:.1f} s")
         return "\n".join(rows)
 
@@ -685,8 +683,9 @@ def spot_check(block_name: str, gamma: float, tau0: float, *, T: float, V0: Any,
     used = ("gram" if supports_gram(blk) else "full") if method == "auto" else method
 
     t0 = time.perf_counter()
-    Vf = simulate(blk, V0, width=width, T=T, nets=nets, seed=seeds["finite"], device=device,
-                  progress=progress, method=method)
+    run = simulate(blk, V0, width=width, T=T, nets=nets, seed=seeds["finite"], device=device,
+                   progress=progress, method=method, exit_trace=EXIT_TRACE)
+    Vf = run.V[~run.exited.to(run.V.device)]  # the stopped networks' survivors, as for the SDE
     t_fin = time.perf_counter() - t0
     t0 = time.perf_counter()
     Vs, meta = _solve(blk, V0, T, paths, seeds["sde"], steps, device)

@@ -10,11 +10,17 @@ SDE paths at the solver's default (adaptive) step:
 - the near-singular fraction P(lambda_min / tr V < 1e-3) of V at min(T, tau_R);
 - the laws of tr V / tr V0 and rho^{01} of the survivors (two-sample KS).
 
-A negative control (the same SDE with its drift halved) must be rejected by the same
-statistics at the largest width, else the verdict is NO POWER. PASS needs every statistic
-at the largest width to agree (Bonferroni over all of them at `LINE_ALPHA`) and the
-P(exit) gap not to grow with the width. `compare_stopped` is the one comparison both
-the verifier and `shapedsde stability`'s spot checks use.
+Finite networks approach the SDE like n^{-1/2} (they check the exit once per layer, a
+discrete monitoring that misses crossings between layers, and their law carries
+O(n^{-1/2}) corrections), so the proportions are compared after a Richardson
+extrapolation in n^{-1/2} from the two largest widths, p_inf = (sqrt(n2) p2 -
+sqrt(n1) p1) / (sqrt(n2) - sqrt(n1)), whose standard error is propagated; the survivors'
+laws are compared at the largest width. A negative control (the same SDE with its drift
+halved, or removed for the Transformer block, whose MLP and attention drifts partly
+cancel) must be rejected by the same statistics, else the verdict is NO POWER. PASS needs
+every statistic to agree (Bonferroni over all of them at `LINE_ALPHA`) and the P(exit)
+gap at the largest width to be no larger than at the smallest. `compare_stopped` is the
+one comparison of stopped samples.
 """
 
 from __future__ import annotations
@@ -65,16 +71,36 @@ def stopped_statistics(s: Stopped, times: np.ndarray) -> dict[str, Any]:
             "rho01": Vs[:, 0, 1] / (d[:, 0] * d[:, 1])}
 
 
-def compare_stopped(finite: Stopped, sde: Stopped) -> dict[str, Any]:
-    """z-scores of the proportions and KS p-values of the survivors' laws."""
+def _proportion(stats: dict[str, Any], key: str) -> tuple[float, float]:
+    p = stats["proportions"][key]
+    return p, math.sqrt(p * (1 - p) / stats["n"])
+
+
+def extrapolated(samples: dict[int, dict[str, Any]], key: str) -> tuple[float, float]:
+    """(p_inf, SE) of a proportion by Richardson extrapolation in n^{-1/2} from the two
+    largest widths (the proportion itself when there is one width)."""
+    widths = sorted(samples)[-2:]
+    if len(widths) == 1:
+        return _proportion(samples[widths[0]], key)
+    (p1, s1), (p2, s2) = (_proportion(samples[n], key) for n in widths)
+    r1, r2 = (math.sqrt(n) for n in widths)
+    return (r2 * p2 - r1 * p1) / (r2 - r1), math.hypot(r2 * s2, r1 * s1) / (r2 - r1)
+
+
+def compare_stopped(finite: dict[int, Stopped], sde: Stopped) -> dict[str, Any]:
+    """Finite nets (by width) against SDE paths: z-scores of the extrapolated proportions
+    and KS p-values of the survivors' laws at the largest width."""
     times = sde.T * np.array([0.25, 0.5, 0.75, 1.0])
-    a, b = stopped_statistics(finite, times), stopped_statistics(sde, times)
+    stats = {n: stopped_statistics(f, times) for n, f in finite.items()}
+    a, b = stats[max(stats)], stopped_statistics(sde, times)
     out: dict[str, Any] = {"z": {}, "ks": {}, "values": {}}
-    for key, p in a["proportions"].items():
-        q = b["proportions"][key]
-        se = math.sqrt(p * (1 - p) / a["n"] + q * (1 - q) / b["n"])
+    for key in a["proportions"]:
+        p, sp = extrapolated(stats, key)
+        q, sq = _proportion(b, key)
+        se = math.hypot(sp, sq)
         out["z"][key] = (p - q) / se if se > 0 else 0.0
-        out["values"][key] = {"finite": p, "sde": q, "se": se}
+        out["values"][key] = {"finite_extrapolated": p, "sde": q, "se": se,
+                              "finite": {n: s["proportions"][key] for n, s in stats.items()}}
     for key in ("trace", "rho01"):
         r = ks_2samp(a[key], b[key])
         out["ks"][key] = {"statistic": float(r.statistic), "pvalue": float(r.pvalue)}
@@ -87,30 +113,32 @@ def compare_stopped(finite: Stopped, sde: Stopped) -> dict[str, Any]:
     return out
 
 
-class HalfDrift:
-    """The control SDE: a block's coefficients with the drift halved (same noise)."""
+class ScaledDrift:
+    """The control SDE: a block's coefficients with the drift scaled by `factor`."""
 
-    def __init__(self, blk: Any) -> None:
-        self.blk, self.name = blk, f"{blk.name} with half drift"
+    def __init__(self, blk: Any, factor: float) -> None:
+        self.blk, self.factor = blk, factor
+        self.name = f"{blk.name} with drift x {factor:g}"
         self.noise_groups = blk.noise_groups
 
     def drift(self, V, *, check: bool = False):
-        return 0.5 * self.blk.drift(V, check=check)
+        return self.factor * self.blk.drift(V, check=check)
 
     def __getattr__(self, attr: str) -> Any:  # diffusion, contractions, structured noise
         return getattr(self.blk, attr)
 
 
-#: (label, block name, parameters, finite method) checked at depth by default.
+#: (label, block name, parameters, finite method, control drift factor) checked at depth.
 DEPTH_SETTINGS = [
-    ("attention", "attention", {"gamma": 0.9, "tau0": 0.5}, "gram"),
-    ("attention causal", "attention", {"gamma": 0.9, "tau0": 0.5, "causal": True}, "gram"),
-    ("attention heads=2", "attention", {"gamma": 0.9, "tau0": 0.4, "heads": 2}, "reduced"),
-    ("transformer", "transformer", {"gamma": 0.8, "tau0": 0.6}, "reduced"),
+    ("attention", "attention", {"gamma": 0.9, "tau0": 0.5}, "gram", 0.5),
+    ("attention causal", "attention", {"gamma": 0.9, "tau0": 0.5, "causal": True}, "gram", 0.5),
+    ("attention heads=2", "attention", {"gamma": 0.9, "tau0": 0.4, "heads": 2}, "reduced", 0.5),
+    ("transformer", "transformer", {"gamma": 0.8, "tau0": 0.6}, "reduced", 0.0),
 ]
 
 
-def depth_check(label: str, name: str, params: dict, method: str, *, widths: list[int],
+def depth_check(label: str, name: str, params: dict, method: str, control_factor: float = 0.5,
+                *, widths: list[int],
                 nets: int, paths: int, T: float, R: float, seed: int,
                 device: str = "cpu") -> dict[str, Any]:
     """One stopped-process check: finite nets at `widths` against the SDE, with control."""
@@ -125,49 +153,53 @@ def depth_check(label: str, name: str, params: dict, method: str, *, widths: lis
         return Stopped(res.V.cpu().numpy(), res.exit_time.numpy(), T, tr0), res.meta
 
     reference, meta = sde(blk, seed)
-    control, _ = sde(HalfDrift(blk), seed + 1)
-    rows = []
+    control, _ = sde(ScaledDrift(blk, control_factor), seed + 1)
+    finite = {}
     for i, n in enumerate(widths):
         run = simulate(blk, V0, width=n, T=T, nets=nets, seed=seed + 2 + i, method=method,
                        exit_trace=R, device=device)
-        fin = Stopped(run.V.cpu().numpy(), run.exit_time.numpy(), T, tr0)
-        rows.append({"width": n, "vs_sde": compare_stopped(fin, reference),
-                     "vs_control": compare_stopped(fin, control)})
-    top = rows[-1]
-    gaps = [abs(r["vs_sde"]["values"][f"survival(t={T:g})"]["finite"]
-                - r["vs_sde"]["values"][f"survival(t={T:g})"]["sde"]) for r in rows]
-    gap_se = rows[-1]["vs_sde"]["values"][f"survival(t={T:g})"]["se"]
-    shrinking = gaps[-1] <= gaps[0] + 2 * gap_se
-    power = not top["vs_control"]["agrees"]
-    ok = top["vs_sde"]["agrees"] and shrinking
+        finite[n] = Stopped(run.V.cpu().numpy(), run.exit_time.numpy(), T, tr0)
+    vs_sde, vs_control = compare_stopped(finite, reference), compare_stopped(finite, control)
+    p_fin = {n: float(f.exited.mean()) for n, f in finite.items()}
+    gaps = [abs(p_fin[n] - meta["p_exit"]) for n in widths]
+    se_top = math.sqrt(p_fin[widths[-1]] * (1 - p_fin[widths[-1]]) / nets)
+    shrinking = gaps[-1] <= gaps[0] + 2 * se_top
+    power = not vs_control["agrees"]
+    ok = vs_sde["agrees"] and shrinking
     verdict = "NO POWER" if not power else ("PASS" if ok else "FAIL")
-    p_sde = meta["p_exit"]
-    fin_p = [1 - r["vs_sde"]["values"][f"survival(t={T:g})"]["finite"] for r in rows]
-    line = (f"{verdict} depth {label} {params} T={T:g} R={R:g}: P(exit) SDE {p_sde:.3f} "
-            f"+- {meta['p_exit_se']:.3f} ({meta['steps_mean']:.0f} steps/path), finite "
-            + ", ".join(f"n={n} {p:.3f}" for n, p in zip(widths, fin_p, strict=True))
-            + f" | largest n: max|z| {top['vs_sde']['z_max']:.2f}, KS p_min "
-            f"{top['vs_sde']['ks_pmin']:.3g}; control (half drift) max|z| "
-            f"{top['vs_control']['z_max']:.1f}")
+    p_inf = 1 - vs_sde["values"][f"survival(t={T:g})"]["finite_extrapolated"]
+    line = (f"{verdict} depth {label} {params} T={T:g} R={R:g}: P(exit) SDE "
+            f"{meta['p_exit']:.3f} +- {meta['p_exit_se']:.3f} ({meta['steps_mean']:.0f} "
+            "steps/path), finite " + ", ".join(f"n={n} {p:.3f}" for n, p in p_fin.items())
+            + f" -> n=inf {p_inf:.3f} | max|z| {vs_sde['z_max']:.2f}, KS p_min "
+            f"{vs_sde['ks_pmin']:.3g}; control (drift x {control_factor:g}) max|z| "
+            f"{vs_control['z_max']:.1f}")
     return {"label": label, "block": name, "params": params, "method": method, "T": T,
             "R": R, "widths": widths, "nets": nets, "paths": paths, "sde_meta": meta,
-            "rows": rows, "gaps": gaps, "shrinking": shrinking, "power": power,
-            "verdict": verdict, "line": line}
+            "p_exit_finite": p_fin, "vs_sde": vs_sde, "vs_control": vs_control,
+            "gaps": gaps, "shrinking": shrinking, "power": power, "verdict": verdict,
+            "line": line}
 
 
 def depth_checks(*, quick: bool, seed: int, device: str = "cpu") -> list[dict[str, Any]]:
     """Every setting of `DEPTH_SETTINGS` at T = 1 (quick) or T = 0.5 and 1 (full)."""
     from .common import derive_seed
 
-    sizes = (dict(widths=[128, 512, 2048], nets=4000, paths=8000) if quick else
-             dict(widths=[256, 1024, 4096], nets=16000, paths=32000))
+    # The exact m x m chain ("gram") costs O(m^2) per layer whatever n; the reduced
+    # sampler O(m n) per layer, so its widths are smaller.
+    sizes = {"gram": dict(widths=[128, 512, 2048], nets=4000),
+             "reduced": dict(widths=[32, 128], nets=3000)}
+    paths = 8000
+    if not quick:
+        sizes = {"gram": dict(widths=[256, 1024, 4096], nets=16000),
+                 "reduced": dict(widths=[64, 256], nets=8000)}
+        paths = 32000
     horizons = [1.0] if quick else [0.5, 1.0]
     out = []
-    for label, name, params, method in DEPTH_SETTINGS:
-        widths = sizes["widths"] if method == "gram" else [w // 4 for w in sizes["widths"][:2]]
+    for label, name, params, method, factor in DEPTH_SETTINGS:
         for T in horizons:
-            out.append(depth_check(label, name, params, method, widths=widths,
-                                   nets=sizes["nets"], paths=sizes["paths"], T=T, R=5.0,
-                                   seed=derive_seed(seed, f"depth/{label}/T={T:g}"),
+            out.append(depth_check(label, name, params, method, factor, **sizes[method],
+                                   paths=paths,
+                                   T=T, R=5.0, seed=derive_seed(seed, f"depth/{label}/T={T:g}"),
                                    device=device))
     return out
