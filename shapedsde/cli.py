@@ -336,9 +336,15 @@ def cmd_verify(args: argparse.Namespace) -> int:
         kwargs["seed"] = val.check_seed(args.seed, "--seed")
     kwargs["workers"] = val.check_positive_int("workers", args.workers)
     kwargs["scheduler"] = args.scheduler
-    result = run_verification(**kwargs)
-    for line in _verdict_lines(result):
-        print(line)
+    result = run_verification(**kwargs)  # prints each verdict line as it is reached
+    summary = result.get("summary", {}) if isinstance(result, dict) else {}
+    out = kwargs.get("out_dir", "results/verify")
+    if summary:
+        print(f"verdicts: {summary.get('PASS', 0)} PASS, {summary.get('FAIL', 0)} FAIL, "
+              f"{summary.get('NO POWER', 0)} NO POWER; report {Path(out) / 'report.json'}")
+    else:
+        for line in _verdict_lines(result):
+            print(line)
     return EXIT_OK if _verdict_ok(result) else EXIT_FAIL
 
 

@@ -343,8 +343,8 @@ def figure1(out: str | Path = "docs/figures", *, seed: int = 0, nets: int = PAPE
         "ks_final_rho_reference": k_ref,
         "max_mean_gap": {"gap": float(gap[imax]), "se": float(gap_se[imax]),
                          "layer": int(idx[imax])},
-        "sde_meta": {key: res.meta[key] for key in ("n_paths_tamed", "n_nonfinite",
-                                                     "n_paths_projected", "steps", "dt")},
+        "sde_meta": {key: res.meta[key] for key in ("n_exploded", "n_nonfinite",
+                                                     "steps", "dt")},
     }
     seconds = time.perf_counter() - t0
     std, pre = summary.row("standard"), summary.row("pre-LN")
@@ -367,7 +367,7 @@ def figure1(out: str | Path = "docs/figures", *, seed: int = 0, nets: int = PAPE
         f"finite and SDE mean curves relative to its standard error: {gap[imax]:.3f} at layer "
         f"{idx[imax]} "
         f"({gap[imax] / max(gap_se[imax], 1e-12):.1f} combined SE). SDE: "
-        f"{res.meta['n_paths_tamed']} paths tamed at some step, {res.meta['n_nonfinite']} "
+        f"{res.meta['n_exploded']} paths blew up, {res.meta['n_nonfinite']} "
         f"non-finite.\n\n"
         "Assumed (DESIGN.md; the figure's settings come from secondary sources, not checked "
         "against the paper's text): a single attention sub-layer per layer (no MLP), with "
@@ -422,7 +422,7 @@ def _density_row(axes, label: str, blk_of_n, sde_blk: Any, control: Any, control
     rows: dict[str, Any] = {"widths": [], "depths": [], "ks": [], "ks_control": [],
                             "ks_V00": [], "finite_rho": {}, "nonfinite": [],
                             "sde_meta": {k: res.meta[k] for k in
-                                         ("n_paths_tamed", "n_nonfinite", "steps", "dt")}}
+                                         ("n_exploded", "n_nonfinite", "steps", "dt")}}
     for ax, n in zip(axes[:-1], widths, strict=True):
         blk = blk_of_n(n)
         V = _simulate(blk, V0, width=n, T=T, nets=nets, seed=seed_for(seed, key, label, str(n)),
@@ -476,7 +476,7 @@ def _ks_table(label: str, rows: dict[str, Any], control_label: str) -> str:
     crit = rows["ks"][0]["D_crit"]
     lines.append("")
     lines.append(f"5% two-sample critical value: {crit:.3f}. SDE: "
-                 f"{rows['sde_meta']['n_paths_tamed']} paths tamed, "
+                 f"{rows['sde_meta']['n_exploded']} paths blew up, "
                  f"{rows['sde_meta']['n_nonfinite']} non-finite; finite networks with "
                  f"non-finite V: {rows['nonfinite']}.")
     return "\n".join(lines)

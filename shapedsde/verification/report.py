@@ -103,7 +103,8 @@ class Config:
             consistency_nets_gram=40_000)
 
 
-def run_verification(*, quick: bool = True, out_dir: str | Path = "verify/out", seed: int = 0,
+def run_verification(*, quick: bool = True, out_dir: str | Path = "results/verify",
+                     seed: int = 0,
                      device: str = "cpu", blocks: list[str | Block] | None = None,
                      progress: bool = True, config: Config | None = None,
                      every_block: bool = True, workers: int = 1,
