@@ -90,13 +90,60 @@ def bench_m64(device: str, paths: int) -> list[dict]:
         start = time.perf_counter()
         res = solve(blk, random_cov(64), 1.0, paths=paths, seed=0, device=device, dtype=dtype)
         t = time.perf_counter() - start
-        counters = {k: res.meta[k] for k in ("n_psd_projections", "n_paths_projected",
-                                             "n_tamed", "n_nonfinite")}
+        counters = {k: res.meta[k] for k in ("steps_mean", "n_exploded", "n_nonfinite")}
         rows.append({"m": 64, "paths": paths, "T": 1.0, "steps": res.meta["steps"],
                      "dtype": str(dtype), "seconds": t, **counters})
         print(f"    m=64, {paths} paths to T=1, {res.meta['steps']} steps, {dtype}: {t:.1f} s "
               f"({counters})", flush=True)
     return rows
+
+
+def bench_depth(paths: int, device: str) -> dict:
+    """(f) At depth: the adaptive default against equal fixed steps of the same scheme, on
+    P(exit) at the strong-attention setting of docs/solver.md (reference: rtol = 0.02);
+    and path-steps/s of one step against its arithmetic floor (the batched products and
+    the two factorisations a step must do) at m = 2 ... 128."""
+    blk = shapedsde.block("attention", gamma=0.9, tau0=0.5)
+    V0 = np.array([[1.0, 0.3, 0.1], [0.3, 1.0, 0.2], [0.1, 0.2, 1.0]])
+    runs = {"reference rtol=0.02": dict(rtol=0.02), "default rtol=0.1": {},
+            "fixed 100 steps": dict(steps=100), "fixed 25 steps": dict(steps=25)}
+    rows, ref = [], None
+    for label, kw in runs.items():
+        start = time.perf_counter()
+        res = solve(blk, V0, 1.0, paths=paths, seed=len(rows), exit_trace=5.0, device=device,
+                    **kw)
+        t = time.perf_counter() - start
+        p = res.meta["p_exit"]
+        ref = p if ref is None else ref
+        rows.append({"label": label, "seconds": t, "p_exit": p, "se": res.meta["p_exit_se"],
+                     "steps_mean": res.meta["steps_mean"], "error": p - ref})
+        print(f"(f) {label:22s} P(exit) {p:.4f} +- {res.meta['p_exit_se']:.4f} "
+              f"(vs reference {p - ref:+.4f}), {res.meta['steps_mean']:.0f} steps/path, "
+              f"{t:.1f} s", flush=True)
+    floor = []
+    for m in (2, 4, 8, 16, 32, 64, 128):
+        P = max(8, 8192 // m)
+        A = torch.randn(P, m, m, dtype=torch.float64)
+        V = A @ A.transpose(-1, -2) / m + 0.1 * torch.eye(m, dtype=torch.float64)
+        L = torch.linalg.cholesky(V)
+        steps = 10
+        t_solve = timed(partial(solve, shapedsde.block("attention", gamma=0.9, tau0=0.5),
+                                V.numpy()[0], 0.01 * steps, paths=P, seed=0, steps=steps,
+                                device=device)) / steps
+
+        def arithmetic(V: torch.Tensor = V, L: torch.Tensor = L) -> None:
+            for _ in range(14):  # products of drift, K, noise, sandwiches, exp_+, L U
+                V @ V
+            for _ in range(2):
+                torch.linalg.cholesky_ex(V)
+                torch.linalg.solve_triangular(L, V, upper=False)
+
+        t_floor = timed(arithmetic)
+        floor.append({"m": m, "paths": P, "step_s": t_solve, "floor_s": t_floor,
+                      "ratio": t_solve / t_floor})
+        print(f"(f) m={m:3d}, {P} paths: {P / t_solve:10.0f} path-steps/s, "
+              f"{t_solve / t_floor:.2f}x the arithmetic floor", flush=True)
+    return {"exit_accuracy": rows, "step_vs_floor": floor}
 
 
 def bench_finite(widths: list[int], m: int, nets: int, device: str) -> list[dict]:
@@ -297,6 +344,8 @@ def main(argv: list[str] | None = None) -> int:
                                             device=args.device, full_nets=2 if q else 4)
     if "d" not in skip:
         report["derivation"] = bench_derivation()
+    if "f" not in skip:
+        report["depth"] = bench_depth(paths=2000 if q else 8000, device=args.device)
     report["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if args.device == "cuda":
         report["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
