@@ -96,8 +96,9 @@ def trace_variance(coefficients: Any, V: torch.Tensor) -> torch.Tensor:
 def drift_and_contraction(coefficients: Any, V: torch.Tensor
                           ) -> tuple[torch.Tensor, torch.Tensor]:
     """(b - K/2, K) at V, each (P, m, m)."""
+    b = coefficients.drift(V, check=False)  # first: a block without an SDE says so here
     K = ito_contraction(coefficients, V)
-    return coefficients.drift(V, check=False) - 0.5 * K, K
+    return b - 0.5 * K, K
 
 
 def adaptive_dt(V: torch.Tensor, corrected: torch.Tensor, K: torch.Tensor, rtol: float,

@@ -85,6 +85,12 @@ def check_block(label: str, name: str, params: dict, *, widths: list[int], layer
     control = sample_sde("linear", {"gamma": params["gamma"]}, V_CHECK, T=T, paths=paths,
                          seed=seeds[-1], device=device)
 
+    # SDE paths that blew up before T (NaN rows, `SDEResult.exploded`) have no V_T: they
+    # are left out of the law and counted in the verdict line, never hidden.
+    blown = int((~np.isfinite(sde).all(axis=(-2, -1))).sum())
+    sde = sde[np.isfinite(sde).all(axis=(-2, -1))]
+    control = control[np.isfinite(control).all(axis=(-2, -1))]
+
     def rho(x: np.ndarray) -> np.ndarray:
         return x[:, 0, 1] / np.sqrt(x[:, 0, 0] * x[:, 1, 1])
 
@@ -104,11 +110,13 @@ def check_block(label: str, name: str, params: dict, *, widths: list[int], layer
             f"{rel} "
             f"(n={'->'.join(str(s_['width']) for s_ in steps)}); law T={T} KS rho "
             f"{ks} "
-            f"(n={'->'.join(str(x['width']) for x in law)}), p={law[-1]['p']:.2g}; "
+            f"(n={'->'.join(str(x['width']) for x in law)}), p={law[-1]['p']:.2g} "
+            f"({blown} of {paths} SDE paths blew up before T, left out); "
             f"control (no attention/MLP drift: linear) KS {ctrl.statistic:.3f} "
             f"p={ctrl.pvalue:.2g}")
     return {"label": label, "block": name, "params": params, "one_step": steps, "law": law,
             "control": {"ks": float(ctrl.statistic), "p": float(ctrl.pvalue)},
+            "sde_paths_blown_up": blown,
             "crit": crit, "verdict": verdict, "line": line}
 
 
