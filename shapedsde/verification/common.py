@@ -5,6 +5,7 @@ from __future__ import annotations
 import zlib
 from dataclasses import dataclass
 from itertools import combinations_with_replacement
+from typing import Any
 
 import numpy as np
 import torch
@@ -109,3 +110,23 @@ def compare(est: torch.Tensor, se: torch.Tensor, ref: torch.Tensor,
                       worst_entry=f"{idx[worst]} est={e[worst]:.5g} ref={r[worst]:.5g} "
                                   f"se={s[worst]:.2g}",
                       entries=len(z))
+
+
+class ScaledDrift:
+    """Wrong-SDE control: the coefficients of `base` with the drift scaled by `factor`.
+
+    Everything else (diffusion, the solver's contraction kernels, structured noise,
+    kernel_params) is `base`'s, so the control's noise is drawn exactly as the block's.
+    """
+
+    def __init__(self, base: Any, factor: float, name: str | None = None) -> None:
+        self.base, self.factor = base, factor
+        self.name = name or f"{base.name} with drift x {factor:g}"
+
+    def drift(self, V, *, check: bool = True):
+        return self.factor * self.base.drift(V, check=check)
+
+    def __getattr__(self, attr: str) -> Any:
+        if attr == "base":  # not set yet (e.g. while unpickling): no recursion
+            raise AttributeError(attr)
+        return getattr(self.base, attr)

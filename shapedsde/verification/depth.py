@@ -37,7 +37,7 @@ from scipy.stats import ks_2samp, norm
 from ..blocks import block as make_block
 from ..finite import simulate, supports_gram
 from ..sde import solve
-from .common import LINE_ALPHA
+from .common import LINE_ALPHA, ScaledDrift
 
 #: Near-singular threshold on lambda_min / tr V (the statistic of docs/solver.md).
 NEAR_SINGULAR = 1e-3
@@ -113,21 +113,6 @@ def compare_stopped(finite: dict[int, Stopped], sde: Stopped) -> dict[str, Any]:
     out["agrees"] = bool(2 * norm.sf(z_max) * k > LINE_ALPHA and p_min * k > LINE_ALPHA)
     out["z_max"], out["ks_pmin"] = z_max, p_min
     return out
-
-
-class ScaledDrift:
-    """The control SDE: a block's coefficients with the drift scaled by `factor`."""
-
-    def __init__(self, blk: Any, factor: float) -> None:
-        self.blk, self.factor = blk, factor
-        self.name = f"{blk.name} with drift x {factor:g}"
-        self.noise_groups = blk.noise_groups
-
-    def drift(self, V, *, check: bool = False):
-        return self.factor * self.blk.drift(V, check=check)
-
-    def __getattr__(self, attr: str) -> Any:  # diffusion, contractions, structured noise
-        return getattr(self.blk, attr)
 
 
 #: (label, block name, parameters, finite method, control drift factor) checked at depth.

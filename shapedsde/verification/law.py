@@ -36,7 +36,7 @@ from ..blocks import Block
 from ..blocks import block as make_block
 from ..finite import simulate
 from ..sde import solve
-from .common import LINE_ALPHA
+from .common import LINE_ALPHA, ScaledDrift
 
 STATISTICS = ("rho01", "V00", "centred")
 
@@ -65,21 +65,9 @@ def distance(x: np.ndarray, y: np.ndarray, stat: str) -> dict[str, float]:
     return out
 
 
-@dataclass(frozen=True)
-class HalfDrift:
+def HalfDrift(base: Any) -> ScaledDrift:  # noqa: N802 (reads as the control's name)
     """Wrong-SDE control: the coefficients of `base` with the drift halved."""
-
-    base: Any
-    name: str = "half-drift"
-
-    def drift(self, V, *, check: bool = True):
-        return 0.5 * self.base.drift(V, check=check)
-
-    def diffusion(self, V, *, check: bool = True):
-        return self.base.diffusion(V, check=check)
-
-    def kernel_params(self) -> dict[str, float]:
-        return self.base.kernel_params()
+    return ScaledDrift(base, 0.5, name="half-drift")
 
 
 def controls(block: Block) -> dict[str, Any]:
