@@ -286,7 +286,7 @@ def cmd_finite(args: argparse.Namespace) -> int:
     extras = {}
     if args.exit_trace is not None:
         extras["exit"] = run.exit_time.numpy()
-        exits = {**_exit_summary(extras["exit"], args.exit_trace),
+        exits = {**_lazy("sde", "exit_summary")(extras["exit"], args.exit_trace),
                  "exit_file": str(output.extras["exit"])}
     meta = {"block": blk.name, "params": blk.kernel_params(), "nk": getattr(blk, "nk", None),
             "width": width, "depth": depth, "T": T, "nets": nets, "seed": seed,
@@ -303,13 +303,6 @@ def cmd_finite(args: argparse.Namespace) -> int:
                  f"P(exit) = {exits['p_exit']:.4f} +- {exits['p_exit_se']:.4f}")
     print(line)
     return EXIT_OK
-
-
-def _exit_summary(exit_time: np.ndarray, R: float) -> dict[str, Any]:
-    n = int(np.isfinite(exit_time).sum())
-    p = n / exit_time.size
-    return {"exit_trace": R, "n_exits": n, "p_exit": p,
-            "p_exit_se": float(np.sqrt(p * (1 - p) / exit_time.size))}
 
 
 def cmd_derive(args: argparse.Namespace) -> int:

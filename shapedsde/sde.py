@@ -57,6 +57,16 @@ SCHEME = scheme.NAME
 NONFINITE_POLICIES = ("warn", "raise")
 
 
+def exit_summary(exit_time: Any, exit_trace: float | None) -> dict[str, Any]:
+    """R, the number of exits and P(exit) with its binomial standard error, from exit
+    times (inf: no exit), for SDE paths and finite networks alike."""
+    t = np.asarray(exit_time, dtype=np.float64)
+    n = int(np.isfinite(t).sum())
+    p = n / t.size
+    return {"exit_trace": exit_trace, "n_exits": n, "p_exit": p,
+            "p_exit_se": math.sqrt(p * (1 - p) / t.size)}
+
+
 def default_steps(T: float) -> int:
     """The number of equal steps with dt <= DT_MAX (for callers that want a fixed grid)."""
     T = val.check_time(T)
@@ -261,15 +271,15 @@ class _Run:
     def step(self, k: int) -> None:
         idx = (~self.done).nonzero()[:, 0]
         L, V, t = self.L[idx], self.V[idx], self.t[idx]
+        target = self.grid[self.next_save[idx]]  # the next saved time, never stepped over
         corrected, K = scheme.drift_and_contraction(self.coef, V)
-        h = self._dt(V, corrected, K, t, idx)
+        h = torch.minimum(self._dt(V, corrected, K, t), target - t)
         N = self._draw_noise(V, L, h)
         Linv = scheme.triangular_inverse(L)
         L_new = scheme.factor_step(L, scheme.sandwich(Linv, corrected),
                                    scheme.sandwich(Linv, N), h.to(V.dtype))
         V_new = L_new @ L_new.transpose(-1, -2)
-        t_new = torch.where(self.grid[self.next_save[idx]] - (t + h) <= _SNAP * h,
-                            self.grid[self.next_save[idx]], t + h)
+        t_new = torch.where(target - (t + h) <= _SNAP * h, target, t + h)
         ok = _finite_rows(V_new)
         self._kill(idx[~ok], k)
         trace = torch.diagonal(V_new, 0, -2, -1).sum(-1).to(torch.float64)
@@ -283,19 +293,17 @@ class _Run:
         self.exploded[idx[blown]] = True
         self.explosion_time[idx[blown]] = t_new[blown]
         self.exit_time[idx[exits]] = t_new[exits]
-        landed = keep & (t_new == self.grid[self.next_save[idx]])
+        landed = keep & (t_new == target)
         self._record(idx[landed])
         self._freeze(idx[exits])
         self.done[idx[~keep | exits | (t_new >= self.T)]] = True
 
-    def _dt(self, V: torch.Tensor, corrected: torch.Tensor, K: torch.Tensor, t: torch.Tensor,
-            idx: torch.Tensor) -> torch.Tensor:
-        """Per-path step: fixed T/steps or adaptive, never past the next saved time."""
+    def _dt(self, V: torch.Tensor, corrected: torch.Tensor, K: torch.Tensor, t: torch.Tensor
+            ) -> torch.Tensor:
+        """Per-path step rule: fixed T/steps or adaptive (float64)."""
         if self.fixed is not None:
-            h = torch.full_like(t, self.T / self.fixed)
-        else:
-            h = scheme.adaptive_dt(V, corrected, K, self.rtol, self.dt_max).to(torch.float64)
-        return torch.minimum(h, self.grid[self.next_save[idx]] - t)
+            return torch.full_like(t, self.T / self.fixed)
+        return scheme.adaptive_dt(V, corrected, K, self.rtol, self.dt_max).to(torch.float64)
 
     def _draw_noise(self, V: torch.Tensor, L: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
         """Sigma(V)^{1/2} dB_h per path: structured (O(m^3)) where the coefficients offer it."""
@@ -331,9 +339,8 @@ class _Run:
 
     def _freeze(self, idx: torch.Tensor) -> None:
         """Stopped paths keep their state at the exit for every later saved time."""
-        for i in idx.tolist():
-            later = self.grid > self.t[i]
-            self.saved[later, i] = self.V[i]
+        later = (self.grid[:, None] > self.t[idx][None, :])[..., None, None]  # (k, n, 1, 1)
+        self.saved[:, idx] = torch.where(later, self.V[idx], self.saved[:, idx])
 
     def _kill(self, dead: torch.Tensor, k: int) -> None:
         if dead.numel() == 0:
@@ -348,10 +355,10 @@ class _Run:
     def result(self, meta: dict[str, Any], keep: bool) -> SDEResult:
         bad = ~self.alive | self.exploded
         V = torch.where(bad[:, None, None], math.nan, self.V)
-        saved = self.saved
-        for i in bad.nonzero()[:, 0].tolist():  # NaN from the explosion / failure on
-            stop = min(float(self.explosion_time[i]), float(self.t[i]))
-            saved[self.grid >= stop, i] = math.nan
+        # NaN from the explosion / failure on.
+        stop = torch.minimum(self.explosion_time, self.t)
+        after = bad[None, :] & (self.grid[:, None] >= stop[None, :])
+        saved = torch.where(after[..., None, None], math.nan, self.saved)
         return SDEResult(V=V, times=self.grid.cpu() if keep else None,
                          trajectory=saved if keep else None,
                          finite=self.alive.clone(), exit_time=self.exit_time.cpu(),
@@ -360,9 +367,6 @@ class _Run:
                          steps=self.n_steps.cpu(), meta=meta)
 
     def counters(self) -> dict[str, Any]:
-        P = self.t.numel()
-        n_exits = int(torch.isfinite(self.exit_time).sum())
-        p = n_exits / P
         steps = self.n_steps.to(torch.float64)
         return dict(step_rule="fixed" if self.fixed is not None else "adaptive",
                     steps=int(self.n_steps.max()), steps_mean=float(steps.mean()),
@@ -370,8 +374,7 @@ class _Run:
                     dt_min=self.dt_min if math.isfinite(self.dt_min) else None,
                     rtol=None if self.fixed else self.rtol,
                     dt_max=None if self.fixed else self.dt_max,
-                    exit_trace=self.exit_trace, n_exits=n_exits, p_exit=p,
-                    p_exit_se=math.sqrt(p * (1 - p) / P), blowup=self.blowup,
+                    **exit_summary(self.exit_time.cpu(), self.exit_trace), blowup=self.blowup,
                     n_exploded=int(self.exploded.sum()),
                     n_nonfinite=int((~self.alive).sum()),
                     first_nonfinite_step=self.first_nonfinite_step)
