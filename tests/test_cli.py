@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _shared import assert_one_line_error, run
 
 import shapedsde
-from shapedsde.cli import main
 
 V2 = np.array([[1.0, 0.2], [0.2, 1.0]])
 V3 = np.array([[1.0, 0.3, 0.1], [0.3, 1.0, 0.2], [0.1, 0.2, 1.0]])
@@ -26,21 +26,6 @@ def vfile(tmp_path: Path):
         return str(path)
 
     return write
-
-
-def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    code = main(argv)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(code: int, err: str, *needles: str) -> None:
-    lines = err.strip().splitlines()
-    assert code == 2, err
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "Traceback" not in err
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 # ---------------------------------------------------------------------------

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from _shared import assert_one_line_error, run
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -22,21 +23,6 @@ from shapedsde.cli import main
 V2 = np.array([[1.0, 0.2], [0.2, 1.0]])
 V3 = np.array([[1.0, 0.3, 0.1], [0.3, 1.0, 0.2], [0.1, 0.2, 1.0]])
 GEN = torch.Generator().manual_seed(0)
-
-
-def run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
-    code = main(argv)
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_one_line_error(code: int, err: str, *needles: str) -> None:
-    lines = err.strip().splitlines()
-    assert code == 2, err
-    assert len(lines) == 1 and lines[0].startswith("error: "), err
-    assert "Traceback" not in err
-    for needle in needles:
-        assert needle in lines[0], lines[0]
 
 
 def save(tmp_path: Path, arr, name: str = "V") -> str:
@@ -423,6 +409,17 @@ def test_sigint_during_the_renames_is_delivered_after_them() -> None:
 # 7. Bounds on work
 
 
+def with_options(args: list[str], opts: list[str]) -> list[str]:
+    """`args` with each `--key value` of `opts` replacing the same key's value, or added."""
+    args = list(args)
+    for k, v in zip(opts[::2], opts[1::2], strict=True):
+        if k in args:
+            args[args.index(k) + 1] = v
+        else:
+            args += [k, v]
+    return args
+
+
 @pytest.mark.parametrize("opts, needle", [
     (["--T", "1e6"], "steps (at least"),
     (["--steps", "20000000"], "2e+07 steps"),
@@ -436,11 +433,7 @@ def test_sde_work_bound(opts: list[str], needle: str, tmp_path: Path, capsys,
     args = sde_args(save(tmp_path, V2), str(tmp_path / "o.npy"))
     i = args.index("--steps")
     del args[i:i + 2]  # the default steps, ceil(T / 0.005)
-    for k, v in zip(opts[::2], opts[1::2], strict=True):
-        if k in args:
-            args[args.index(k) + 1] = v
-        else:
-            args += [k, v]
+    args = with_options(args, opts)
     code, _, err = run(args, capsys)
     assert_one_line_error(code, err, needle, "--insist")
 
@@ -457,11 +450,7 @@ def test_finite_work_bound(opts: list[str], blk: str, tmp_path: Path, capsys,
 
     monkeypatch.setattr(shapedsde.finite, "simulate", lambda *a, **k: pytest.fail("ran"))
     args = finite_args(save(tmp_path, V2), str(tmp_path / "o.npy"), block_=blk)
-    for k, v in zip(opts[::2], opts[1::2], strict=True):
-        if k in args:
-            args[args.index(k) + 1] = v
-        else:
-            args += [k, v]
+    args = with_options(args, opts)
     code, _, err = run(args, capsys)
     assert_one_line_error(code, err, "--insist")
 
