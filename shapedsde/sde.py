@@ -443,10 +443,6 @@ def _psd_sqrt_times(S: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return (Q @ coef[..., None])[..., 0] * norm.sqrt()[:, None]
 
 
-def _fro(X: torch.Tensor) -> torch.Tensor:
-    return torch.linalg.vector_norm(X.flatten(1), dim=1)
-
-
 def _finite_rows(X: torch.Tensor) -> torch.Tensor:
     return torch.isfinite(X.flatten(1)).all(dim=1)
 

@@ -18,9 +18,9 @@ Three parts:
    quantiles, 10-90% range), the probability that V_T is near-degenerate (smallest
    eigenvalue of the correlation matrix below `eig_threshold`; some off-diagonal
    rho above `rho_threshold`), the growth of tr(V_T) / tr(V_0) (99% quantile), and the
-   solver's counters (`SDEResult.meta`): the fraction of paths tamed (the drift or the
-   noise of some step shrunk by more than 1%), projected back to the PSD cone, and
-   non-finite ("exploding"). Optionally one attention-free reference per gamma (the
+   solver's outcomes (`SDEResult.meta`): P(exit by T) of the ball tr V < EXIT_TRACE tr V0
+   (the other statistics are those of the surviving paths) and the non-finite fraction.
+   Optionally one attention-free reference per gamma (the
    tau0 -> infinity limit). Each statistic carries a standard error (bootstrap for the
    spread and quantiles, binomial for probabilities).
 3. `spot_check`: finite networks (width n, depth d = round(T n)) against SDE paths at
