@@ -24,6 +24,8 @@ import torch
 from . import _validation as val
 from .causal import causal_diffusion, causal_drift
 from .kernels import kernel, noise_group_count
+from .smooth_activation import SmoothActivation, check_scale
+from .smooth_activation import resolve as resolve_activation
 from .weights import RandomSource, weight_source
 
 
@@ -41,6 +43,11 @@ class Block:
     def lam(self) -> float:
         return math.sqrt(1.0 - self.gamma**2)
 
+    @property
+    def kernel_name(self) -> str:
+        """The name of the generated kernels and symbolic layer (the block's, by default)."""
+        return self.name
+
     def kernel_params(self) -> dict[str, float]:
         """The scalar parameters the generated kernels take, by name."""
         return {"gamma": self.gamma}
@@ -52,13 +59,13 @@ class Block:
         """
         if check:
             V = val.check_covariance(V)
-        return kernel(self.name, "drift", V)(V, **self.kernel_params())
+        return kernel(self.kernel_name, "drift", V)(V, **self.kernel_params())
 
     def diffusion(self, V: Any, *, check: bool = True) -> Any:
         """Sigma(V), shape (..., m, m, m, m): lim n Cov[dV^{ab}, dV^{cd}]."""
         if check:
             V = val.check_covariance(V)
-        return kernel(self.name, "diffusion", V)(V, **self.kernel_params())
+        return kernel(self.kernel_name, "diffusion", V)(V, **self.kernel_params())
 
     def ito_contraction(self, V: Any, *, check: bool = True) -> Any:
         """K^{ad}(V) = sum_bc Sigma^{ab,cd}(V) (V^{-1})^{bc}, shape (..., m, m), V positive
@@ -66,18 +73,18 @@ class Block:
         Generated from the matrix form (`shapedsde.symbolic.contraction`)."""
         if check:
             V = val.check_covariance(V)
-        return kernel(self.name, "ito", V)(V, **self.kernel_params())
+        return kernel(self.kernel_name, "ito", V)(V, **self.kernel_params())
 
     def trace_variance(self, V: Any, *, check: bool = True) -> Any:
         """s^2(V) = sum_ac Sigma^{aa,cc}(V) = Var[d tr V] / dt, shape (...,)."""
         if check:
             V = val.check_covariance(V)
-        return kernel(self.name, "trace_variance", V)(V, **self.kernel_params())
+        return kernel(self.kernel_name, "trace_variance", V)(V, **self.kernel_params())
 
     @property
     def noise_groups(self) -> int | None:
         """k for `structured_noise` (N has shape (..., k, m, m)), or None without one."""
-        return noise_group_count(self.name)
+        return noise_group_count(self.kernel_name)
 
     def structured_noise(self, V: Any, N: Any, *, check: bool = True, factor: Any = None
                          ) -> Any:
@@ -95,7 +102,7 @@ class Block:
                 raise ValueError(f"block {self.name!r} has no structured noise")
             if tuple(N.shape[-3:]) != (k, V.shape[-1], V.shape[-1]):
                 raise ValueError(f"N must have shape (..., {k}, m, m); got {tuple(N.shape)}")
-        return kernel(self.name, "noise", V)(V, N, **self.kernel_params(), R=factor)
+        return kernel(self.kernel_name, "noise", V)(V, N, **self.kernel_params(), R=factor)
 
     def branch_mixing(self, X: torch.Tensor, generator: RandomSource) -> torch.Tensor | None:
         """The token-mixing matrix A of the branch: (B, m, m), (B, H, m, m) with one
@@ -126,7 +133,7 @@ class Block:
 
         if isinstance(m, bool) or not isinstance(m, int) or m < 2:
             raise ValueError(f"m (number of tokens) must be an int >= 2; got {m!r}")
-        return layer_model(self.name, m)
+        return layer_model(self.kernel_name, m)
 
 
 @dataclass(frozen=True)
@@ -216,32 +223,67 @@ class AttentionBlock(Block):
 
 @dataclass(frozen=True)
 class MlpBlock(Block):
-    """Shaped ReLU MLP: Branch(X) = sqrt(c/n) phi(X W^pre / sqrt(n)) W^post.
+    """Shaped MLP: Branch(X) = sqrt(c/n) phi(X W^pre / sqrt(n)) W^post, W^pre, W^post in
+    R^{n x n}; gamma = 1 (lam = 0) is the MLP without residual, Li-Nica-Roy's neural
+    covariance SDE.
 
-    phi(x) = s_+ max(x, 0) + s_- min(x, 0), s_pm = 1 + c_pm / sqrt(n),
-    c = 2 / (s_+^2 + s_-^2); W^pre, W^post in R^{n x n}. gamma = 1 (lam = 0) is the
-    MLP without residual, Li-Nica-Roy's neural covariance SDE.
+    ReLU (default): phi(x) = s_+ max(x, 0) + s_- min(x, 0), s_pm = 1 + c_pm / sqrt(n),
+    c = 2 / (s_+^2 + s_-^2).
+    Smooth (`activation` = F, a table name or a function of one SymPy expression with
+    F(0) = 0, F'(0) = 1): phi(x) = s F(x / s), s = scale sqrt(n), c = 1 / E[phi(g)^2],
+    g ~ N(0, 1) (`shapedsde.smooth_activation`); `scale` defaults to 1.
     """
 
     c_plus: float = 0.0
     c_minus: float = -1.0
+    activation: Any = None
+    scale: float | None = None
+    smooth: SmoothActivation | None = field(default=None, init=False, repr=False,
+                                            compare=False)
     name: ClassVar[str] = "mlp"
 
     def __post_init__(self) -> None:
         super().__post_init__()
         for attr in ("c_plus", "c_minus"):
             object.__setattr__(self, attr, val.check_slope_shift(attr, getattr(self, attr)))
+        if self.activation is None:
+            if self.scale is not None:
+                raise ValueError("scale shapes a smooth activation (s = scale sqrt(n)); pass "
+                                 "activation= too, or drop scale for the ReLU MLP")
+            return
+        if (self.c_plus, self.c_minus) != (0.0, -1.0):
+            raise ValueError("c_plus and c_minus shape the ReLU activation; a smooth "
+                             "activation is shaped by scale (s = scale sqrt(n)): drop them")
+        act = resolve_activation(self.activation)
+        object.__setattr__(self, "smooth", act)
+        object.__setattr__(self, "scale", check_scale(1.0 if self.scale is None
+                                                      else self.scale))
+
+    @property
+    def kernel_name(self) -> str:
+        return "mlp" if self.smooth is None else "mlp_smooth"
+
+    @property
+    def activation_name(self) -> str:
+        """'relu' for the shaped ReLU, else the smooth activation's name."""
+        return "relu" if self.smooth is None else self.smooth.name
 
     def kernel_params(self) -> dict[str, float]:
+        if self.smooth is not None:
+            return {"gamma": self.gamma, "f2": self.smooth.f2, "f3": self.smooth.f3,
+                    "scale": self.scale}
         return {"gamma": self.gamma, "c_plus": self.c_plus, "c_minus": self.c_minus}
 
     def slopes(self, n: int) -> tuple[float, float]:
-        """(s_+, s_-) = 1 + c_pm / sqrt(n) at width n."""
+        """(s_+, s_-) = 1 + c_pm / sqrt(n) at width n (ReLU)."""
         return 1 + self.c_plus / math.sqrt(n), 1 + self.c_minus / math.sqrt(n)
 
     def check_width(self, n: int) -> int:
-        """Refuse widths where both slopes vanish (phi = 0: c = 2 / (s_+^2 + s_-^2) is 1/0)."""
+        """Refuse widths where phi cannot be normalised (ReLU: both slopes 0, so c is 1/0)."""
         n = super().check_width(n)
+        if self.smooth is not None:
+            self.smooth.normaliser(n, self.scale)  # ValueError if E[phi^2] is not > 0
+            return n
         sp_, sm_ = self.slopes(n)
         if sp_**2 + sm_**2 == 0.0:
             raise ValueError(f"at width n = {n} both MLP slopes 1 + c/sqrt(n) are 0 (c_plus = "
@@ -254,9 +296,12 @@ class MlpBlock(Block):
         n = X.shape[-1]
         return weight_source(generator).times(X, n) / math.sqrt(n)
 
-    def activation(self, G: torch.Tensor) -> torch.Tensor:
-        """sqrt(c) phi(G) at width n = G.shape[-1]."""
+    def activated(self, G: torch.Tensor) -> torch.Tensor:
+        """sqrt(c) phi(G) at width n = G.shape[-1] (U, the input of the value step)."""
         n = self.check_width(G.shape[-1])
+        if self.smooth is not None:
+            c = self.smooth.normaliser(n, self.scale)
+            return math.sqrt(c) * self.smooth.shaped(G, self.scale * math.sqrt(n))
         sp_, sm_ = self.slopes(n)
         c = 2.0 / (sp_**2 + sm_**2)
         return math.sqrt(c) * (sp_ * G.clamp_min(0) + sm_ * G.clamp_max(0))
@@ -265,7 +310,7 @@ class MlpBlock(Block):
                ) -> torch.Tensor:
         _check_hidden(X, values=check)
         B, m, n = X.shape
-        U = self.activation(self.activation_input(X, generator))
+        U = self.activated(self.activation_input(X, generator))
         return self.lam * X + self.gamma * weight_source(generator).times(U, n) / math.sqrt(n)
 
 

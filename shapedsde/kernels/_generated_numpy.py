@@ -235,6 +235,58 @@ def mlp_trace_variance(V, gamma, c_plus, c_minus):
     return (4*_e0*gamma**2 + 0 * _tr(V))[..., 0, 0]
 
 
+def mlp_smooth_drift(V, gamma, f2, f3, scale):
+    """b(V) of the mlp_smooth block; V (..., m, m) -> (..., m, m)."""
+    m, I, J, P = _setup(V)
+    _e0 = V * V
+    _e1 = ((1/2)*f2**2*gamma**2/scale**2) * (_e0)
+    _e2 = (-3/4*f2**2*gamma**2/scale**2 - f3*gamma**2/scale**2) * (V)
+    _e3 = ((1/2)*f3*gamma**2/scale**2) * (_lDg(V, V))
+    _e4 = ((1/2)*f3*gamma**2/scale**2) * (_rDg(V, V))
+    _e5 = I * V
+    _e6 = ((1/4)*f2**2*gamma**2/scale**2) * (_e5 @ J @ _e5)
+    _e7 = _e1 + _e2 + _e3 + _e4 + _e6
+    return _e7
+
+
+def mlp_smooth_diffusion(V, gamma, f2, f3, scale):
+    """Sigma(V) of the mlp_smooth block; V (..., m, m) -> (..., m, m, m, m)."""
+    m, I, J, P = _setup(V)
+    return (
+        (2*gamma**2) * _kron("...ac,...bd->...abcd", V, V)
+        + (2*gamma**2) * _kron("...ad,...bc->...abcd", V, V)
+    )
+
+
+MLP_SMOOTH_NOISE_GROUPS = 1
+
+
+def mlp_smooth_noise(V, N, gamma, f2, f3, scale, R=None):
+    """Structured noise of the mlp_smooth block: N (..., 1, m, m) iid
+    N(0, 1) -> (..., m, m) with covariance Sigma(V); O(m^3) per sample.
+    R: a factor with R R^T = V if the caller has one (else computed)."""
+    m, I, J, P = _setup(V)
+    R = _sqrt_psd(V) if R is None else R
+    return (
+        (sqrt(2)*gamma) * (R @ (N[..., 0, :, :] + _T(N[..., 0, :, :])) @ _T(R)) / 2**0.5
+    )
+
+
+def mlp_smooth_ito(V, gamma, f2, f3, scale):
+    """K^{ad} = Sigma^{ab,cd} (V^-1)^{bc} of the mlp_smooth block; (..., m, m)."""
+    m, I, J, P = _setup(V)
+    _e0 = (2*gamma**2*m + 2*gamma**2) * (V)
+    return _e0
+
+
+def mlp_smooth_trace_variance(V, gamma, f2, f3, scale):
+    """Var[tr dV] / dt = sum_ac Sigma^{aa,cc} of the mlp_smooth block; (...,)."""
+    m, I, J, P = _setup(V)
+    _e1 = V @ V
+    _e0 = _tr(_e1)
+    return (4*_e0*gamma**2 + 0 * _tr(V))[..., 0, 0]
+
+
 def transformer_drift(V, gamma, tau0, c_plus, c_minus):
     """b(V) of the transformer block; V (..., m, m) -> (..., m, m)."""
     m, I, J, P = _setup(V)

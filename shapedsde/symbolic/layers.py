@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 
 import sympy as sp
 
+from . import smooth
 from .activation import RHO, V_AA, V_BB, shaped_kernel_series
 from .softmax import softmax_expansion
 from .width_sums import WidthSum, gaussian_vector, independent
@@ -186,6 +187,27 @@ def mlp_layer(m: int) -> LayerModel:
                       params=(GAMMA, C_PLUS, C_MINUS))
 
 
+def smooth_mlp_layer(m: int) -> LayerModel:
+    """Shaped smooth MLP: the ReLU MLP's update with phi_s(x) = s F(x / s), s = A sqrt(n).
+
+    (1/n) U U^T has mean c E[phi_s phi_s^T] = V + eps^2 kappa(V) + O(eps^4)
+    (`smooth.kernel_series`, by Taylor expansion and Wick). Its fluctuation xi_K is
+    taken with phi_s at eps^0 (the identity, as the series gives): the O(eps) terms of
+    phi_s change Cov(xi_K), hence Sigma, only at O(eps^2) (odd orders pair an odd number
+    of Gaussians; checked in the tests).
+    """
+    V = covariance_symbols(m)
+    series, noise, cov = _residual_update(V, _const(sp.eye(m)), _value_noise(V))
+    g, Vg = gaussian_vector("g", V)
+    u = sp.Matrix([smooth.phi_series(gi, 0) for gi in g])
+    xi, noise_k, cov_k = WidthSum(tuple(g), Vg, {"K": u * u.T}).noise()
+    kappa = sp.Matrix(m, m, lambda a, b: smooth.drift_entry(V, a, b))
+    series[1] = series[1] + GAMMA**2 * xi["K"]
+    series[2] = series[2] + GAMMA**2 * kappa
+    return LayerModel("mlp_smooth", V, series, noise_k + noise, sp.diag(cov_k, cov),
+                      params=(GAMMA, smooth.F2, smooth.F3, smooth.SCALE))
+
+
 def compose(first: LayerModel, second: LayerModel) -> LayerModel:
     """The update V -> second(first(V)) as one LayerModel (sub-layers in sequence).
 
@@ -241,6 +263,7 @@ def causal_layer(m: int) -> LayerModel:
 
 
 LAYERS = {"linear": linear_layer, "attention": attention_layer, "mlp": mlp_layer,
+          "mlp_smooth": smooth_mlp_layer,
           "transformer": transformer_layer, "causal": causal_layer}
 
 

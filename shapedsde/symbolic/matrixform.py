@@ -21,6 +21,7 @@ from functools import cache
 import sympy as sp
 from sympy.matrices.expressions import MatrixExpr
 
+from . import smooth
 from .activation import shaped_kernel_series
 from .entrywise_kernel import Entrywise
 from .kron import (
@@ -67,7 +68,8 @@ def attention_expansion(z: MatrixExpr) -> MatrixExpr:
 
 
 #: Number of iid copies averaged per update (multi-head: one per head).
-HEAD_COUNT = {"linear": sp.Integer(1), "attention": HEADS, "mlp": sp.Integer(1)}
+HEAD_COUNT = {"linear": sp.Integer(1), "attention": HEADS, "mlp": sp.Integer(1),
+              "mlp_smooth": sp.Integer(1)}
 
 
 def relu_kernel_correction() -> Entrywise:
@@ -78,11 +80,14 @@ def relu_kernel_correction() -> Entrywise:
 def update_rule(name: str, src: dict[str, sp.MatrixSymbol]) -> MatrixExpr:
     """V' for a named block (one head's copy), as a matrix expression in eps."""
     A = {"linear": lambda: sp.Identity(M_TOKENS), "mlp": lambda: sp.Identity(M_TOKENS),
+         "mlp_smooth": lambda: sp.Identity(M_TOKENS),
          "attention": lambda: attention_expansion(src["z"])}[name]()
     scale = sp.sqrt(HEAD_COUNT[name])  # a head's value sums run over n / n_H columns
     S = V + EPS * scale * src["xi_S"]
     if name == "mlp":  # value step on U = sqrt(c) phi(G): (1/n) U U^T = V + eps xi_K + eps^2 kappa
         S = S + EPS * src["xi_K"] + EPS**2 * relu_kernel_correction()
+    if name == "mlp_smooth":  # the same with the smooth activation's polynomial kappa(V)
+        S = S + EPS * src["xi_K"] + EPS**2 * smooth.kernel_matrix(V)
     M = EPS * scale * src["xi_M"]
     return LAM**2 * V + GAMMA**2 * A * S * A.T + LAM * GAMMA * (A * M + M.T * A.T)
 
@@ -139,7 +144,9 @@ def expectation(coef: sp.Expr, factors: list[MatrixExpr], src: dict,
                 table: CovarianceTable) -> MatrixExpr:
     """E[coef * prod(factors)] for a term at most quadratic in the sources."""
     m = M_TOKENS
-    had = [i for i, f in enumerate(factors) if _hadamard_base(f) is not None]
+    had = [i for i, f in enumerate(factors)  # random Hadamard squares (V o V is not)
+           if _hadamard_base(f) is not None and any(
+               a.name in src for a in f.atoms(sp.MatrixSymbol))]
     rnd = [i for i, f in enumerate(factors) if _is_source(f, src)]
     if had and not rnd and len(had) == 1:
         i = had[0]
