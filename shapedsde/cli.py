@@ -24,9 +24,11 @@ import numpy as np
 from . import __version__, _io
 from . import _validation as val
 from .blocks import BLOCKS, Block, block
+from .smooth_activation import ACTIVATIONS
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
-BLOCK_PARAMS = ("gamma", "tau0", "nk", "heads", "c_plus", "c_minus", "causal")
+BLOCK_PARAMS = ("gamma", "tau0", "nk", "heads", "c_plus", "c_minus", "activation", "scale",
+                "causal")
 #: A run estimated to hold more memory than this is refused unless --insist is given.
 MEMORY_LIMIT_BYTES = 8 * 2**30
 #: At most this many SDE steps / finite sub-layers unless --insist is given.
@@ -98,6 +100,14 @@ def block_from_args(args: argparse.Namespace) -> Block:
         raise ValueError(f"block {args.block!r} takes no {', '.join('--' + k for k in extra)} "
                          f"(it takes {takes})")
     return block(args.block, **given)
+
+
+def block_meta(blk: Block) -> dict[str, Any]:
+    """{"block", "params"} for the outputs, with the activation of a smooth MLP."""
+    meta: dict[str, Any] = {"block": blk.name, "params": blk.kernel_params()}
+    if getattr(blk, "smooth", None) is not None:
+        meta["activation"] = blk.activation_name
+    return meta
 
 
 def _device(name: str) -> Any:
@@ -193,7 +203,7 @@ def cmd_coeffs(args: argparse.Namespace) -> int:
                              f"this V (largest |V^ab| = {float(np.max(np.abs(V))):.3g}); "
                              "rescale V towards O(1) (for the linear and mlp blocks "
                              "b(cV) = c b(V) and Sigma(cV) = c^2 Sigma(V))")
-    meta = {"block": blk.name, "params": blk.kernel_params()}
+    meta = block_meta(blk)
     if output is None:
         print(json.dumps({**meta, "drift": drift.tolist(), "diffusion": diffusion.tolist()}))
         return EXIT_OK
@@ -234,7 +244,7 @@ def cmd_sde(args: argparse.Namespace) -> int:
     if args.exit_trace is not None:
         extras["exit"] = res.exit_time.numpy()
     _io.write_outputs(output, res.V.cpu().numpy(),
-                      {**res.meta, "block": blk.name, "params": blk.kernel_params(),
+                      {**res.meta, **block_meta(blk),
                        "V0": np.asarray(V0).tolist(), "V0_file": args.V0, "out": str(out),
                        **{f"{k}_file": str(output.extras[k]) for k in extras}},
                       extras=extras)
@@ -288,7 +298,7 @@ def cmd_finite(args: argparse.Namespace) -> int:
         extras["exit"] = run.exit_time.numpy()
         exits = {**_lazy("sde", "exit_summary")(extras["exit"], args.exit_trace),
                  "exit_file": str(output.extras["exit"])}
-    meta = {"block": blk.name, "params": blk.kernel_params(), "nk": getattr(blk, "nk", None),
+    meta = {**block_meta(blk), "nk": getattr(blk, "nk", None),
             "width": width, "depth": depth, "T": T, "nets": nets, "seed": seed,
             "device": str(device), "method": method, "dtype": args.dtype,
             "V0": V0.tolist(), "V0_file": args.V0, "out": str(out),
@@ -415,6 +425,13 @@ def _add_block_args(p: argparse.ArgumentParser, *, finite: bool = False) -> None
     g.add_argument("--c-minus", dest="c_minus", type=float, metavar="C",
                    help="MLP slope shaping s_- = 1 + c_- / sqrt(n) (mlp, transformer; "
                         "default -1)")
+    g.add_argument("--activation", choices=sorted(ACTIVATIONS), metavar="NAME",
+                   help="smooth shaped activation phi(x) = s F(x / s), s = scale sqrt(n), "
+                        f"instead of the ReLU (mlp only): one of {', '.join(sorted(ACTIVATIONS))}"
+                        " (tanh; cubic: x + x^2/2 - x^3/3; swish: 2 x sigmoid(x))")
+    g.add_argument("--scale", type=float, metavar="A",
+                   help="smooth activation scale A > 0, s = A sqrt(n) (mlp with --activation; "
+                        "default 1)")
 
 
 def _add_insist(p: argparse.ArgumentParser) -> None:
