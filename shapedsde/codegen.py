@@ -465,7 +465,7 @@ def latex_source(c: MatrixCoefficients) -> str:
 
 
 #: Blocks whose correlation SDE (m = 2) is exported.
-CORRELATION_BLOCKS = ("linear", "attention", "mlp", "transformer", "causal")
+CORRELATION_BLOCKS = ("linear", "attention", "mlp", "mlp_smooth", "transformer", "causal")
 
 #: Blocks exported per entry for an explicit m (no matrix form for every m is derived).
 ENTRYWISE_LATEX = {"causal": 2}

@@ -50,6 +50,13 @@ class SmoothActivation:
     numpy_fn: Callable[[np.ndarray], np.ndarray] = field(repr=False, compare=False)
     torch_fn: Callable[[Any], Any] = field(repr=False, compare=False)
 
+    def __reduce__(self) -> tuple:
+        """Pickle a table activation by name (lambdified functions do not pickle)."""
+        if self.name in ACTIVATIONS and resolve(self.name) == self:
+            return (resolve, (self.name,))
+        raise TypeError(f"activation {self.name!r} is not from the table and cannot be "
+                        "pickled; pass its name from the table to send it to another process")
+
     def shaped(self, x: Any, s: float) -> Any:
         """phi_s(x) = s F(x / s) on a Torch tensor."""
         return s * _broadcast(self.torch_fn(x / s), x)

@@ -107,6 +107,15 @@ def test_kernels_equal_the_closed_form(name: str, m: int) -> None:
                                        rtol=0, atol=1e-10)
 
 
+def test_f3_terms_rescale_the_tokens() -> None:
+    """With F''(0) = 0 (tanh) b = D V + V D, D = gam^2 F'''(0) (Dg(V) - I) / (2 A^2)
+    diagonal: a rescaling of the tokens, so no correlation moves (docs/smooth-activations.md)."""
+    blk = shapedsde.block("mlp", gamma=0.8, activation="tanh", scale=0.6)
+    V = random_cov(4, seed=9)
+    D = np.diag(0.8**2 * -2.0 * (np.diag(V) - 1) / (2 * 0.6**2))
+    np.testing.assert_allclose(blk.drift(V), D @ V + V @ D, rtol=0, atol=1e-12)
+
+
 def test_table_derivatives() -> None:
     """F''(0), F'''(0) read off the table's functions (known by hand)."""
     got = {n: (b.smooth.f2, b.smooth.f3) for n in ACTIVATIONS
@@ -242,6 +251,18 @@ def test_bad_activations_are_clear_value_errors(params: dict, needle: str) -> No
     with pytest.raises(ValueError) as info:
         shapedsde.block("mlp", gamma=0.9, **params)
     assert needle in str(info.value)
+
+
+def test_table_blocks_pickle_by_name() -> None:
+    """Blocks with a table activation travel to worker processes (lambdify's functions do
+    not pickle, so the activation is rebuilt from its name)."""
+    import pickle
+
+    blk = shapedsde.block("mlp", gamma=0.9, activation="swish", scale=0.5)
+    back = pickle.loads(pickle.dumps(blk))
+    assert back == blk and back.kernel_params() == blk.kernel_params()
+    V = random_cov(2, seed=0)
+    np.testing.assert_array_equal(back.drift(V), blk.drift(V))
 
 
 def test_relu_block_is_unchanged() -> None:
