@@ -306,6 +306,12 @@ def cmd_finite(args: argparse.Namespace) -> int:
 
 
 def cmd_derive(args: argparse.Namespace) -> int:
+    if args.block is not None:
+        return _derive_block(args)
+    for opt in ("out", "m", "gamma"):
+        if getattr(args, opt) is not None:
+            raise ValueError(f"--{opt} needs --block (without it, derive regenerates the "
+                             "package's own artifacts)")
     regenerate = _lazy("codegen", "regenerate")
     stale = list(regenerate(check=args.check))
     if args.check:
@@ -317,6 +323,32 @@ def cmd_derive(args: argparse.Namespace) -> int:
     for path in stale:
         print(f"wrote {path}")
     print(f"regenerated {len(stale)} files" if stale else "nothing to regenerate")
+    return EXIT_OK
+
+
+def _derive_block(args: argparse.Namespace) -> int:
+    """LaTeX of one block's b and Sigma into --out: symbolic, and at the given values."""
+    if args.check:
+        raise ValueError("--check applies to the package's artifacts, not to --block")
+    if args.out is None:
+        raise ValueError("derive --block needs --out DIR (a folder for the LaTeX files)")
+    if args.gamma is None:
+        raise ValueError("derive --block needs --gamma (and the block's other options)")
+    blk = block_from_args(args)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    m = None if args.m is None else val.check_positive_int("--m", args.m)
+    if m is not None and m < 2:
+        raise ValueError(f"--m (number of tokens) must be >= 2; got {m}")
+    coef = blk.coefficients(m)
+    stem = f"{blk.name}" if m is None else f"{blk.name}_m{m}"
+    files = {out / f"{stem}.tex": coef.latex(),
+             out / f"{stem}_values.tex": coef.with_values().latex()}
+    _io.write_texts(files)
+    for path in files:
+        print(f"wrote {path}")
     return EXIT_OK
 
 
@@ -391,12 +423,13 @@ EXAMPLE_V = ("V files are .npy arrays of an (m, m) symmetric PSD matrix, e.g.\n"
              "  python -c \"import numpy as np; np.save('V0.npy', [[1, .2], [.2, 1]])\"")
 
 
-def _add_block_args(p: argparse.ArgumentParser, *, finite: bool = False) -> None:
+def _add_block_args(p: argparse.ArgumentParser, *, finite: bool = False,
+                    optional: bool = False) -> None:
     g = p.add_argument_group("block", "the residual sub-layer X' = lam X + gamma Branch(X), "
                              "lam^2 + gamma^2 = 1")
-    g.add_argument("--block", required=True, metavar="NAME",
+    g.add_argument("--block", required=not optional, metavar="NAME",
                    help=f"block name: one of {', '.join(sorted(BLOCKS))}")
-    g.add_argument("--gamma", type=float, required=True, metavar="G",
+    g.add_argument("--gamma", type=float, required=not optional, metavar="G",
                    help="branch weight gamma in (0, 1]")
     g.add_argument("--tau0", type=float, metavar="T0",
                    help="attention temperature factor tau0 > 0, tau = tau0 sqrt(n nk) "
@@ -405,7 +438,8 @@ def _add_block_args(p: argparse.ArgumentParser, *, finite: bool = False) -> None
                    help="query/key width (attention only; used by finite networks; "
                         "default: the width n)" if finite else argparse.SUPPRESS)
     g.add_argument("--heads", type=int, metavar="H",
-                   help="number of attention heads n_H >= 1 (attention only; default 1)")
+                   help="number of attention heads n_H >= 1 (attention, transformer; "
+                        "default 1)")
     g.add_argument("--causal", action="store_const", const=True, default=None,
                    help="causal (decoder) attention: token a attends to keys 0..a "
                         "(attention only)")
@@ -513,11 +547,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("derive", formatter_class=fmt,
                        help="regenerate LaTeX and numeric kernels from the derivation",
-                       description="Re-derive b and Sigma symbolically (SymPy) and rewrite the "
+                       description="Without --block: re-derive b and Sigma of the built-in "
+                                   "blocks symbolically (SymPy) and rewrite the package's "
                                    "generated LaTeX (docs/) and kernels "
-                                   "(shapedsde/kernels/_generated_*.py).")
+                                   "(shapedsde/kernels/_generated_*.py). With --block NAME "
+                                   "(and its options): write that block's b and Sigma as "
+                                   "LaTeX into --out DIR, as the matrix form or, with --m, "
+                                   "entry by entry.")
     p.add_argument("--check", action="store_true",
                    help="write nothing; exit 1 if any generated file is stale")
+    _add_block_args(p, optional=True)
+    p.add_argument("--m", type=int, metavar="M",
+                   help="with --block: the explicit entries for M tokens (default: the "
+                        "matrix form, valid for every m)")
+    p.add_argument("--out", metavar="DIR",
+                   help="with --block: folder for BLOCK.tex (symbols) and BLOCK_values.tex "
+                        "(the given parameter values substituted)")
     p.set_defaults(func=cmd_derive)
 
     p = sub.add_parser("verify", formatter_class=fmt,
