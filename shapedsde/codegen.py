@@ -450,15 +450,11 @@ def _entrywise_definitions(c: MatrixCoefficients) -> list[str]:
 
 
 def latex_source(c: MatrixCoefficients) -> str:
-    """A LaTeX fragment (align*) with b(V) and Sigma(V) of one block."""
-    sigma = _signed_sum(c.diffusion, r" \\ &\quad ")
-    defs = "".join(f",\\\\\n{d}" for d in _entrywise_definitions(c))
-    return (f"% {HEADER[2:]}"
-            f"% Block: {c.name}. P = I - 11^T/m, Dg(X) = I o X, t = depth / width.\n"
-            "\\begin{align*}\n"
-            f"b(V) &= {_latex(c.drift)}{defs}, \\\\\n"
-            f"\\Sigma^{{ab,cd}}(V) &= {sigma}.\n"
-            "\\end{align*}\n")
+    """A paper-style LaTeX fragment (align, labelled) with b(V) and Sigma(V) of one block."""
+    from .latex import matrix_form_latex
+
+    return matrix_form_latex(c.name, c.drift, c.diffusion, _entrywise_definitions(c),
+                             f"% {HEADER[2:]}")
 
 
 #: Blocks whose correlation SDE (m = 2) is exported.
@@ -478,18 +474,19 @@ def entrywise_latex(name: str, m: int) -> str:
 
 def entrywise_latex_source(name: str, m: int, drift: sp.Matrix, diffusion: sp.Array) -> str:
     """b^{ab} (a <= b) and the distinct Sigma^{ab,cd} of explicit entries, as LaTeX."""
-    lines = [f"% {HEADER[2:]}", f"% Block: {name}, per entry for m = {m}.",
-             "\\begin{align*}"]
+    from .latex import entry_lines
+
+    rows = [f"% {HEADER[2:]}% Block: {name}, per entry for m = {m}.", "\\begin{align*}"]
+    body = []
     for a in range(m):
         for b in range(a, m):
-            lines.append(f"b^{{{a}{b}}} &= {_latex(sp.factor(drift[a, b]))}, \\\\")
+            body += entry_lines(f"b^{{{a}{b}}}", drift[a, b], ",")
     pairs = [(a, b) for a in range(m) for b in range(a, m)]
     for i, (a, b) in enumerate(pairs):
         for c_, d in pairs[i:]:
-            lines.append(f"\\Sigma^{{{a}{b},{c_}{d}}} &= "
-                         f"{_latex(sp.factor(diffusion[a, b, c_, d]))}, \\\\")
-    lines[-1] = lines[-1].removesuffix(", \\\\") + "."
-    return "\n".join(lines + ["\\end{align*}", ""])
+            body += entry_lines(f"\\Sigma^{{{a}{b},{c_}{d}}}", diffusion[a, b, c_, d], ",")
+    body[-1] = body[-1].removesuffix(",") + "."
+    return "\n".join(rows + [" \\\\\n".join(body), "\\end{align*}", ""])
 
 
 def markdown_preview(coeffs: dict[str, MatrixCoefficients]) -> str:
