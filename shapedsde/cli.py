@@ -211,15 +211,20 @@ def cmd_sde(args: argparse.Namespace) -> int:
 
     blk = block_from_args(args)
     seed = val.check_seed(args.seed, "--seed")
+    saves = _save_request(args)
     output = _io.prepare_output(
-        args.out, extras=("exploded",) + (() if args.exit_trace is None else ("exit",)))
+        args.out, extras=("exploded",) + (() if args.exit_trace is None else ("exit",))
+        + (() if saves is None else ("trajectory", "times")))
     V0 = load_matrix(args.V0, "V0")
     T = val.check_time(args.T)
     paths = val.check_positive_int("paths", args.paths)
     steps = default_steps(T) if args.steps is None else val.check_positive_int("steps",
                                                                               args.steps)
     m = V0.shape[-1]
-    _check_work(args, sde_bytes(m, paths, _itemsize(args.dtype), blk.noise_groups),
+    records = 0 if saves is None else (saves[1] if saves[0] == "save_times"
+                                       else steps // saves[1]) + 2
+    _check_work(args, sde_bytes(m, paths, _itemsize(args.dtype), blk.noise_groups)
+                + 8.0 * records * paths * m * m,
                 f"sde with {paths} paths of {m} x {m}", steps=steps,
                 step_name="steps" if args.steps else "steps (at least T / dt_max)")
     dtype = _dtype(args.dtype)
@@ -228,9 +233,12 @@ def cmd_sde(args: argparse.Namespace) -> int:
         warnings.simplefilter("ignore", RuntimeWarning)
         res = solve(blk, V0, T, paths=paths, seed=seed, steps=args.steps, rtol=args.rtol,
                     exit_trace=args.exit_trace, device=_device(args.device), dtype=dtype,
-                    progress=not args.quiet)
+                    progress=not args.quiet, **dict([saves] if saves else []))
     out = output.data
     extras = {"exploded": res.exploded.numpy()}
+    if saves is not None:  # (k, paths, m, m), time first, as finite runs record it
+        extras["trajectory"] = res.trajectory.cpu().numpy()
+        extras["times"] = np.asarray(res.times, dtype=np.float64)
     if args.exit_trace is not None:
         extras["exit"] = res.exit_time.numpy()
     _io.write_outputs(output, res.V.cpu().numpy(),
@@ -243,6 +251,20 @@ def cmd_sde(args: argparse.Namespace) -> int:
         print(f"warning: {res.meta['n_nonfinite']} paths became non-finite; their rows in "
               f"{out} are NaN", file=sys.stderr)
     return EXIT_OK
+
+
+def _save_request(args: argparse.Namespace) -> tuple[str, int] | None:
+    """The solver's saving option from --save-every K (fixed steps) or --save-times K."""
+    if args.save_every is not None and args.save_times is not None:
+        raise ValueError("give --save-every or --save-times, not both")
+    if args.save_every is not None:
+        if args.steps is None:
+            raise ValueError("--save-every K counts fixed steps: give --steps too, or use "
+                             "--save-times K (K + 1 equally spaced times) with adaptive steps")
+        return "save_every", val.check_positive_int("--save-every", args.save_every)
+    if args.save_times is not None:
+        return "save_times", val.check_positive_int("--save-times", args.save_times)
+    return None
 
 
 def _dtype(name: str):
@@ -509,6 +531,13 @@ def build_parser() -> argparse.ArgumentParser:
                         f"{MAX_STEPS:.0e} without --insist)")
     p.add_argument("--rtol", type=float, default=0.1,
                    help="adaptive step tolerance (docs/solver.md; smaller is finer)")
+    p.add_argument("--save-every", type=int, metavar="K",
+                   help="with --steps: also write the states every K steps (and at t = 0, "
+                        "T) to OUT.trajectory.npy (k, paths, m, m), their times to "
+                        "OUT.times.npy")
+    p.add_argument("--save-times", type=int, metavar="K",
+                   help="also write the states at K + 1 equally spaced times in [0, T] "
+                        "(the steps land on them) to OUT.trajectory.npy and OUT.times.npy")
     _add_exit_trace(p, "path")
     _add_insist(p)
     p.add_argument("--dtype", choices=("float64", "float32"), default="float64")

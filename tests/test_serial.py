@@ -201,3 +201,23 @@ def test_serial_by_name_from_part_specs() -> None:
     assert spec == serial(at, ml)
     with pytest.raises(ValueError, match="unknown block 'attn'"):
         block("serial", parts=[("attn", {"gamma": 0.5})])
+
+
+def test_sde_cli_saves_a_trajectory_time_first(tmp_path, capsys) -> None:
+    """--save-times K: K + 1 states per path, (k, paths, m, m) as finite runs record them;
+    --save-every needs fixed steps."""
+    V = tmp_path / "V.npy"
+    np.save(V, V3)
+    out = tmp_path / "VT.npy"
+    base = ["sde", "--block", "linear", "--gamma", "0.5", "--V0", str(V), "--T", "0.2",
+            "--paths", "16", "--seed", "0", "--out", str(out), "--quiet"]
+    code, _, err = run([*base, "--save-times", "4"], capsys)
+    assert code == 0, err
+    traj, times = np.load(tmp_path / "VT.trajectory.npy"), np.load(tmp_path / "VT.times.npy")
+    assert traj.shape == (5, 16, 3, 3)
+    np.testing.assert_allclose(times, np.linspace(0, 0.2, 5))
+    np.testing.assert_array_equal(traj[-1], np.load(out))
+    code, _, err = run([*base, "--steps", "10", "--save-every", "5"], capsys)
+    assert code == 0, err
+    assert np.load(tmp_path / "VT.trajectory.npy").shape == (3, 16, 3, 3)
+    assert_one_line_error(*run([*base, "--save-every", "5"], capsys)[::2], "--steps")
