@@ -9,9 +9,10 @@ from .blocks import (
     TransformerBlock,
     block,
 )
+from .serial import Serial, serial
 
-__all__ = ["BLOCKS", "AttentionBlock", "Block", "LinearBlock", "MlpBlock", "TransformerBlock",
-           "block"]
+__all__ = ["BLOCKS", "AttentionBlock", "Block", "LinearBlock", "MlpBlock", "Serial",
+           "TransformerBlock", "block", "serial"]
 __version__ = "0.1.0"
 
 # Unshaped baselines and ablations (finite face only); importing registers them in BLOCKS.

@@ -142,3 +142,20 @@ def _fsync_dir(folder: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
+
+
+def write_texts(files: Mapping[Path, str]) -> None:
+    """Write text files atomically, all or none (the same staging as `write_outputs`)."""
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for final, text in files.items():
+            data = text.encode()
+            staged.append((_stage(final, lambda f, d=data: f.write(d)), final))
+        with _sigint_deferred():
+            for tmp, final in staged:
+                os.replace(tmp, final)
+            staged = []
+    finally:
+        for tmp, _ in staged:
+            with contextlib.suppress(OSError):
+                tmp.unlink()

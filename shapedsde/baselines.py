@@ -427,7 +427,7 @@ def rank_collapse_summary(
                        device=device, dtype=dtype, record_every=record_every, method=method,
                        progress=progress)
         depths = np.asarray(run.depths)
-        rows.append(_collapse_row(label, blk, run.trajectory, thr, run.method))
+        rows.append(_collapse_row(label, blk, run.trajectory.transpose(0, 1), thr, run.method))
     return RankCollapseSummary(rows=rows, depths=depths, width=width, depth=depth,
                                threshold=thr, V0=V0, seed=seed)
 

@@ -131,9 +131,34 @@ class Block:
         """The update rule as a symbolic `LayerModel` for m tokens."""
         from .symbolic.layers import layer_model
 
-        if isinstance(m, bool) or not isinstance(m, int) or m < 2:
-            raise ValueError(f"m (number of tokens) must be an int >= 2; got {m!r}")
-        return layer_model(self.kernel_name, m)
+        return layer_model(self._derivation_name(), _check_tokens(m))
+
+    def coefficients(self, m: int | None = None):
+        """b(V) and Sigma(V) as SymPy objects (`shapedsde.symbolic.coefficients`).
+
+        m None: the matrix form, valid for every number of tokens; m = 2, 3, ...: the
+        explicit entries for m tokens. Parameters are symbols; `.params` holds this
+        block's values and `.with_values()` substitutes them.
+        """
+        from .symbolic.coefficients import from_parameters
+        from .symbolic.matrixform import matrix_form
+
+        mf = matrix_form(self._derivation_name())
+        c = from_parameters(mf.drift, mf.diffusion, None, self.kernel_params(), self.name)
+        return c if m is None else c.entries(_check_tokens(m))
+
+    def latex(self, m: int | None = None) -> str:
+        """b and Sigma as a LaTeX fragment (matrix form, or entries for m tokens)."""
+        return self.coefficients(m).latex()
+
+    def _derivation_name(self) -> str:
+        """The symbolic layer of this block (`kernel_name`); finite-only blocks have none."""
+        from .symbolic.layers import LAYERS
+
+        if self.kernel_name not in LAYERS:
+            raise ValueError(f"block {self.name!r} ({type(self).__name__}) has a finite face "
+                             "only: no symbolic derivation")
+        return self.kernel_name
 
 
 @dataclass(frozen=True)
@@ -204,6 +229,22 @@ class AttentionBlock(Block):
     @property
     def noise_groups(self) -> int | None:
         return None if self.causal else super().noise_groups
+
+    def _derivation_name(self) -> str:
+        return "causal" if self.causal else "attention"
+
+    def coefficients(self, m: int | None = None):
+        """As `Block.coefficients`; causal attention is derived per entry only (m given)."""
+        if not self.causal:
+            return super().coefficients(m)
+        if m is None:
+            raise ValueError("causal attention has no matrix form derived for every m; pass "
+                             "m (its closed form for every m is in docs/derivation.md)")
+        from .symbolic.coefficients import from_parameters
+        from .symbolic.entrywise import derive_block
+
+        c = derive_block("causal", _check_tokens(m))
+        return from_parameters(c.drift, c.diffusion, m, self.kernel_params(), "causal")
 
     def logits(self, X: torch.Tensor, generator: RandomSource) -> torch.Tensor:
         """Z = Y / tau, shape (B, m, m), or (B, H, m, m) with H = heads > 1."""
@@ -316,7 +357,8 @@ class MlpBlock(Block):
 
 @dataclass(frozen=True)
 class TransformerBlock(Block):
-    """Shaped Transformer block: shaped attention sub-layer, then shaped MLP sub-layer.
+    """Shaped Transformer block: shaped attention sub-layer (`heads` heads), then shaped MLP
+    sub-layer.
 
     Both use the same gamma; SDE time t counts blocks (t = blocks / n). At leading
     order the two sub-layers' drifts and diffusions add (independent weights; see
@@ -327,6 +369,7 @@ class TransformerBlock(Block):
     c_plus: float = 0.0
     c_minus: float = -1.0
     nk: int | None = field(default=None)
+    heads: int = 1
     name: ClassVar[str] = "transformer"
 
     def __post_init__(self) -> None:
@@ -334,12 +377,12 @@ class TransformerBlock(Block):
         self.parts()  # validates the parameters
 
     def parts(self) -> tuple[AttentionBlock, MlpBlock]:
-        return (AttentionBlock(self.gamma, tau0=self.tau0, nk=self.nk),
+        return (AttentionBlock(self.gamma, tau0=self.tau0, nk=self.nk, heads=self.heads),
                 MlpBlock(self.gamma, c_plus=self.c_plus, c_minus=self.c_minus))
 
     def kernel_params(self) -> dict[str, float]:
-        return {"gamma": self.gamma, "tau0": self.tau0, "c_plus": self.c_plus,
-                "c_minus": self.c_minus}
+        return {"gamma": self.gamma, "tau0": self.tau0, "heads": self.heads,
+                "c_plus": self.c_plus, "c_minus": self.c_minus}
 
     def check_width(self, n: int) -> int:
         attention, mlp = self.parts()
@@ -412,13 +455,18 @@ BLOCKS: dict[str, type[Block]] = {
 
 
 def block(name: str, **params: Any) -> Block:
-    """Build a block by name: `block("attention", gamma=0.8, tau0=1.0)`."""
+    """Build a block by name: `block("attention", gamma=0.8, tau0=1.0)`;
+    `block("serial", parts=[("attention", {...}), ("mlp", {...})])` for a composition."""
     if not isinstance(name, str):
         raise ValueError(f"block name must be a string, one of {sorted(BLOCKS)}; got {name!r}")
-    try:
-        cls = BLOCKS[name]
-    except KeyError:
-        raise ValueError(f"unknown block {name!r}; choose one of {sorted(BLOCKS)}") from None
+    if name == "serial":  # defined on top of the blocks (shapedsde.serial)
+        from .serial import Serial as cls
+    else:
+        try:
+            cls = BLOCKS[name]
+        except KeyError:
+            raise ValueError(f"unknown block {name!r}; choose one of "
+                             f"{sorted([*BLOCKS, 'serial'])}") from None
     try:
         return cls(**params)
     except TypeError as err:
@@ -451,6 +499,12 @@ def _check_hidden(X: torch.Tensor, *, values: bool = True) -> None:
     if values and not bool(torch.isfinite(X).all()):
         raise ValueError("X contains NaN or inf (pass check=False to let non-finite networks "
                          "propagate)")
+
+
+def _check_tokens(m: Any) -> int:
+    if isinstance(m, bool) or not isinstance(m, int) or m < 2:
+        raise ValueError(f"m (number of tokens) must be an int >= 2; got {m!r}")
+    return m
 
 
 def _check_same_kind(V: Any, N: Any) -> None:

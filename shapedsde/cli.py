@@ -221,15 +221,20 @@ def cmd_sde(args: argparse.Namespace) -> int:
 
     blk = block_from_args(args)
     seed = val.check_seed(args.seed, "--seed")
+    saves = _save_request(args)
     output = _io.prepare_output(
-        args.out, extras=("exploded",) + (() if args.exit_trace is None else ("exit",)))
+        args.out, extras=("exploded",) + (() if args.exit_trace is None else ("exit",))
+        + (() if saves is None else ("trajectory", "times")))
     V0 = load_matrix(args.V0, "V0")
     T = val.check_time(args.T)
     paths = val.check_positive_int("paths", args.paths)
     steps = default_steps(T) if args.steps is None else val.check_positive_int("steps",
                                                                               args.steps)
     m = V0.shape[-1]
-    _check_work(args, sde_bytes(m, paths, _itemsize(args.dtype), blk.noise_groups),
+    records = 0 if saves is None else (saves[1] if saves[0] == "save_times"
+                                       else steps // saves[1]) + 2
+    _check_work(args, sde_bytes(m, paths, _itemsize(args.dtype), blk.noise_groups)
+                + 8.0 * records * paths * m * m,
                 f"sde with {paths} paths of {m} x {m}", steps=steps,
                 step_name="steps" if args.steps else "steps (at least T / dt_max)")
     dtype = _dtype(args.dtype)
@@ -238,9 +243,12 @@ def cmd_sde(args: argparse.Namespace) -> int:
         warnings.simplefilter("ignore", RuntimeWarning)
         res = solve(blk, V0, T, paths=paths, seed=seed, steps=args.steps, rtol=args.rtol,
                     exit_trace=args.exit_trace, device=_device(args.device), dtype=dtype,
-                    progress=not args.quiet)
+                    progress=not args.quiet, **dict([saves] if saves else []))
     out = output.data
     extras = {"exploded": res.exploded.numpy()}
+    if saves is not None:  # (k, paths, m, m), time first, as finite runs record it
+        extras["trajectory"] = res.trajectory.cpu().numpy()
+        extras["times"] = np.asarray(res.times, dtype=np.float64)
     if args.exit_trace is not None:
         extras["exit"] = res.exit_time.numpy()
     _io.write_outputs(output, res.V.cpu().numpy(),
@@ -253,6 +261,20 @@ def cmd_sde(args: argparse.Namespace) -> int:
         print(f"warning: {res.meta['n_nonfinite']} paths became non-finite; their rows in "
               f"{out} are NaN", file=sys.stderr)
     return EXIT_OK
+
+
+def _save_request(args: argparse.Namespace) -> tuple[str, int] | None:
+    """The solver's saving option from --save-every K (fixed steps) or --save-times K."""
+    if args.save_every is not None and args.save_times is not None:
+        raise ValueError("give --save-every or --save-times, not both")
+    if args.save_every is not None:
+        if args.steps is None:
+            raise ValueError("--save-every K counts fixed steps: give --steps too, or use "
+                             "--save-times K (K + 1 equally spaced times) with adaptive steps")
+        return "save_every", val.check_positive_int("--save-every", args.save_every)
+    if args.save_times is not None:
+        return "save_times", val.check_positive_int("--save-times", args.save_times)
+    return None
 
 
 def _dtype(name: str):
@@ -316,6 +338,12 @@ def cmd_finite(args: argparse.Namespace) -> int:
 
 
 def cmd_derive(args: argparse.Namespace) -> int:
+    if args.block is not None:
+        return _derive_block(args)
+    for opt in ("out", "m", "gamma"):
+        if getattr(args, opt) is not None:
+            raise ValueError(f"--{opt} needs --block (without it, derive regenerates the "
+                             "package's own artifacts)")
     regenerate = _lazy("codegen", "regenerate")
     stale = list(regenerate(check=args.check))
     if args.check:
@@ -327,6 +355,32 @@ def cmd_derive(args: argparse.Namespace) -> int:
     for path in stale:
         print(f"wrote {path}")
     print(f"regenerated {len(stale)} files" if stale else "nothing to regenerate")
+    return EXIT_OK
+
+
+def _derive_block(args: argparse.Namespace) -> int:
+    """LaTeX of one block's b and Sigma into --out: symbolic, and at the given values."""
+    if args.check:
+        raise ValueError("--check applies to the package's artifacts, not to --block")
+    if args.out is None:
+        raise ValueError("derive --block needs --out DIR (a folder for the LaTeX files)")
+    if args.gamma is None:
+        raise ValueError("derive --block needs --gamma (and the block's other options)")
+    blk = block_from_args(args)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+    m = None if args.m is None else val.check_positive_int("--m", args.m)
+    if m is not None and m < 2:
+        raise ValueError(f"--m (number of tokens) must be >= 2; got {m}")
+    coef = blk.coefficients(m)
+    stem = f"{blk.name}" if m is None else f"{blk.name}_m{m}"
+    files = {out / f"{stem}.tex": coef.latex(),
+             out / f"{stem}_values.tex": coef.with_values().latex()}
+    _io.write_texts(files)
+    for path in files:
+        print(f"wrote {path}")
     return EXIT_OK
 
 
@@ -401,12 +455,13 @@ EXAMPLE_V = ("V files are .npy arrays of an (m, m) symmetric PSD matrix, e.g.\n"
              "  python -c \"import numpy as np; np.save('V0.npy', [[1, .2], [.2, 1]])\"")
 
 
-def _add_block_args(p: argparse.ArgumentParser, *, finite: bool = False) -> None:
+def _add_block_args(p: argparse.ArgumentParser, *, finite: bool = False,
+                    optional: bool = False) -> None:
     g = p.add_argument_group("block", "the residual sub-layer X' = lam X + gamma Branch(X), "
                              "lam^2 + gamma^2 = 1")
-    g.add_argument("--block", required=True, metavar="NAME",
+    g.add_argument("--block", required=not optional, metavar="NAME",
                    help=f"block name: one of {', '.join(sorted(BLOCKS))}")
-    g.add_argument("--gamma", type=float, required=True, metavar="G",
+    g.add_argument("--gamma", type=float, required=not optional, metavar="G",
                    help="branch weight gamma in (0, 1]")
     g.add_argument("--tau0", type=float, metavar="T0",
                    help="attention temperature factor tau0 > 0, tau = tau0 sqrt(n nk) "
@@ -415,7 +470,8 @@ def _add_block_args(p: argparse.ArgumentParser, *, finite: bool = False) -> None
                    help="query/key width (attention only; used by finite networks; "
                         "default: the width n)" if finite else argparse.SUPPRESS)
     g.add_argument("--heads", type=int, metavar="H",
-                   help="number of attention heads n_H >= 1 (attention only; default 1)")
+                   help="number of attention heads n_H >= 1 (attention, transformer; "
+                        "default 1)")
     g.add_argument("--causal", action="store_const", const=True, default=None,
                    help="causal (decoder) attention: token a attends to keys 0..a "
                         "(attention only)")
@@ -492,6 +548,13 @@ def build_parser() -> argparse.ArgumentParser:
                         f"{MAX_STEPS:.0e} without --insist)")
     p.add_argument("--rtol", type=float, default=0.1,
                    help="adaptive step tolerance (docs/solver.md; smaller is finer)")
+    p.add_argument("--save-every", type=int, metavar="K",
+                   help="with --steps: also write the states every K steps (and at t = 0, "
+                        "T) to OUT.trajectory.npy (k, paths, m, m), their times to "
+                        "OUT.times.npy")
+    p.add_argument("--save-times", type=int, metavar="K",
+                   help="also write the states at K + 1 equally spaced times in [0, T] "
+                        "(the steps land on them) to OUT.trajectory.npy and OUT.times.npy")
     _add_exit_trace(p, "path")
     _add_insist(p)
     p.add_argument("--dtype", choices=("float64", "float32"), default="float64")
@@ -530,11 +593,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("derive", formatter_class=fmt,
                        help="regenerate LaTeX and numeric kernels from the derivation",
-                       description="Re-derive b and Sigma symbolically (SymPy) and rewrite the "
+                       description="Without --block: re-derive b and Sigma of the built-in "
+                                   "blocks symbolically (SymPy) and rewrite the package's "
                                    "generated LaTeX (docs/) and kernels "
-                                   "(shapedsde/kernels/_generated_*.py).")
+                                   "(shapedsde/kernels/_generated_*.py). With --block NAME "
+                                   "(and its options): write that block's b and Sigma as "
+                                   "LaTeX into --out DIR, as the matrix form or, with --m, "
+                                   "entry by entry.")
     p.add_argument("--check", action="store_true",
                    help="write nothing; exit 1 if any generated file is stale")
+    _add_block_args(p, optional=True)
+    p.add_argument("--m", type=int, metavar="M",
+                   help="with --block: the explicit entries for M tokens (default: the "
+                        "matrix form, valid for every m)")
+    p.add_argument("--out", metavar="DIR",
+                   help="with --block: folder for BLOCK.tex (symbols) and BLOCK_values.tex "
+                        "(the given parameter values substituted)")
     p.set_defaults(func=cmd_derive)
 
     p = sub.add_parser("verify", formatter_class=fmt,

@@ -61,8 +61,9 @@ class FiniteRun:
 
     V: (nets, m, m) covariance at depth `depth` (at the exit layer for nets that exited);
     depths: (k,) recorded depths (0, r, 2r, ..., always ending at `depth`); trajectory:
-    (nets, k, m, m), frozen after an exit; exit_time: (nets,) float64, exit layer / width
-    (inf where the net stayed inside, or where no exit_trace was given).
+    (k, nets, m, m), time first as in `shapedsde.sde.SDEResult`, frozen after an exit;
+    `times` = depths / width, the SDE time of each record; exit_time: (nets,) float64,
+    exit layer / width (inf where the net stayed inside, or where no exit_trace was given).
     """
 
     V: torch.Tensor
@@ -75,6 +76,11 @@ class FiniteRun:
     seed: int
     exit_time: torch.Tensor | None = None
     exit_trace: float | None = None
+
+    @property
+    def times(self) -> np.ndarray:
+        """(k,) SDE time t = depth / width of each recorded state."""
+        return np.asarray(self.depths, dtype=np.float64) / self.width
 
     @property
     def exited(self) -> torch.Tensor:
@@ -193,11 +199,11 @@ def simulate(
         outs.append(traj_b)
         exits.append(exit_b)
     bar.close()
-    traj = torch.cat(outs, dim=0)  # (nets, k, m, m)
+    traj = torch.cat(outs, dim=1)  # (k, nets, m, m)
     if record_every is None and exit_trace is None:
-        return traj[:, -1]
+        return traj[-1]
     exit_layer = torch.cat(exits).cpu().to(torch.float64)
-    return FiniteRun(V=traj[:, -1], depths=record, trajectory=traj, width=n, depth=depth,
+    return FiniteRun(V=traj[-1], depths=record, trajectory=traj, width=n, depth=depth,
                      T=T, method=method, seed=int(seed),
                      exit_time=None if exit_trace is None else exit_layer / n,
                      exit_trace=exit_trace)
@@ -218,7 +224,7 @@ def gram_matrix(X: torch.Tensor) -> torch.Tensor:
 def _full_runner(block: Block, X0: torch.Tensor, B: int, depth: int, record: list[int],
                  gen: RandomSource, bar, level: float | None
                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """B networks through `depth` sub-layers of block.finite: (B, k, m, m) at `record`
+    """B networks through `depth` sub-layers of block.finite: (k, B, m, m) at `record`
     and each net's exit layer (inf: none); exited nets keep their hidden state."""
     X = X0.expand(B, *X0.shape).clone()
     stopped = _ExitClock(B, level, X.device)
@@ -232,13 +238,13 @@ def _full_runner(block: Block, X0: torch.Tensor, B: int, depth: int, record: lis
         if layer < depth:
             X = stopped.hold(X, block.finite(X, gen, check=False))
             bar.update(B)
-    return torch.stack(saved, dim=1), stopped.layer
+    return torch.stack(saved), stopped.layer
 
 
 def _gram_runner(block: Block, X0: torch.Tensor, B: int, depth: int, record: list[int],
                  gen: torch.Generator, bar, level: float | None
                  ) -> tuple[torch.Tensor, torch.Tensor]:
-    """B networks of the exact-in-law V chain: (B, k, m, m) at `record`, exit layers."""
+    """B networks of the exact-in-law V chain: (k, B, m, m) at `record`, exit layers."""
     n = X0.shape[-1]
     V = (X0 @ X0.T / n).expand(B, -1, -1).clone()
     stopped = _ExitClock(B, level, V.device)
@@ -250,7 +256,7 @@ def _gram_runner(block: Block, X0: torch.Tensor, B: int, depth: int, record: lis
         if layer < depth:
             V = stopped.hold(V, gram_step(block, V, n, gen))
             bar.update(B)
-    return torch.stack(saved, dim=1), stopped.layer
+    return torch.stack(saved), stopped.layer
 
 
 class _ExitClock:

@@ -104,9 +104,10 @@ def test_simulate_trajectory():
     run = simulate(ATT, V0, width=20, T=0.5, nets=3, seed=0, record_every=4, method="auto")
     assert isinstance(run, FiniteRun) and run.method == "gram"
     assert run.depth == 10 and run.depths == [0, 4, 8, 10]
-    assert run.trajectory.shape == (3, 4, 3, 3)
-    torch.testing.assert_close(run.trajectory[:, 0], torch.tensor(V0).expand(3, 3, 3))
-    assert torch.equal(run.trajectory[:, -1], run.V)
+    assert run.trajectory.shape == (4, 3, 3, 3)  # (k, nets, m, m): time first, as the SDE's
+    torch.testing.assert_close(run.trajectory[0], torch.tensor(V0).expand(3, 3, 3))
+    assert torch.equal(run.trajectory[-1], run.V)
+    np.testing.assert_allclose(run.times, np.asarray(run.depths) / 20)
 
 
 @pytest.mark.parametrize("kw, match", [

@@ -287,7 +287,7 @@ def mlp_smooth_trace_variance(V, gamma, f2, f3, scale):
     return (4*_e0*gamma**2 + 0 * _tr(V))[..., 0, 0]
 
 
-def transformer_drift(V, gamma, tau0, c_plus, c_minus):
+def transformer_drift(V, gamma, tau0, heads, c_plus, c_minus):
     """b(V) of the transformer block; V (..., m, m) -> (..., m, m)."""
     m, I, J, P = _setup(V)
     _e0 = _entrywise(V, lambda Vaa, Vbb, rho: -1/2*(-c_minus + c_plus)**2*(rho*_acos(rho) - _sqrt(1 - rho**2))*_sqrt(Vaa)*_sqrt(Vbb)/pi)
@@ -302,24 +302,24 @@ def transformer_drift(V, gamma, tau0, c_plus, c_minus):
     return _e8
 
 
-def transformer_diffusion(V, gamma, tau0, c_plus, c_minus):
+def transformer_diffusion(V, gamma, tau0, heads, c_plus, c_minus):
     """Sigma(V) of the transformer block; V (..., m, m) -> (..., m, m, m, m)."""
     m, I, J, P = _setup(V)
     _e0 = _rP(_rP(V) @ V) @ V
     return (
         (-gamma**2*(gamma - 2)*(gamma + 2)) * _kron("...ac,...bd->...abcd", V, V)
         + (-gamma**2*(gamma - 2)*(gamma + 2)) * _kron("...ad,...bc->...abcd", V, V)
-        + (gamma**4/(m**2*tau0**2)) * _kron("...ac,...bd->...abcd", _e0, V)
-        + (gamma**4/(m**2*tau0**2)) * _kron("...ad,...bc->...abcd", _e0, V)
-        + (gamma**4/(m**2*tau0**2)) * _kron("...ad,...bc->...abcd", V, _e0)
-        + (gamma**4/(m**2*tau0**2)) * _kron("...ac,...bd->...abcd", V, _e0)
+        + (gamma**4/(heads*m**2*tau0**2)) * _kron("...ac,...bd->...abcd", _e0, V)
+        + (gamma**4/(heads*m**2*tau0**2)) * _kron("...ad,...bc->...abcd", _e0, V)
+        + (gamma**4/(heads*m**2*tau0**2)) * _kron("...ad,...bc->...abcd", V, _e0)
+        + (gamma**4/(heads*m**2*tau0**2)) * _kron("...ac,...bd->...abcd", V, _e0)
     )
 
 
 TRANSFORMER_NOISE_GROUPS = 2
 
 
-def transformer_noise(V, N, gamma, tau0, c_plus, c_minus, R=None):
+def transformer_noise(V, N, gamma, tau0, heads, c_plus, c_minus, R=None):
     """Structured noise of the transformer block: N (..., 2, m, m) iid
     N(0, 1) -> (..., m, m) with covariance Sigma(V); O(m^3) per sample.
     R: a factor with R R^T = V if the caller has one (else computed)."""
@@ -329,22 +329,22 @@ def transformer_noise(V, N, gamma, tau0, c_plus, c_minus, R=None):
     _g1 = _e0 @ N[..., 1, :, :] @ _T(R)
     return (
         (gamma*sqrt(2 - gamma)*sqrt(gamma + 2)) * (R @ (N[..., 0, :, :] + _T(N[..., 0, :, :])) @ _T(R)) / 2**0.5
-        + (gamma**2/(m*tau0)) * (_g1 + _T(_g1))
+        + (gamma**2/(sqrt(heads)*m*tau0)) * (_g1 + _T(_g1))
     )
 
 
-def transformer_ito(V, gamma, tau0, c_plus, c_minus):
+def transformer_ito(V, gamma, tau0, heads, c_plus, c_minus):
     """K^{ad} = Sigma^{ab,cd} (V^-1)^{bc} of the transformer block; (..., m, m)."""
     m, I, J, P = _setup(V)
     _e1 = _rP(_rP(V) @ V)
     _e0 = _tr(_e1)
-    _e2 = (_e0*gamma**4/(m**2*tau0**2) - gamma**4*m - gamma**4 + 4*gamma**2*m + 4*gamma**2) * (V)
-    _e3 = (gamma**4/(m*tau0**2) + 2*gamma**4/(m**2*tau0**2)) * (_rP(_rP(V) @ V) @ V)
+    _e2 = (_e0*gamma**4/(heads*m**2*tau0**2) - gamma**4*m - gamma**4 + 4*gamma**2*m + 4*gamma**2) * (V)
+    _e3 = (gamma**4/(heads*m*tau0**2) + 2*gamma**4/(heads*m**2*tau0**2)) * (_rP(_rP(V) @ V) @ V)
     _e4 = _e2 + _e3
     return _e4
 
 
-def transformer_trace_variance(V, gamma, tau0, c_plus, c_minus):
+def transformer_trace_variance(V, gamma, tau0, heads, c_plus, c_minus):
     """Var[tr dV] / dt = sum_ac Sigma^{aa,cc} of the transformer block; (...,)."""
     m, I, J, P = _setup(V)
     _e1 = V @ V
@@ -353,4 +353,4 @@ def transformer_trace_variance(V, gamma, tau0, c_plus, c_minus):
     _e4 = _rP(_rP(V) @ V) @ _e1
     _e3 = _tr(_e4)
     _e5 = _tr(_e1)
-    return (-2*gamma**2*(-_e0*gamma**2 - _e3*gamma**2 + _e5*gamma**2*m**2*tau0**2 - 4*_e5*m**2*tau0**2)/(m**2*tau0**2) + 0 * _tr(V))[..., 0, 0]
+    return (-2*gamma**2*(-_e0*gamma**2 - _e3*gamma**2 + _e5*gamma**2*heads*m**2*tau0**2 - 4*_e5*heads*m**2*tau0**2)/(heads*m**2*tau0**2) + 0 * _tr(V))[..., 0, 0]

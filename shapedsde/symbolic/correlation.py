@@ -280,11 +280,14 @@ def _tidy_factors(f: sp.Expr, back: dict) -> sp.Expr:
 
 
 def correlation_latex_pieces(name: str) -> tuple[str, str]:
-    """(drift, diffusion) of the m = 2 correlation SDE as LaTeX, in V^{aa}, V^{bb}, rho."""
+    """(drift, diffusion) of the m = 2 correlation SDE as LaTeX, in V^{aa}, V^{bb}, rho,
+    broken over align lines where long."""
+    from ..latex import broken_sum
+
     drift, diffusion = reduced_correlation_sde(name, 2)
     sym = _latex_symbols()
-    return tuple(" + ".join(sp.latex(t.xreplace(sym), order="old") for t in display_form(e))
-                 .replace("+ -", "- ") for e in (drift, diffusion))
+    return tuple(broken_sum(sp.Add(*(t.xreplace(sym) for t in display_form(e)),
+                                   evaluate=False)) for e in (drift, diffusion))
 
 
 def latex_correlation(name: str) -> str:

@@ -182,11 +182,8 @@ def derive_matrix_form(name: str) -> MatrixCoefficients:
     """b(V) and Sigma(V) of a named block in matrix form."""
     if name in COMPOSITES:
         parts = [derive_matrix_form(p) for p in COMPOSITES[name]]
-        single = {HEADS: 1}  # the Transformer block uses single-head attention
-        drift = _tidy_matrix(sum((p.drift.subs(single) for p in parts[1:]),
-                                 parts[0].drift.subs(single)))
-        diffusion = [Kron(k.coef.subs(single), k.X, k.xl, k.Y, k.yl)
-                     for p in parts for k in p.diffusion]
+        drift = _tidy_matrix(sum((p.drift for p in parts[1:]), parts[0].drift))
+        diffusion = [k for p in parts for k in p.diffusion]
         return MatrixCoefficients(name, drift, tuple(_collect(diffusion)))
     src, table = _sources()
     orders = by_order(update_rule(name, src))

@@ -1,0 +1,124 @@
+"""b(V) and Sigma(V) of a block as SymPy objects: the public symbolic face.
+
+`Coefficients` holds either the matrix form, valid for every number of tokens m
+(b a matrix expression in V and the centring projector P = I - 11^T/m, Sigma a sum
+of symmetrised Kronecker patterns `Kron`), or the explicit entries for one m
+(b an m x m `sympy.Matrix` in the symbols V_ab, Sigma an (m, m, m, m) `sympy.Array`).
+Parameters stay symbols (gamma, tau_0, n_H, c_+, c_-); `params` maps each to the
+block's value and `with_values()` substitutes them.
+
+Blocks made of sub-layers in sequence add their coefficients at leading order
+(`add`); where the parts disagree on a parameter's value, each part's symbol is
+indexed by its position (gamma_1, gamma_2, ...), so nothing is conflated.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import sympy as sp
+from sympy.matrices.expressions import MatrixExpr
+
+from .kron import Kron
+from .layers import C_MINUS, C_PLUS, GAMMA, HEADS, TAU0, covariance_symbols
+from .smooth import SCALE, derivative_symbol
+
+#: The kernel-parameter name of each parameter symbol (Block.kernel_params keys).
+PARAMETER_SYMBOLS: dict[str, sp.Symbol] = {
+    "gamma": GAMMA, "tau0": TAU0, "heads": HEADS, "c_plus": C_PLUS, "c_minus": C_MINUS,
+    "f2": derivative_symbol(2), "f3": derivative_symbol(3), "scale": SCALE}
+
+
+@dataclass(frozen=True)
+class Coefficients:
+    """b and Sigma of one block: matrix form (`m is None`) or explicit entries for m."""
+
+    drift: MatrixExpr | sp.Matrix
+    diffusion: tuple[Kron, ...] | sp.Array
+    m: int | None = None
+    params: dict[sp.Symbol, Any] = field(default_factory=dict)
+    name: str = ""
+
+    def with_values(self) -> Coefficients:
+        """The same coefficients with every parameter symbol replaced by its value."""
+        values = {s: sp.nsimplify(v) for s, v in self.params.items()}
+        if self.m is None:
+            diffusion: Any = tuple(Kron(k.coef.xreplace(values), k.X, k.xl, k.Y, k.yl)
+                                   for k in self.diffusion)
+        else:  # entry by entry: xreplace is linear in the size, Array.subs is not
+            diffusion = self.diffusion.applyfunc(lambda e: e.xreplace(values))
+        return Coefficients(self.drift.xreplace(values), diffusion, self.m, {}, self.name)
+
+    def entries(self, m: int) -> Coefficients:
+        """Explicit entries for m tokens (V -> the symbols V_ab, P -> I - 11^T/m), left
+        unexpanded (expanding Sigma's m^4 entries costs minutes at m = 5)."""
+        from .evaluate import explicit, explicit_diffusion
+
+        if self.m is not None:
+            if m != self.m:
+                raise ValueError(f"these coefficients are for m = {self.m}, not {m}")
+            return self
+        Vm = covariance_symbols(m)
+        drift = explicit(self.drift, m, Vm)
+        diffusion = explicit_diffusion(self.diffusion, m, Vm)
+        return Coefficients(drift, diffusion, m, self.params, self.name)
+
+    def latex(self) -> str:
+        """A LaTeX fragment (align*) with b and Sigma."""
+        from ..codegen import entrywise_latex_source, latex_source
+        from .matrixform import MatrixCoefficients
+
+        if self.m is None:
+            return latex_source(MatrixCoefficients(self.name, self.drift, self.diffusion))
+        return entrywise_latex_source(self.name, self.m, self.drift, self.diffusion)
+
+
+def from_parameters(drift: Any, diffusion: Any, m: int | None, values: dict[str, Any],
+                    name: str) -> Coefficients:
+    """Coefficients whose symbols are the kernel parameters `values` (name -> value)."""
+    params = {PARAMETER_SYMBOLS[k]: v for k, v in values.items() if k in PARAMETER_SYMBOLS}
+    return Coefficients(drift, diffusion, m, params, name)
+
+
+def add(parts: list[Coefficients], name: str) -> Coefficients:
+    """Leading-order coefficients of independent sub-layers in sequence: their sum.
+
+    A symbol on which the parts' values disagree is renamed per part (gamma -> gamma_i).
+    """
+    m = {p.m for p in parts}
+    if len(m) != 1:
+        raise ValueError("cannot add matrix-form and per-entry coefficients, or two m's")
+    renamed = [_index_conflicts(p, i, parts) for i, p in enumerate(parts)]
+    params = {s: v for p in renamed for s, v in p.params.items()}
+    if parts[0].m is None:
+        drift = sp.MatAdd(*(p.drift for p in renamed)).doit()
+        diffusion: Any = tuple(k for p in renamed for k in p.diffusion)
+    else:
+        drift = sum((p.drift for p in renamed[1:]), renamed[0].drift)
+        diffusion = sum((p.diffusion for p in renamed[1:]), renamed[0].diffusion)
+    return Coefficients(drift, diffusion, parts[0].m, params, name)
+
+
+def part_renames(params: list[dict[sp.Symbol, Any]]) -> list[dict[sp.Symbol, sp.Symbol]]:
+    """Per part, the symbols to rename s -> s_{i+1}: those whose value differs between
+    parts (i = the part's position)."""
+    out = []
+    for i, own in enumerate(params):
+        clash = [s for s, v in own.items() if any(s in q and q[s] != v for q in params)]
+        out.append({s: sp.Symbol(f"{s.name}_{i + 1}", **s.assumptions0) for s in clash})
+    return out
+
+
+def _index_conflicts(part: Coefficients, i: int, parts: list[Coefficients]) -> Coefficients:
+    """`part` with the symbols whose value differs between `parts` indexed by i + 1."""
+    rename = part_renames([q.params for q in parts])[i]
+    if not rename:
+        return part
+    if part.m is None:
+        diffusion: Any = tuple(Kron(k.coef.xreplace(rename), k.X, k.xl, k.Y, k.yl)
+                               for k in part.diffusion)
+    else:
+        diffusion = part.diffusion.xreplace(rename)
+    params = {rename.get(s, s): v for s, v in part.params.items()}
+    return Coefficients(part.drift.xreplace(rename), diffusion, part.m, params, part.name)
