@@ -406,6 +406,13 @@ class _FormulaPrinter(LatexPrinter):
             return rf"\operatorname{{Dg}}\!\left({self._print(others[0])}\right)"
         return super()._print_HadamardProduct(expr)
 
+    def parenthesize(self, item, level, is_neg=False, strict=False):
+        # Dg(X) is already delimited: no parentheses around it inside a product.
+        if (isinstance(item, sp.HadamardProduct) and len(item.args) == 2
+                and any(isinstance(a, sp.Identity) for a in item.args)):
+            return self._print(item)
+        return super().parenthesize(item, level, is_neg=is_neg, strict=strict)
+
     def _print_Entrywise(self, expr):
         return rf"{self._print(expr.name)}(V)"
 

@@ -221,3 +221,24 @@ def test_sde_cli_saves_a_trajectory_time_first(tmp_path, capsys) -> None:
     assert code == 0, err
     assert np.load(tmp_path / "VT.trajectory.npy").shape == (3, 16, 3, 3)
     assert_one_line_error(*run([*base, "--save-every", "5"], capsys)[::2], "--steps")
+
+
+def test_a_users_block_file_runs_from_a_temporary_folder(tmp_path) -> None:
+    """docs/examples/my_block.py, copied out of the repository, runs end to end (LaTeX,
+    SDE with exits, finite networks) and writes nothing into the package."""
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    script = tmp_path / "my_block.py"
+    shutil.copy(root / "docs" / "examples" / "my_block.py", script)
+    before = sorted(p.name for p in (root / "shapedsde" / "kernels").iterdir())
+    res = subprocess.run([sys.executable, str(script), "--quick"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=600,
+                         env={**__import__("os").environ, "OMP_NUM_THREADS": "1"})
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert r"\begin{align}" in res.stdout and "P(exit)" in res.stdout
+    assert "max |z|" in res.stdout
+    assert sorted(p.name for p in (root / "shapedsde" / "kernels").iterdir()) == before
