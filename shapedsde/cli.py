@@ -400,20 +400,18 @@ def cmd_stability(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _floats(text: str) -> list[float]:
-    try:
-        return [float(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated numbers; got {text!r}") \
-            from None
+def _list_of(cast: type) -> Any:
+    """An argparse type: comma-separated values of `cast` (int or float)."""
+    def parse(text: str) -> list:
+        try:
+            return [cast(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {cast.__name__}s; got "
+                                             f"{text!r}") from None
+    return parse
 
 
-def _ints(text: str) -> list[int]:
-    try:
-        return [int(v) for v in text.split(",") if v.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers; got {text!r}") \
-            from None
+_floats, _ints = _list_of(float), _list_of(int)
 
 
 def _point(text: str) -> tuple[float, float]:

@@ -15,22 +15,8 @@ from ..baselines import baseline_blocks, rank_collapse_summary
 from ..blocks import AttentionBlock
 from ..seeds import child_seed
 from ..verification.engine import distance, rho01
-from ._common import (
-    KS_ALPHA,
-    NAMES,
-    PAPER,
-    SDE_DT,
-    FigureOutput,
-    agree,
-    caption,
-    fmt_ks,
-    initial_cov,
-    kde,
-    pyplot,
-    python_command,
-    run_sde,
-    save,
-)
+from . import _common as common
+from ._common import KS_ALPHA, NAMES, PAPER, SDE_DT, FigureOutput
 
 COLORS = {"standard": "C3", "pre-LN": "C1", "shaped": "C0"}
 
@@ -40,15 +26,16 @@ def compute(*, seed: int, nets: int, sde_paths: int, width: int, depth: int, gam
             reference_paths: int, device: str, method: str, progress: bool) -> dict[str, Any]:
     """Finite networks of the three blocks, the shaped SDE at the paper's step (every
     step saved) and, unless reference_dt is None, at a finer step."""
-    V0, T = initial_cov(rho0), depth / width
+    V0, T = common.initial_cov(rho0), depth / width
     blocks = {"standard": baseline_blocks(gamma, tau0)["standard"],
               "pre-LN": baseline_blocks(gamma, tau0)["prenorm"],
               "shaped": AttentionBlock(gamma, tau0=tau0)}
     summary = rank_collapse_summary(blocks, V0, width=width, depth=depth, nets=nets,
                                     seed=child_seed(seed, "fig1", "finite"), device=device,
                                     method=method, progress=progress)
-    res = run_sde(blocks["shaped"], V0, T, paths=sde_paths, seed=child_seed(seed, "fig1", "sde"),
-                  dt=sde_dt, device=device, progress=progress, save_every=1)
+    res = common.run_sde(blocks["shaped"], V0, T, paths=sde_paths,
+                         seed=child_seed(seed, "fig1", "sde"), dt=sde_dt, device=device,
+                         progress=progress, save_every=1)
     sde_rho = rho01(res.trajectory.transpose(0, 1))  # (paths, saved times)
     sde_rho = sde_rho[np.isfinite(sde_rho).all(1)]
     shaped = summary.row("shaped")
@@ -58,7 +45,7 @@ def compute(*, seed: int, nets: int, sde_paths: int, width: int, depth: int, gam
     d["sde_q10"], d["sde_q90"] = np.quantile(sde_rho, [0.1, 0.9], axis=0)
     d["k"] = distance(d["fin_final"], d["sde_final"], alpha=KS_ALPHA)
     if reference_dt is not None:
-        ref = run_sde(blocks["shaped"], V0, T, paths=reference_paths,
+        ref = common.run_sde(blocks["shaped"], V0, T, paths=reference_paths,
                       seed=child_seed(seed, "fig1", "sde-reference"), dt=reference_dt,
                       device=device, progress=progress)
         d["ref_final"] = rho01(ref.V)
@@ -75,7 +62,7 @@ def compute(*, seed: int, nets: int, sde_paths: int, width: int, depth: int, gam
 def plot(d: dict[str, Any], *, width: int, depth: int, sde_dt: float,
          reference_dt: float | None) -> Any:
     """Left: mean rho over depth; right: the final-layer density, networks vs SDE."""
-    plt = pyplot()
+    plt = common.pyplot()
     fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(12, 4.8))
     summary, shaped, k, k_ref = d["summary"], d["shaped"], d["k"], d["k_ref"]
     for r in summary.rows:
@@ -94,11 +81,11 @@ def plot(d: dict[str, Any], *, width: int, depth: int, sde_dt: float,
     grid = np.linspace(-1, 1, 401)
     ax1.hist(d["fin_final"], bins=50, range=(-1, 1), density=True, color="C0", alpha=0.35,
              label=f"shaped network, $n = {width}$ ({len(d['fin_final'])})")
-    ax1.plot(grid, kde(d["fin_final"], grid), color="C0", lw=1.6, label="network KDE")
-    ax1.plot(grid, kde(d["sde_final"], grid), color="k", ls="--", lw=1.6,
+    ax1.plot(grid, common.kde(d["fin_final"], grid), color="C0", lw=1.6, label="network KDE")
+    ax1.plot(grid, common.kde(d["sde_final"], grid), color="k", ls="--", lw=1.6,
              label=f"SDE KDE, $dt = {sde_dt:g}$ ({len(d['sde_final'])} paths)")
     if d["ref_final"] is not None:
-        ax1.plot(grid, kde(d["ref_final"], grid), color="0.45", ls=":", lw=1.6,
+        ax1.plot(grid, common.kde(d["ref_final"], grid), color="0.45", ls=":", lw=1.6,
                  label=f"SDE KDE, $dt = {reference_dt:g}$ "
                        f"({np.isfinite(d['ref_final']).sum()} paths)")
     T = depth / width
@@ -120,7 +107,7 @@ def describe(d: dict[str, Any], *, nets: int, width: int, depth: int, gamma: flo
     std, pre = summary.row("standard"), summary.row("pre-LN")
     T, meta, sde_mean = depth / width, d["meta"], d["sde_mean"]
     ref_txt = ("" if k_ref is None else f"; vs the reference SDE at dt = {reference_dt:g} "
-               f"({k_ref['n_y']} paths): KS {fmt_ks(k_ref)}")
+               f"({k_ref['n_y']} paths): KS {common.fmt_ks(k_ref)}")
     body = (
         f"Left: mean correlation rho^{{01}}_l over layers l = 0..{depth} of {nets} finite "
         f"networks (m = 2, rho0 = {rho0:g}, n = {width}, gamma = 1/sqrt(8) = {gamma:.4f}, "
@@ -133,7 +120,7 @@ def describe(d: dict[str, Any], *, nets: int, width: int, depth: int, gamma: flo
         f"({100 * std.collapsed:.1f}% of networks with rho > 0.99), pre-LN "
         f"{pre.final_mean:.4f} ({100 * pre.collapsed:.1f}%), shaped {shaped.final_mean:.3f} "
         f"+- {shaped.final_se:.3f} ({100 * shaped.collapsed:.1f}%); SDE {sde_mean[-1]:.3f}. "
-        f"Final-layer rho, shaped network vs SDE: KS {fmt_ks(k)}{ref_txt}. Largest gap "
+        f"Final-layer rho, shaped network vs SDE: KS {common.fmt_ks(k)}{ref_txt}. Largest gap "
         f"between the finite and SDE mean curves relative to its standard error: "
         f"{gap['gap']:.3f} at layer {gap['layer']} "
         f"({gap['gap'] / max(gap['se'], 1e-12):.1f} combined SE). SDE: "
@@ -157,9 +144,9 @@ def describe(d: dict[str, Any], *, nets: int, width: int, depth: int, gamma: flo
         f"(SDE: {sde_mean[-1]:.3f}; {100 * shaped.collapsed:.1f}% collapsed); its 10-90% range "
         f"at layer {depth} is [{shaped.q10[-1]:.2f}, {shaped.q90[-1]:.2f}] (SDE "
         f"[{d['sde_q10'][-1]:.2f}, {d['sde_q90'][-1]:.2f}]). Final-layer density, shaped "
-        f"networks vs SDE (dt = {sde_dt:g}): KS {fmt_ks(k)}, {agree(k)}"
+        f"networks vs SDE (dt = {sde_dt:g}): KS {common.fmt_ks(k)}, {common.agree(k)}"
         + ("." if k_ref is None else f"; against a finer-step SDE (dt = {reference_dt:g}, "
-           f"{k_ref['n_y']} paths): KS {fmt_ks(k_ref)}, {agree(k_ref)}."))
+           f"{k_ref['n_y']} paths): KS {common.fmt_ks(k_ref)}, {common.agree(k_ref)}."))
     return body, paragraph
 
 
@@ -205,7 +192,7 @@ def figure1(out: str | Path = "docs/figures", *, seed: int = 0, nets: int = PAPE
                     blocks={"standard": "A = Softmax(Y/sqrt(nk)), residual lam, gamma",
                             "pre-LN": "prenorm: RMS-normalised tokens into Q, K, V; residual",
                             "shaped": "A = I + Softmax(Y/(tau0 sqrt(n nk))) - 11^T/m"})
-    command = command or python_command("figure1_paper", "figure1",
+    command = command or common.python_command("figure1_paper", "figure1",
                                         dict(out=str(out), seed=seed, nets=nets))
     d = compute(seed=seed, nets=nets, sde_paths=sde_paths, width=width, depth=depth,
                 gamma=gamma, tau0=tau0, rho0=rho0, sde_dt=sde_dt, reference_dt=reference_dt,
@@ -217,6 +204,6 @@ def figure1(out: str | Path = "docs/figures", *, seed: int = 0, nets: int = PAPE
                                method=method)
     numbers, arrays = _numbers_and_arrays(d)
     seconds = time.perf_counter() - t0
-    files = save(fig, out, NAMES["fig1"], arrays,
-                 caption("fig1", command, settings, body, seconds), settings)
+    files = common.save(fig, out, NAMES["fig1"], arrays,
+                 common.caption("fig1", command, settings, body, seconds), settings)
     return FigureOutput("fig1", NAMES["fig1"], files, numbers, paragraph, seconds, settings)

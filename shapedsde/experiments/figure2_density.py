@@ -18,20 +18,8 @@ from ..blocks import AttentionBlock, Block, LinearBlock
 from ..finite import simulate
 from ..seeds import child_seed
 from ..verification.engine import compare_law, rho01
-from ._common import (
-    KS_ALPHA,
-    NAMES,
-    PAPER,
-    SDE_DT,
-    FigureOutput,
-    caption,
-    initial_cov,
-    kde,
-    pyplot,
-    python_command,
-    run_sde,
-    save,
-)
+from . import _common as common
+from ._common import KS_ALPHA, NAMES, PAPER, SDE_DT, FigureOutput
 
 #: Settings where the law of rho at T sees the attention terms (the no-attention SDE is
 #: KS ~0.1 away with 4096 paths); the paper's setting (gamma = 1/sqrt(8), tau0 = 1,
@@ -46,9 +34,9 @@ def density_row(label: str, blk_of_n: Callable[[int], Block], sde_blk: Any, cont
                 progress: bool, sde_dt: float | None) -> dict[str, Any]:
     """Finite networks at each width against the SDE and the control SDE, by
     `verification.engine.compare_law` on rho (and on log V00 against the SDE)."""
-    res = run_sde(sde_blk, V0, T, paths=sde_paths, seed=child_seed(seed, key, label, "sde"),
+    res = common.run_sde(sde_blk, V0, T, paths=sde_paths, seed=child_seed(seed, key, label, "sde"),
                   dt=sde_dt, device=device, progress=progress)
-    ctrl = run_sde(control, V0, T, paths=sde_paths,
+    ctrl = common.run_sde(control, V0, T, paths=sde_paths,
                    seed=child_seed(seed, key, label, "control"), dt=sde_dt, device=device,
                    progress=progress)
     sde_rho, ctrl_rho = rho01(res.V), rho01(ctrl.V)
@@ -78,7 +66,7 @@ def density_row(label: str, blk_of_n: Callable[[int], Block], sde_blk: Any, cont
 def plot_density_row(axes: Sequence[Any], rows: dict[str, Any], label: str,
                      control_label: str, color: str) -> None:
     """One histogram per width with the SDE's KDE, and the KS distance against n."""
-    sde_kde = kde(rows["sde_rho"], GRID)
+    sde_kde = common.kde(rows["sde_rho"], GRID)
     for ax, n, d, k in zip(axes[:-1], rows["widths"], rows["depths"], rows["ks"], strict=False):
         rho = rows["finite_rho"][n]
         ax.hist(rho[np.isfinite(rho)], bins=40, range=(-1, 1), density=True, color=color,
@@ -190,10 +178,10 @@ def figure2(out: str | Path = "docs/figures", *, seed: int = 0,
                     sde_paths=sde_paths, sde_dt=sde_dt, root_seed=seed,
                     device=device, method=method,
                     control="linear block SDE (every attention term removed)")
-    command = command or python_command("figure2_density", "figure2",
+    command = command or common.python_command("figure2_density", "figure2",
                                         dict(out=str(out), seed=seed, widths=tuple(widths),
                                              nets=nets))
-    V0 = initial_cov(rho0)
+    V0 = common.initial_cov(rho0)
     all_rows, labels = [], []
     for c in cases:
         blk = AttentionBlock(c["gamma"], tau0=c["tau0"])
@@ -202,7 +190,7 @@ def figure2(out: str | Path = "docs/figures", *, seed: int = 0,
                                     LinearBlock(c["gamma"]), V0, c["T"], widths, nets,
                                     sde_paths, seed, "fig2", device, method, torch.float64,
                                     progress, sde_dt))
-    plt = pyplot()
+    plt = common.pyplot()
     ncol = len(widths) + 1
     fig, axes = plt.subplots(len(cases), ncol, figsize=(3.4 * ncol, 3.6 * len(cases)),
                              squeeze=False)
@@ -225,8 +213,8 @@ def figure2(out: str | Path = "docs/figures", *, seed: int = 0,
     arrays: dict[str, Any] = {}
     for i, rows in enumerate(all_rows):
         arrays.update(ks_arrays(f"case{i}_", rows))
-    files = save(fig, out, NAMES["fig2"], arrays,
-                 caption("fig2", command, settings, body, seconds), settings)
+    files = common.save(fig, out, NAMES["fig2"], arrays,
+                 common.caption("fig2", command, settings, body, seconds), settings)
     para = [f"at {lab}: {trend(r)}; {power_sentence(r, 'the no-attention SDE')}; "
             f"{v00_sentence(r)}" for lab, r in zip(labels, all_rows, strict=True)]
     paragraph = (f"Final-layer correlation of shaped attention at n = "

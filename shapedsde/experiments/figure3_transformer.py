@@ -12,28 +12,10 @@ import torch
 
 from .. import _validation as val
 from ..blocks import AttentionBlock, LinearBlock, MlpBlock, SumOfCoefficients, TransformerBlock
-from ._common import (
-    NAMES,
-    PAPER,
-    SDE_DT,
-    FigureOutput,
-    caption,
-    initial_cov,
-    pyplot,
-    python_command,
-    save,
-)
-from .figure2_density import (
-    POWERED,
-    density_row,
-    ks_arrays,
-    ks_numbers,
-    ks_table,
-    plot_density_row,
-    power_sentence,
-    trend,
-    v00_sentence,
-)
+from . import _common as common
+from . import figure2_density as density
+from ._common import NAMES, PAPER, SDE_DT, FigureOutput
+from .figure2_density import POWERED
 
 
 def figure3(out: str | Path = "docs/figures", *, seed: int = 0,
@@ -62,25 +44,25 @@ def figure3(out: str | Path = "docs/figures", *, seed: int = 0,
                     sde_dt=sde_dt, finite_method="full",
                     finite_dtype=str(dtype).removeprefix("torch."), root_seed=seed,
                     device=device)
-    command = command or python_command("figure3_transformer", "figure3",
+    command = command or common.python_command("figure3_transformer", "figure3",
                                         dict(out=str(out), seed=seed))
-    V0 = initial_cov(rho0)
+    V0 = common.initial_cov(rho0)
     tblk = TransformerBlock(gamma, tau0=tau0, c_plus=c_plus, c_minus=c_minus)
     tctrl = SumOfCoefficients((LinearBlock(gamma), MlpBlock(gamma, c_plus=c_plus, c_minus=c_minus)))
-    trows = density_row("transformer", lambda n: tblk, tblk, tctrl, V0, T, tw,
+    trows = density.density_row("transformer", lambda n: tblk, tblk, tctrl, V0, T, tw,
                         transformer_nets, sde_paths, seed, "fig3", device, "full", dtype,
                         progress, sde_dt)
     mblk = AttentionBlock(gamma, tau0=tau0, heads=heads)
-    mrows = density_row(f"{heads}-head attention",
+    mrows = density.density_row(f"{heads}-head attention",
                         lambda n: AttentionBlock(gamma, tau0=tau0, heads=heads, nk=n // heads),
                         mblk, LinearBlock(gamma), V0, T, mw, multihead_nets, sde_paths, seed,
                         "fig3", device, "full", dtype, progress, sde_dt)
-    plt = pyplot()
+    plt = common.pyplot()
     ncol = max(len(tw), len(mw)) + 1
     fig, axes = plt.subplots(2, ncol, figsize=(3.4 * ncol, 7.2), squeeze=False)
-    plot_density_row([*axes[0, :len(tw)], axes[0, -1]], trows, "Transformer block",
+    density.plot_density_row([*axes[0, :len(tw)], axes[0, -1]], trows, "Transformer block",
                      "MLP-only SDE", "C2")
-    plot_density_row([*axes[1, :len(mw)], axes[1, -1]], mrows, f"{heads}-head attention",
+    density.plot_density_row([*axes[1, :len(mw)], axes[1, -1]], mrows, f"{heads}-head attention",
                      "no-attention SDE", "C4")
     for row, used in ((0, len(tw)), (1, len(mw))):
         for ax in axes[row, used:-1]:
@@ -100,17 +82,17 @@ def figure3(out: str | Path = "docs/figures", *, seed: int = 0,
             f"value blocks of width n/{heads}), {multihead_nets} networks per width; control: "
             "the linear block's SDE. Every weight is drawn (method 'full'), in "
             f"{settings['finite_dtype']}.\n\n"
-            + ks_table("Transformer block", trows, "MLP-only SDE") + "\n\n"
-            + ks_table(f"{heads}-head attention", mrows, "no-attention SDE"))
-    arrays = {**ks_arrays("transformer_", trows), **ks_arrays("multihead_", mrows)}
-    files = save(fig, out, NAMES["fig3"], arrays,
-                 caption("fig3", command, settings, body, seconds), settings)
+            + density.ks_table("Transformer block", trows, "MLP-only SDE") + "\n\n"
+            + density.ks_table(f"{heads}-head attention", mrows, "no-attention SDE"))
+    arrays = {**density.ks_arrays("transformer_", trows), **density.ks_arrays("multihead_", mrows)}
+    files = common.save(fig, out, NAMES["fig3"], arrays,
+                 common.caption("fig3", command, settings, body, seconds), settings)
+    said = {k: f"{density.trend(r)}; {density.power_sentence(r, c)}; {density.v00_sentence(r)}"
+            for k, r, c in (("t", trows, "the MLP-only SDE"), ("m", mrows, "the no-attention SDE"))}
     paragraph = (f"The same comparison, at gamma = {gamma:g}, tau0 = {tau0:g}, T = {T:g}, with "
                  "every weight drawn, for the shaped Transformer block (attention then MLP; "
-                 f"{transformer_nets} networks per width; {trend(trows)}; "
-                 f"{power_sentence(trows, 'the MLP-only SDE')}; {v00_sentence(trows)}) and for "
-                 f"{heads}-head shaped attention (nk = n/{heads}; {multihead_nets} networks per "
-                 f"width; {trend(mrows)}; {power_sentence(mrows, 'the no-attention SDE')}; "
-                 f"{v00_sentence(mrows)}).")
-    numbers = {"transformer": ks_numbers(trows), "multihead": ks_numbers(mrows)}
+                 f"{transformer_nets} networks per width; {said['t']}) and for {heads}-head "
+                 f"shaped attention (nk = n/{heads}; {multihead_nets} networks per width; "
+                 f"{said['m']}).")
+    numbers = {"transformer": density.ks_numbers(trows), "multihead": density.ks_numbers(mrows)}
     return FigureOutput("fig3", NAMES["fig3"], files, numbers, paragraph, seconds, settings)

@@ -12,16 +12,8 @@ import numpy as np
 
 from ..baselines import baseline_blocks, rank_collapse_summary
 from ..seeds import child_seed
-from ._common import (
-    NAMES,
-    PAPER,
-    FigureOutput,
-    caption,
-    initial_cov,
-    pyplot,
-    python_command,
-    save,
-)
+from . import _common as common
+from ._common import NAMES, PAPER, FigureOutput
 
 COLORS = {"standard": "C3", "standard-noresidual": "C5", "prenorm": "C1",
           "centering-only": "C2", "temperature-only": "C4", "shaped": "C0"}
@@ -30,7 +22,7 @@ COLORS = {"standard": "C3", "standard-noresidual": "C5", "prenorm": "C1",
 def plot(summary: Any, *, width: int, depth: int, nets: int, threshold: float) -> Any:
     """Left: mean rho over depth; middle: fraction collapsed; right: median tr V growth."""
     colors = COLORS
-    plt = pyplot()
+    plt = common.pyplot()
     fig, (ax0, ax1, ax2) = plt.subplots(1, 3, figsize=(16, 4.8),
                                         gridspec_kw=dict(width_ratios=[1.3, 1, 1]))
     d = summary.depths
@@ -132,9 +124,9 @@ def figure4(out: str | Path = "docs/figures", *, seed: int = 0, nets: int = PAPE
                             "centering-only": "I + Softmax(Y/sqrt(nk)) - 11^T/m, residual",
                             "temperature-only": "Softmax(Y/(tau0 sqrt(n nk))), residual",
                             "shaped": "I + Softmax(Y/(tau0 sqrt(n nk))) - 11^T/m, residual"})
-    command = command or python_command("figure4_rank_collapse", "figure4",
+    command = command or common.python_command("figure4_rank_collapse", "figure4",
                                         dict(out=str(out), seed=seed, nets=nets))
-    V0 = initial_cov(rho0)
+    V0 = common.initial_cov(rho0)
     summary = rank_collapse_summary(baseline_blocks(gamma, tau0), V0, width=width, depth=depth,
                                     nets=nets, seed=child_seed(seed, "fig4", "finite"),
                                     threshold=threshold, device=device, method=method,
@@ -144,8 +136,8 @@ def figure4(out: str | Path = "docs/figures", *, seed: int = 0, nets: int = PAPE
                                tau0=tau0, rho0=rho0, threshold=threshold, method=method)
     numbers, arrays = _numbers_and_arrays(summary)
     seconds = time.perf_counter() - t0
-    files = save(fig, out, NAMES["fig4"], arrays,
-                 caption("fig4", command, settings, body, seconds), settings)
+    files = common.save(fig, out, NAMES["fig4"], arrays,
+                 common.caption("fig4", command, settings, body, seconds), settings)
     return FigureOutput("fig4", NAMES["fig4"], files, numbers, paragraph, seconds, settings)
 
 

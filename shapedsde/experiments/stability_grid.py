@@ -26,20 +26,10 @@ import torch
 from .. import _io
 from .. import _validation as val
 from ..seeds import check_root, child_seed
+from . import stability_stats as vt
 from ._common import pyplot, save_plot, stem
 from .stability_scales import attention_free, check_grid, map_block
-from .stability_stats import (
-    BOOTSTRAP,
-    COUNTER_LABELS,
-    EIG_THRESHOLD,
-    RHO_THRESHOLD,
-    STAT_LABELS,
-    check_v0,
-    counter_stats,
-    path_statistics,
-    solve_survivors,
-    summarize,
-)
+from .stability_stats import BOOTSTRAP, COUNTER_LABELS, EIG_THRESHOLD, RHO_THRESHOLD, STAT_LABELS
 
 #: Panels of `StabilityMap.plot`.
 PLOT_STATS = ("rho_std", "rho_range", "p_degenerate", "p_collapse",
@@ -262,7 +252,7 @@ def stability_map(block_name: str, gammas: Any, tau0s: Any, *, T: float, V0: Any
     gammas, tau0s = check_grid("gammas", gammas, upper=1.0), check_grid("tau0s", tau0s)
     T = val.check_time(T)
     paths = val.check_positive_int("paths", paths)
-    V0 = check_v0(V0)
+    V0 = vt.check_v0(V0)
     for name, thr in (("eig_threshold", eig_threshold), ("rho_threshold", rho_threshold)):
         if not 0 < thr <= 1:
             raise ValueError(f"{name} must lie in (0, 1]; got {thr}")
@@ -290,10 +280,10 @@ def stability_map(block_name: str, gammas: Any, tau0s: Any, *, T: float, V0: Any
         coef = attention_free(blocks[i][0]) if j is None else blocks[i][j]
         s = int(ref_seeds[i]) if j is None else int(cell_seeds[i, j])
         t0 = time.perf_counter()
-        V, meta = solve_survivors(coef, V0, T, paths, s, steps, device)
-        est, err = summarize(path_statistics(V, V0),
+        V, meta = vt.solve_survivors(coef, V0, T, paths, s, steps, device)
+        est, err = vt.summarize(vt.path_statistics(V, V0),
                              seed=boot_seeds[G * K + i if j is None else i * K + j], **kw)
-        c_est, c_err = counter_stats(meta)
+        c_est, c_err = vt.counter_stats(meta)
         est |= c_est
         err |= c_err
         err["n"] = 0.0

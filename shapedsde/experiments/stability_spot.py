@@ -20,20 +20,10 @@ from .. import _validation as val
 from ..seeds import spawn_seeds
 from ..verification.common import LINE_ALPHA
 from ..verification.engine import compare_law
+from . import stability_stats as vt
 from ._common import stem
 from .stability_scales import attention_free, map_block
-from .stability_stats import (
-    BOOTSTRAP,
-    EIG_THRESHOLD,
-    EXIT_TRACE,
-    RHO_THRESHOLD,
-    STAT_LABELS,
-    check_v0,
-    counter_stats,
-    path_statistics,
-    solve_survivors,
-    summarize,
-)
+from .stability_stats import BOOTSTRAP, EIG_THRESHOLD, EXIT_TRACE, RHO_THRESHOLD, STAT_LABELS
 
 #: Statistics compared by `spot_check`.
 SPOT_STATS = ("rho_mean", "rho_std", "rho_q10", "rho_q90", "rho_range", "p_degenerate",
@@ -129,7 +119,7 @@ def spot_check(block_name: str, gamma: float, tau0: float, *, T: float, V0: Any,
 
     blk = map_block(block_name, float(gamma), float(tau0), **block_params)
     T = val.check_time(T)
-    V0 = check_v0(V0)
+    V0 = vt.check_v0(V0)
     width = val.check_positive_int("width", width)
     nets = val.check_positive_int("nets", nets)
     paths = val.check_positive_int("paths", paths)
@@ -145,13 +135,13 @@ def spot_check(block_name: str, gamma: float, tau0: float, *, T: float, V0: Any,
     Vf = run.V[~run.exited.to(run.V.device)]  # the stopped networks' survivors, as for the SDE
     t_fin = time.perf_counter() - t0
     t0 = time.perf_counter()
-    Vs, meta = solve_survivors(blk, V0, T, paths, seeds["sde"], steps, device)
-    Vc, _ = solve_survivors(attention_free(blk), V0, T, paths, seeds["control"], steps, device)
+    Vs, meta = vt.solve_survivors(blk, V0, T, paths, seeds["sde"], steps, device)
+    Vc, _ = vt.solve_survivors(attention_free(blk), V0, T, paths, seeds["control"], steps, device)
     t_sde = time.perf_counter() - t0
 
-    xf, xs, xc = (path_statistics(v, V0) for v in (Vf, Vs, Vc))
-    f, f_se = summarize(xf, seed=seeds["boot_finite"], **kw)
-    s, s_se = summarize(xs, seed=seeds["boot_sde"], **kw)
+    xf, xs, xc = (vt.path_statistics(v, V0) for v in (Vf, Vs, Vc))
+    f, f_se = vt.summarize(xf, seed=seeds["boot_finite"], **kw)
+    s, s_se = vt.summarize(xs, seed=seeds["boot_sde"], **kw)
     z = {k: _z(f[k] - s[k], f_se[k], s_se[k]) for k in SPOT_STATS}
     law = compare_law(xf["rho01"], xs["rho01"], {"attention-free": xc["rho01"]},
                       stat="rho01", alpha=LINE_ALPHA)
@@ -163,7 +153,7 @@ def spot_check(block_name: str, gamma: float, tau0: float, *, T: float, V0: Any,
         rho_threshold=rho_threshold, finite=f, finite_se=f_se, sde=s,
         sde_se=s_se, z=z, ks={"statistic": law.true["ks"], "pvalue": law.true["p"]},
         control_ks={"statistic": ctrl["ks"], "pvalue": ctrl["p"]}, verdict=law.status,
-        sde_counters=counter_stats(meta)[0], seeds=seeds,
+        sde_counters=vt.counter_stats(meta)[0], seeds=seeds,
         wall_s={"finite": t_fin, "sde": t_sde})
 
 
