@@ -22,10 +22,6 @@ from typing import Any
 
 import numpy as np
 
-from .seeds import spawn_seeds
-
-__all__ = ["run_tasks", "sample_finite", "sample_sde", "spawn_seeds"]
-
 
 def run_tasks(fn: Callable[..., Any], tasks: Sequence[dict[str, Any]], *, workers: int = 1,
               scheduler: str | None = None, progress: bool = False) -> list[Any]:

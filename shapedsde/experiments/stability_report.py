@@ -4,11 +4,11 @@ checks at chosen points and widths, and a summary, written to one folder as
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from .. import _io
 from ..seeds import child_seed
 from .stability_grid import stability_map
 from .stability_scales import equicorrelated
@@ -59,7 +59,7 @@ def run_stability(out: str | Path, *, block: str = "attention", quick: bool = Fa
             lines.append(sc.summary())
     if spots:
         p = out / f"{name}_spot.json"
-        p.write_text(json.dumps(spots, indent=1, allow_nan=False) + "\n")
+        p.write_text(_io.dumps(spots) + "\n")
         written.append(p)
     summary = out / f"{name}_summary.txt"
     summary.write_text("\n".join(lines) + "\n")

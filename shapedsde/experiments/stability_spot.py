@@ -6,7 +6,6 @@ if that is not rejected either, the check has no power."""
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -65,7 +64,7 @@ class SpotCheck:
         return _io.jsonable(d)
 
     def to_json(self, indent: int | None = 1) -> str:
-        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+        return _io.dumps(self.to_dict(), indent=indent)
 
     def save(self, path: str | Path) -> Path:
         p = stem(path).with_suffix(".json")
