@@ -36,8 +36,14 @@ def plot_law_distance(ax: Any, widths: Sequence[int], ks: Sequence[float], *,
     ax.loglog(n, ks[0] * (n / n[0]) ** GUIDE_SLOPE, "k--", lw=1, label=r"$\propto n^{-1/2}$")
     if noise is not None:
         ax.axhline(noise, color="0.5", lw=1, ls="-.", label="sampling noise (mean KS, one law)")
+    from matplotlib.ticker import FormatStrFormatter, LogLocator, NullLocator
+
     ax.set_xticks(n, [str(int(v)) for v in n])
-    ax.minorticks_off()
+    ax.xaxis.set_minor_locator(NullLocator())
+    # 1-2-5 ticks, so that a range within one decade is still labelled
+    ax.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+    ax.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax.yaxis.set_minor_locator(NullLocator())
     ax.set(xlabel=r"width $n$ ($d/n$ fixed)", ylabel=r"KS distance of $\rho_T$")
     ax.grid(alpha=0.3, which="both")
 
