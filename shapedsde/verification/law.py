@@ -8,8 +8,9 @@ same V0 on three statistics:
     centred  = tr(P V P) / tr(V),  P = I - 11^T / m   (moved by the attention terms)
 with the two-sample KS statistic / p-value and Wasserstein-1. Wasserstein-1 of
 V00 is taken on log V00: near the SDE's finite-time blow-up V00 is heavy-tailed
-(finite networks can grow geometrically once Softmax saturates, while the SDE
-solver tames exploding paths), and raw W1 would measure only those few paths.
+(finite networks can grow geometrically once Softmax saturates), and raw W1
+would measure only those few paths. The statistics, distances and verdicts are
+those of `verification.engine`, the comparison every law check shares.
 
 Negative controls ("power"): the same finite samples against deliberately wrong
 SDEs, (a) "no-attention": the linear block with the same gamma (every attention
