@@ -53,6 +53,11 @@ def fitted_slope(widths: Sequence[int], ks: Sequence[float]) -> float:
     return float(np.polyfit(np.log(widths), np.log(ks), 1)[0])
 
 
+def _floor_note(ks: Sequence[float], noise: float) -> str:
+    """Says so when every distance is within 1.5 times the noise floor: no rate to read."""
+    return "; at the noise floor, no rate to read" if max(ks) < 1.5 * noise else ""
+
+
 def load_cases(path: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     """Figure 2's widths and distances per case, and its settings."""
     if not path.is_file():
@@ -110,7 +115,8 @@ def figure5(out: str | Path = "docs/figures", *, source: str | Path | None = Non
                  caption("fig5", command, settings, body, seconds), settings)
     paragraph = ("Figure 2's distances on log-log axes: fitted slopes of log KS against log n "
                  + ", ".join(f"{c['slope']:.2f} (gamma = {c['setting']['gamma']:.3g}, tau0 = "
-                             f"{c['setting']['tau0']:g})" for c in cases)
+                             f"{c['setting']['tau0']:g}{_floor_note(c['ks'], noise)})"
+                             for c in cases)
                  + f", against the guide's -1/2; the noise floor is KS {noise:.3f}.")
     numbers = {"slopes": [c["slope"] for c in cases], "noise_floor": noise,
                "ks": [c["ks"] for c in cases], "widths": cases[0]["widths"]}
