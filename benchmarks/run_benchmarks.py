@@ -29,6 +29,7 @@ import torch
 import shapedsde
 from shapedsde.finite import simulate
 from shapedsde.sde import default_steps, solve
+from shapedsde.verification.engine import distance, rho01
 from shapedsde.weights import WeightSource
 
 
@@ -226,22 +227,15 @@ def bench_accumulation(n: int, m: int, nets: int, device: str) -> dict:
             "float32_accumulation_rel_error": rel, "float32_vs_float64_mean_max_abs_z": z}
 
 
-def _rho(V: torch.Tensor) -> np.ndarray:
-    V = V.double().cpu().numpy()
-    return V[:, 0, 1] / np.sqrt(V[:, 0, 0] * V[:, 1, 1])
-
-
 def _timed_ks(sample, ref: np.ndarray, seeds: range) -> tuple[float, float]:
     """Median KS distance to `ref` over the seeds and the mean wall time of one sample."""
-    from scipy.stats import ks_2samp
-
     sample(seeds[0])  # warm-up, not timed
     ks, t = [], 0.0
     for seed in seeds:
         start = time.perf_counter()
-        rho = _rho(sample(seed))
+        rho = rho01(sample(seed))
         t += time.perf_counter() - start
-        ks.append(ks_2samp(rho, ref).statistic)
+        ks.append(distance(rho, ref)["ks"])
     return float(np.median(ks)), t / len(seeds)
 
 
@@ -259,7 +253,7 @@ def bench_accuracy(widths: list[int], T: float, nets: int, device: str,
     blk = shapedsde.block("attention", gamma=0.8, tau0=1.0)
     V0 = random_cov(3, seed=1)
     fine = 4 * default_steps(T)
-    ref = _rho(solve(blk, V0, T, paths=40 * nets, seed=10**6, steps=fine, device=device).V)
+    ref = rho01(solve(blk, V0, T, paths=40 * nets, seed=10**6, steps=fine, device=device).V)
     rows = []
     for n in widths:
         ks_fin, t_gram = _timed_ks(lambda s, n=n: simulate(

@@ -159,3 +159,29 @@ def write_texts(files: Mapping[Path, str]) -> None:
         for tmp, _ in staged:
             with contextlib.suppress(OSError):
                 tmp.unlink()
+
+
+def jsonable(x: Any) -> Any:
+    """`x` as plain JSON values: string keys, lists for tuples and arrays (numpy or torch),
+    Python numbers for numpy scalars, and None for a non-finite float (strict JSON has no
+    NaN or inf; readers map None back to NaN). Anything else unknown becomes its str."""
+    if isinstance(x, Mapping):
+        return {str(k): jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [jsonable(v) for v in x]
+    if hasattr(x, "tolist") and not isinstance(x, (np.generic, str)):  # arrays, tensors
+        return jsonable(x.tolist())
+    if isinstance(x, (bool, np.bool_)):
+        return bool(x)
+    if isinstance(x, (int, np.integer)):
+        return int(x)
+    if isinstance(x, (float, np.floating)):
+        return float(x) if np.isfinite(x) else None
+    if x is None or isinstance(x, str):
+        return x
+    return str(x)
+
+
+def dumps(x: Any, indent: int | None = 1) -> str:
+    """Strict JSON text of `jsonable(x)`."""
+    return json.dumps(jsonable(x), indent=indent, allow_nan=False)

@@ -369,16 +369,14 @@ class RankCollapseSummary:
 
 
 def wilson_interval(k: int, N: int, z: float = 1.96) -> tuple[float, float]:
-    """95% Wilson score interval for a binomial proportion k / N."""
+    """Wilson score interval (scipy's) for a binomial proportion k / N; z = 1.96: 95%."""
     if N == 0:
         return (math.nan, math.nan)
-    p = k / N
-    den = 1 + z * z / N
-    mid = (p + z * z / (2 * N)) / den
-    half = z * math.sqrt(p * (1 - p) / N + z * z / (4 * N * N)) / den
-    lo = 0.0 if k == 0 else max(0.0, mid - half)
-    hi = 1.0 if k == N else min(1.0, mid + half)
-    return (lo, hi)
+    from scipy.stats import binomtest, norm
+
+    ci = binomtest(int(k), int(N)).proportion_ci(confidence_level=float(2 * norm.cdf(z) - 1),
+                                                 method="wilson")
+    return (0.0 if k == 0 else float(ci.low), 1.0 if k == N else float(ci.high))
 
 
 def rank_collapse_summary(

@@ -1,4 +1,4 @@
-"""Command-line interface: `shapedsde {coeffs,sde,finite,derive,verify}`.
+"""Command-line interface: `shapedsde {coeffs,sde,finite,derive,verify,figures,stability}`.
 
 `main(argv)` returns the exit status instead of exiting, so it can be called
 in-process. Invalid input (a ValueError from validation, an unreadable file,
@@ -438,14 +438,100 @@ def _verdict_ok(result: Any) -> bool:
 
 
 def cmd_figures(args: argparse.Namespace) -> int:
-    make_figures = _lazy("figures", "make_figures")
-    parse_only = _lazy("figures", "parse_only")
+    make_figures = _lazy("experiments", "make_figures")
+    parse_only = _lazy("experiments", "parse_only")
     only = parse_only(args.only)  # validate before any work
     seed = val.check_seed(args.seed, "--seed")
     make_figures(args.out, quick=args.quick, seed=seed, device=str(_device(args.device)),
                  only=only, method=args.method, progress=not args.quiet)
     print(f"figures written to {args.out} (README.md, summary.json)")
     return EXIT_OK
+
+
+def cmd_stability(args: argparse.Namespace) -> int:
+    run_stability = _lazy("experiments", "run_stability")
+    params = {k: getattr(args, k) for k in ("heads", "c_plus", "c_minus")
+              if getattr(args, k) is not None}
+    lines, written = run_stability(
+        args.out, block=args.block, quick=args.quick, T=args.T, m=args.m, rho0=args.rho0,
+        seed=val.check_seed(args.seed, "--seed"), device=str(_device(args.device)),
+        steps=args.steps, reference=not args.no_reference, eig_threshold=args.eig_threshold,
+        rho_threshold=args.rho_threshold, name=args.name, spot_paths=args.spot_paths,
+        progress=args.progress, block_params=params, gammas=args.gammas, tau0s=args.tau0s,
+        paths=args.paths, spot=args.spot, widths=args.widths, nets=args.nets)
+    print("\n".join(lines))
+    print("wrote " + ", ".join(str(p) for p in written))
+    return EXIT_OK
+
+
+def _list_of(cast: type) -> Any:
+    """An argparse type: comma-separated values of `cast` (int or float)."""
+    def parse(text: str) -> list:
+        try:
+            return [cast(v) for v in text.split(",") if v.strip()]
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected comma-separated {cast.__name__}s; got "
+                                             f"{text!r}") from None
+    return parse
+
+
+_floats, _ints = _list_of(float), _list_of(int)
+
+
+def _point(text: str) -> tuple[float, float]:
+    v = _floats(text)
+    if len(v) != 2:
+        raise argparse.ArgumentTypeError(f"expected GAMMA,TAU0; got {text!r}")
+    return v[0], v[1]
+
+
+def _add_stability(sub: Any, fmt: Any) -> None:
+    """The `stability` command: the map over (gamma, tau0) and finite spot checks."""
+    p = sub.add_parser("stability", formatter_class=fmt,
+                       help="map the SDE's behaviour over (gamma, tau0), with finite spot checks",
+                       description="Stability map over (gamma, tau0): spread of rho_T, "
+                                   "probability of a near-degenerate V_T, P(exit) and the "
+                                   "non-finite fraction, from the covariance SDE; plus "
+                                   "finite-network spot checks against it. Writes "
+                                   "<out>/<name>.{json,npz,png,pdf}, <name>_spot.json and "
+                                   "<name>_summary.txt.",
+                       epilog="example:\n  shapedsde stability --quick --out results/stability")
+    p.add_argument("--block", default="attention", choices=("attention", "transformer"))
+    p.add_argument("--gammas", type=_floats, default=None,
+                   help="comma-separated gammas in (0, 1] (default 0.2,0.35,0.5,0.7,1)")
+    p.add_argument("--tau0s", type=_floats, default=None,
+                   help="comma-separated tau0 > 0 (default 0.25,0.35,0.5,0.7,1,1.4,2)")
+    p.add_argument("--T", type=float, default=1.0, help="depth-to-width ratio (default 1)")
+    p.add_argument("--m", type=int, default=3, help="tokens (default 3)")
+    p.add_argument("--rho0", type=float, default=0.2,
+                   help="V0 = (1 - rho0) I + rho0 11^T (default 0.2)")
+    p.add_argument("--paths", type=int, default=None, help="SDE paths per cell (default 4000)")
+    p.add_argument("--steps", type=int, default=None, help="solver steps (default dt <= 0.005)")
+    p.add_argument("--seed", type=int, default=0, help="root seed (default 0)")
+    _add_device(p)
+    p.add_argument("--heads", type=int, default=None, help="attention heads n_H (attention)")
+    p.add_argument("--c-plus", type=float, default=None, help="MLP c_+ (transformer)")
+    p.add_argument("--c-minus", type=float, default=None, help="MLP c_- (transformer)")
+    p.add_argument("--eig-threshold", type=float, default=0.05,
+                   help="near-degenerate: lambda_min(corr) below this (default 0.05)")
+    p.add_argument("--rho-threshold", type=float, default=0.99,
+                   help="collapse: some rho above this (default 0.99)")
+    p.add_argument("--no-reference", action="store_true",
+                   help="skip the attention-free (tau0 = inf) column")
+    p.add_argument("--spot", type=_point, action="append", default=None, metavar="GAMMA,TAU0",
+                   help="finite-network spot check at this point (repeatable)")
+    p.add_argument("--widths", type=_ints, default=None, help="spot-check widths (default 64,128)")
+    p.add_argument("--nets", type=int, default=None,
+                   help="finite nets per spot check (default 2000)")
+    p.add_argument("--spot-paths", type=int, default=None,
+                   help="SDE paths per spot check (default: --paths)")
+    p.add_argument("--out", default="docs/figures/stability", help="output folder")
+    p.add_argument("--name", default=None, help="file stem (default stability_<block>_m<m>)")
+    p.add_argument("--quick", action="store_true",
+                   help="small run: defaults become a 3 x 3 grid, 300 paths, one spot check "
+                        "at (0.7, 0.7), width 32, 300 nets (explicit options still win)")
+    p.add_argument("--progress", action="store_true", help="tqdm progress bars")
+    p.set_defaults(func=cmd_stability)
 
 
 # ---------------------------------------------------------------------------
@@ -632,15 +718,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("figures", formatter_class=fmt,
-                       help="make the figures (paper Figure 1, densities, rank collapse)",
+                       help="make the figures (paper Figure 1, densities, rank collapse, "
+                            "law distance vs width)",
                        description="Write the figures to OUT (PNG + PDF, data .npz, caption .md "
                                    "with the command and settings) and OUT/README.md: (1) the "
                                    "paper's Figure 1 setting (n = 200, d = 150, gamma = "
                                    "1/sqrt(8), tau0 = 1); (2) final-layer correlation density "
                                    "vs width against the SDE, with KS distances; (3) the same "
                                    "for the Transformer block and 4-head attention; (4) rank "
-                                   "collapse of unshaped baselines and ablations. All seeds "
-                                   "derive from --seed.",
+                                   "collapse of unshaped baselines and ablations; (5) figure 2's "
+                                   "KS distances against width, log-log, with an n^(-1/2) "
+                                   "guide. All seeds derive from --seed.",
                        epilog="example:\n  shapedsde figures --quick --out docs/figures --seed 0")
     p.add_argument("--quick", action="store_true",
                    help="fewer samples and smaller widths (a few minutes on 2 CPU cores)")
@@ -648,7 +736,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="output folder (default docs/figures)")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="root seed (default 0)")
     p.add_argument("--only", metavar="LIST", help="comma-separated figure numbers, e.g. 1,4 "
-                                                  "(default: all)")
+                                                  "(default: all; 5 needs 2's data)")
     p.add_argument("--method", choices=("auto", "full", "gram"), default="auto",
                    help="finite sampler for the single-head blocks (default auto: the "
                         "exact-in-law V chain where available; full: every weight drawn)")
@@ -656,20 +744,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_figures)
 
-    p = sub.add_parser("stability", add_help=False, formatter_class=fmt,
-                       help="map the SDE's behaviour over (gamma, tau0), with finite spot checks",
-                       description="see `shapedsde stability --help`")
-    p.set_defaults(func=None)
+    _add_stability(sub, fmt)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI on `argv` (default sys.argv[1:]); return the exit status."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv[:1] == ["stability"]:  # its own parser: shapedsde/stability.py
-        from .stability import main as stability_main
-
-        return stability_main(argv[1:])
     parser = build_parser()
     try:
         args = parser.parse_args(argv)

@@ -2,7 +2,7 @@
 
 A verification run is embarrassingly parallel: many (block, width, seed) tasks whose
 results are combined at the end. Each task carries its own seed, spawned from one root
-seed with NumPy's SeedSequence, so the numbers do not depend on how many workers run
+seed (`shapedsde.seeds.spawn_seeds`), so the numbers do not depend on how many workers run
 them or in which order they finish: results are gathered back in task order.
 
     results = run_tasks(fn, tasks, workers=4)                 # embedded local cluster
@@ -21,13 +21,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
-
-
-def spawn_seeds(root: int, count: int) -> list[int]:
-    """`count` independent 63-bit seeds derived from `root` (SeedSequence spawning)."""
-    children = np.random.SeedSequence(root).spawn(count)
-    return [int(c.generate_state(2, dtype=np.uint32).view(np.uint64)[0] >> 1)
-            for c in children]
 
 
 def run_tasks(fn: Callable[..., Any], tasks: Sequence[dict[str, Any]], *, workers: int = 1,
@@ -73,12 +66,12 @@ def sample_finite(block: str, params: dict[str, Any], V0: Any, *, width: int, T:
 
 def sample_sde(block: str, params: dict[str, Any], V0: Any, *, T: float, paths: int,
                seed: int, device: str = "cpu") -> np.ndarray:
-    """A task: V_T of `paths` SDE paths (paths, m, m)."""
+    """A task: V_T of `paths` SDE paths (paths, m, m); NaN rows: paths that blew up."""
     from .blocks import block as make_block
-    from .sde import solve
+    from .verification.engine import solve_quiet
 
-    return solve(make_block(block, **params), np.asarray(V0), T, paths=paths, seed=seed,
-                 device=device).V.cpu().numpy()
+    return solve_quiet(make_block(block, **params), np.asarray(V0), T, paths=paths, seed=seed,
+                       device=device).V.cpu().numpy()
 
 
 def _progress(it, enabled: bool, total: int | None = None):

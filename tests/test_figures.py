@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from shapedsde import figures as F
+from shapedsde import experiments as F
 from shapedsde.cli import main
 
 TINY = {
@@ -17,6 +17,7 @@ TINY = {
     "fig3": dict(transformer_widths=(8,), transformer_nets=24, multihead_widths=(8,),
                  multihead_nets=24, sde_paths=48),
     "fig4": dict(nets=48, width=16, depth=6),
+    "fig5": {},
 }
 
 
@@ -27,7 +28,7 @@ def _check_files(res: F.FigureOutput, out: Path) -> None:
         assert path in res.files and path.stat().st_size > 0
     data = np.load(out / f"{name}.npz", allow_pickle=False)
     settings = json.loads(str(data["settings_json"]))
-    assert settings["root_seed"] == 0
+    assert settings.get("root_seed", settings.get("fig2_settings", {}).get("root_seed")) == 0
     caption = (out / f"{name}.md").read_text()
     assert "Made by:" in caption and "Settings:" in caption
     assert res.paragraph and res.numbers
@@ -35,18 +36,23 @@ def _check_files(res: F.FigureOutput, out: Path) -> None:
 
 @pytest.mark.parametrize("key", F.FIGURES)
 def test_figure_functions(key: str, tmp_path: Path) -> None:
+    if key == "fig5":  # it plots figure 2's data
+        F.figure2(tmp_path, seed=0, **TINY["fig2"])
     res = F.FUNCS[key](tmp_path, seed=0, **TINY[key])
     _check_files(res, tmp_path)
     if key == "fig1":
         assert set(res.numbers["final_mean_rho"]) == {"standard", "pre-LN", "shaped"}
-        assert 0 <= res.numbers["ks_final_rho"]["D"] <= 1
-        assert 0 <= res.numbers["ks_final_rho_reference"]["D"] <= 1
+        assert 0 <= res.numbers["ks_final_rho"]["ks"] <= 1
+        assert 0 <= res.numbers["ks_final_rho_reference"]["ks"] <= 1
     if key == "fig2":
         assert list(res.numbers) == ["case0", "case1"]
         assert len(res.numbers["case1"]["ks_rho"]) == 2
         assert res.numbers["case1"]["setting"] == F.POWERED
     if key == "fig4":
         assert res.numbers["collapsed_fraction"]["standard-noresidual"] == 1.0
+    if key == "fig5":
+        assert res.numbers["widths"] == [8, 16] and len(res.numbers["slopes"]) == 2
+        assert 0 < res.numbers["noise_floor"] < 1
 
 
 def test_make_figures_readme_merges_runs(tmp_path: Path, capsys) -> None:
@@ -55,19 +61,10 @@ def test_make_figures_readme_merges_runs(tmp_path: Path, capsys) -> None:
     readme = (tmp_path / "README.md").read_text()
     assert "fig1_paper_figure1.png" in readme and "fig4_rank_collapse.png" in readme
     assert "shapedsde figures --quick" in readme
-    summary = json.loads((tmp_path / "summary.json").read_text())
+    summary = json.loads((tmp_path / "summary.json").read_text())  # strict JSON
     assert list(summary["figures"]) == ["fig1", "fig4"]
     caption = (tmp_path / "fig4_rank_collapse.md").read_text()
     assert f"shapedsde figures --quick --out {tmp_path} --seed 0 --device cpu --only 4" in caption
-
-
-def test_seeds_are_derived_and_distinct() -> None:
-    a = F.seed_for(0, "fig1", "sde")
-    assert a == F.seed_for(0, "fig1", "sde")
-    assert len({a, F.seed_for(1, "fig1", "sde"), F.seed_for(0, "fig1", "finite")}) == 3
-    assert 0 <= a < 2**63
-    with pytest.raises(ValueError, match="seed"):
-        F.seed_for(-1, "x")
 
 
 def test_figures_reproducible(tmp_path: Path) -> None:
@@ -79,7 +76,8 @@ def test_figures_reproducible(tmp_path: Path) -> None:
 def test_parse_only() -> None:
     assert F.parse_only(None) == F.FIGURES
     assert F.parse_only("3,1") == ("fig1", "fig3")
-    for bad in ("5", "", "x"):
+    assert F.parse_only("5") == ("fig5",)
+    for bad in ("6", "", "x"):
         with pytest.raises(ValueError):
             F.parse_only(bad)
 
@@ -95,6 +93,7 @@ def test_cli_figures_help_and_errors(capsys) -> None:
     assert "--quick" in capsys.readouterr().out
     for argv, needle in ((["figures", "--only", "9"], "unknown figure"),
                          (["figures", "--seed", "-2"], "--seed"),
+                         (["figures", "--only", "5", "--out", "/nonexistent/x"], "figure 2"),
                          (["figures", "--device", "tpu"], "device")):
         code = main(argv)
         err = capsys.readouterr().err.strip().splitlines()

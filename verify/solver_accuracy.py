@@ -16,23 +16,24 @@ import time
 
 import numpy as np
 import torch
-from scipy.stats import ks_2samp
 
 import shapedsde
 from shapedsde.finite import simulate
 from shapedsde.sde import solve
+from shapedsde.verification.depth import Stopped, stopped_statistics
+from shapedsde.verification.engine import distance
 
 V0 = np.array([[1.0, 0.3, 0.1], [0.3, 1.0, 0.2], [0.1, 0.2, 1.0]])
 
 
-def summary(V: np.ndarray, exited: np.ndarray) -> tuple[dict, np.ndarray, np.ndarray]:
-    ok = np.isfinite(V).all(axis=(-2, -1))
-    lam = np.linalg.eigvalsh(V[ok])
-    Vs = V[~exited & ok]
-    rho = Vs[:, 0, 1] / np.sqrt(Vs[:, 0, 0] * Vs[:, 1, 1])
-    stats = {"p_exit": float(exited.mean()),
-             "near_singular": float((lam[:, 0] / lam.sum(-1) < 1e-3).sum() / len(V))}
-    return stats, np.trace(Vs, axis1=1, axis2=2), rho
+def summary(run) -> tuple[dict, np.ndarray, np.ndarray]:
+    """P(exit), the near-singular fraction, and the survivors' tr V / tr V0 and rho^{01}
+    of a stopped run (finite or SDE), by the depth checks' own statistics."""
+    st = stopped_statistics(Stopped(run.V.cpu().numpy(), run.exit_time.numpy(), 1.0,
+                                    float(np.trace(V0))), np.array([]))
+    stats = {"p_exit": float(np.isfinite(run.exit_time.numpy()).mean()),
+             "near_singular": st["proportions"]["near_singular"]}
+    return stats, st["trace"], st["rho01"]
 
 
 def main() -> None:
@@ -45,15 +46,14 @@ def main() -> None:
     blk = shapedsde.block("attention", gamma=0.9, tau0=0.5)
     run = simulate(blk, V0, width=args.width, T=1.0, nets=args.nets, seed=args.width,
                    method="gram", exit_trace=5.0, progress=True)
-    ref, tr_ref, rho_ref = summary(run.V.numpy(), run.exited.numpy())
+    ref, tr_ref, rho_ref = summary(run)
     print(f"finite n={args.width}: {json.dumps(ref)}", flush=True)
     for rtol in (0.02, 0.05, 0.1, 0.2):
         t = time.perf_counter()
         res = solve(blk, V0, 1.0, paths=args.paths, seed=int(1000 * rtol), rtol=rtol,
                     exit_trace=5.0)
-        s, tr, rho = summary(res.V.numpy(), res.exited.numpy())
-        s.update(ks_trace=float(ks_2samp(tr, tr_ref).statistic),
-                 ks_rho=float(ks_2samp(rho, rho_ref).statistic),
+        s, tr, rho = summary(res)
+        s.update(ks_trace=distance(tr, tr_ref)["ks"], ks_rho=distance(rho, rho_ref)["ks"],
                  steps_per_path=res.meta["steps_mean"], seconds=time.perf_counter() - t)
         print(f"SDE rtol={rtol}: {json.dumps(s)}", flush=True)
 

@@ -17,11 +17,13 @@ from typing import Any
 
 import numpy as np
 import torch
-from scipy.stats import ks_2samp, norm
+from scipy.stats import norm
 
 from ..blocks import block as make_block
-from ..distributed import run_tasks, sample_finite, sample_sde, spawn_seeds
+from ..distributed import run_tasks, sample_finite, sample_sde
 from ..finite import initial_hidden
+from ..seeds import spawn_seeds
+from .engine import compare_law, finite_rows, rho01
 
 #: (label, block name, parameters) checked by default.
 BLOCK_SETTINGS = [
@@ -31,7 +33,7 @@ BLOCK_SETTINGS = [
     ("attention causal", "attention", {"gamma": 0.9, "tau0": 0.5, "causal": True}),
 ]
 V_CHECK = [[1.0, 0.4, 0.1], [0.4, 1.2, 0.3], [0.1, 0.3, 0.8]]
-ALPHA = 1e-3  # per check, Bonferroni over the entries compared
+ALPHA = 1e-3  # per check, Bonferroni over the entries compared; also the law's level
 
 
 def one_step_moments(blk, V: np.ndarray, width: int, layers: int, seed: int,
@@ -88,20 +90,16 @@ def check_block(label: str, name: str, params: dict, *, widths: list[int], layer
     # SDE paths that blew up before T (NaN rows, `SDEResult.exploded`) have no V_T: they
     # are left out of the law and counted in the verdict line, never hidden.
     blown = int((~np.isfinite(sde).all(axis=(-2, -1))).sum())
-    sde = sde[np.isfinite(sde).all(axis=(-2, -1))]
-    control = control[np.isfinite(control).all(axis=(-2, -1))]
-
-    def rho(x: np.ndarray) -> np.ndarray:
-        return x[:, 0, 1] / np.sqrt(x[:, 0, 0] * x[:, 1, 1])
-
-    law = [{"width": n, "ks": float(ks_2samp(rho(f), rho(sde)).statistic),
-            "p": float(ks_2samp(rho(f), rho(sde)).pvalue)}
-           for n, f in zip(law_widths, finite, strict=True)]
-    ctrl = ks_2samp(rho(finite[-1]), rho(control))
+    sde_rho, control_rho = rho01(finite_rows(sde)), rho01(finite_rows(control))
+    laws = [compare_law(rho01(f), sde_rho, {"linear": control_rho}, stat="rho01", alpha=ALPHA)
+            for f in finite]
+    law = [{"width": n, "ks": c.true["ks"], "p": c.true["p"]}
+           for n, c in zip(law_widths, laws, strict=True)]
+    ctrl = laws[-1].controls["linear"]
     last = steps[-1]
-    ok = last["drift_z"] < crit and last["diffusion_z"] < crit and law[-1]["p"] > ALPHA
-    power = ctrl.pvalue < ALPHA
-    verdict = "PASS" if ok and power else ("NO POWER" if ok else "FAIL")
+    one_step_ok = last["drift_z"] < crit and last["diffusion_z"] < crit
+    status = laws[-1].status
+    verdict = "FAIL" if not one_step_ok or status == "FAIL" else status
     rel = " -> ".join(f"{x['diffusion_rel_err']:.3f}" for x in steps)
     ks = " -> ".join(f"{x['ks']:.3f}" for x in law)
     line = (f"{verdict} every-block {label} {params}: one-step n={last['width']} "
@@ -112,10 +110,10 @@ def check_block(label: str, name: str, params: dict, *, widths: list[int], layer
             f"{ks} "
             f"(n={'->'.join(str(x['width']) for x in law)}), p={law[-1]['p']:.2g} "
             f"({blown} of {paths} SDE paths blew up before T, left out); "
-            f"control (no attention/MLP drift: linear) KS {ctrl.statistic:.3f} "
-            f"p={ctrl.pvalue:.2g}")
+            f"control (no attention/MLP drift: linear) KS {ctrl['ks']:.3f} "
+            f"p={ctrl['p']:.2g}")
     return {"label": label, "block": name, "params": params, "one_step": steps, "law": law,
-            "control": {"ks": float(ctrl.statistic), "p": float(ctrl.pvalue)},
+            "control": {"ks": ctrl["ks"], "p": ctrl["p"]},
             "sde_paths_blown_up": blown,
             "crit": crit, "verdict": verdict, "line": line}
 

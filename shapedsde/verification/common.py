@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import zlib
 from dataclasses import dataclass
 from itertools import combinations_with_replacement
 from typing import Any
@@ -10,6 +9,8 @@ from typing import Any
 import numpy as np
 import torch
 from scipy.stats import norm
+
+from ..seeds import child_seed
 
 # Family-wise false-alarm rate of one comparison (`Comparison.agrees`): k entries
 # agree when max |z| < z_crit(k), the Bonferroni bound, so correct code fails a
@@ -21,14 +22,9 @@ FAMILY_ALPHA = 0.01
 LINE_ALPHA = 0.001
 
 
-def derive_seed(root: int, label: str) -> int:
-    """A torch seed (< 2^63) for `label`, derived from the root seed.
-
-    Uses numpy's SeedSequence with a spawn key taken from the label (CRC32), so
-    each check's stream is reproducible and independent of which other checks run.
-    """
-    ss = np.random.SeedSequence(int(root), spawn_key=(zlib.crc32(label.encode()),))
-    return int(ss.generate_state(1, np.uint64)[0] >> np.uint64(1))
+#: A check's seed from the root seed and its label: the project's one scheme,
+#: `shapedsde.seeds.child_seed`.
+derive_seed = child_seed
 
 
 def generator(seed: int, device: str | torch.device = "cpu") -> torch.Generator:

@@ -21,23 +21,23 @@ drifts partly cancel) must be rejected by the same statistics, else the verdict 
 POWER. PASS needs every statistic to agree (Bonferroni over all of them at
 `LINE_ALPHA`) and the P(exit) gap at the largest width to be no larger than at the
 smallest. `compare_stopped` is the
-one comparison of stopped samples.
+one comparison of stopped samples: proportions, plus the law comparison of
+`verification.engine` restricted to the survivors.
 """
 
 from __future__ import annotations
 
 import math
-import warnings
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-from scipy.stats import ks_2samp, norm
+from scipy.stats import norm
 
 from ..blocks import block as make_block
 from ..finite import simulate, supports_gram
-from ..sde import solve
-from .common import LINE_ALPHA, ScaledDrift
+from .common import LINE_ALPHA, ScaledDrift, derive_seed
+from .engine import compare_law, rho01, solve_quiet
 
 #: Near-singular threshold on lambda_min / tr V (the statistic of docs/solver.md).
 NEAR_SINGULAR = 1e-3
@@ -65,12 +65,11 @@ def stopped_statistics(s: Stopped, times: np.ndarray) -> dict[str, Any]:
     lam = np.linalg.eigvalsh(s.V[ok])
     surv = ~s.exited & ok
     Vs = s.V[surv]
-    d = np.sqrt(np.diagonal(Vs, 0, -2, -1))
     props = {f"survival(t={t:g})": float((s.exit_time > t).mean()) for t in times}
     props["near_singular"] = float((lam[:, 0] / lam.sum(-1) < NEAR_SINGULAR).sum() / n)
     return {"n": n, "proportions": props,
             "trace": np.trace(Vs, axis1=1, axis2=2) / s.trace0,
-            "rho01": Vs[:, 0, 1] / (d[:, 0] * d[:, 1])}
+            "rho01": rho01(Vs)}
 
 
 def _proportion(stats: dict[str, Any], key: str) -> tuple[float, float]:
@@ -103,9 +102,9 @@ def compare_stopped(finite: dict[int, Stopped], sde: Stopped) -> dict[str, Any]:
         out["z"][key] = (p - q) / se if se > 0 else 0.0
         out["values"][key] = {"finite_extrapolated": p, "sde": q, "se": se,
                               "finite": {n: s["proportions"][key] for n, s in stats.items()}}
-    for key in ("trace", "rho01"):
-        r = ks_2samp(a[key], b[key])
-        out["ks"][key] = {"statistic": float(r.statistic), "pvalue": float(r.pvalue)}
+    for key in ("trace", "rho01"):  # the survivors' laws, by the one law comparison
+        d = compare_law(a[key], b[key], stat=key, alpha=LINE_ALPHA).true
+        out["ks"][key] = {"statistic": d["ks"], "pvalue": d["p"]}
     k = len(out["z"]) + len(out["ks"])
     z_max = max(abs(z) for z in out["z"].values())
     p_min = min(v["pvalue"] for v in out["ks"].values())
@@ -136,9 +135,8 @@ def depth_check(label: str, name: str, params: dict, method: str, control_factor
         method = "reduced"
 
     def sde(coef: Any, s: int) -> tuple[Stopped, dict[str, Any]]:
-        with warnings.catch_warnings():  # non-finite paths are counted in the metadata
-            warnings.simplefilter("ignore", RuntimeWarning)
-            res = solve(coef, V0, T, paths=paths, seed=s, exit_trace=R, device=device)
+        # non-finite paths are counted in the metadata
+        res = solve_quiet(coef, V0, T, paths=paths, seed=s, exit_trace=R, device=device)
         return Stopped(res.V.cpu().numpy(), res.exit_time.numpy(), T, tr0), res.meta
 
     reference, meta = sde(blk, seed)
@@ -175,8 +173,6 @@ def depth_check(label: str, name: str, params: dict, method: str, control_factor
 
 def depth_checks(*, quick: bool, seed: int, device: str = "cpu") -> list[dict[str, Any]]:
     """Every setting of `DEPTH_SETTINGS` at T = 1 (quick) or T = 0.5 and 1 (full)."""
-    from .common import derive_seed
-
     # The exact m x m chain ("gram") costs O(m^2) per layer whatever n; the reduced
     # sampler O(m n) per layer, so its widths are smaller.
     sizes = {"gram": dict(widths=[64, 256, 1024], nets=4000),

@@ -8,8 +8,9 @@ same V0 on three statistics:
     centred  = tr(P V P) / tr(V),  P = I - 11^T / m   (moved by the attention terms)
 with the two-sample KS statistic / p-value and Wasserstein-1. Wasserstein-1 of
 V00 is taken on log V00: near the SDE's finite-time blow-up V00 is heavy-tailed
-(finite networks can grow geometrically once Softmax saturates, while the SDE
-solver tames exploding paths), and raw W1 would measure only those few paths.
+(finite networks can grow geometrically once Softmax saturates), and raw W1
+would measure only those few paths. The statistics, distances and verdicts are
+those of `verification.engine`, the comparison every law check shares.
 
 Negative controls ("power"): the same finite samples against deliberately wrong
 SDEs, (a) "no-attention": the linear block with the same gamma (every attention
@@ -24,45 +25,27 @@ from __future__ import annotations
 
 import math
 import time
-import warnings
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
-from scipy.stats import ks_2samp, kstwobign, wasserstein_distance
 
 from ..blocks import Block
 from ..blocks import block as make_block
 from ..finite import simulate
-from ..sde import solve
 from .common import LINE_ALPHA, ScaledDrift
+from .engine import (
+    STATISTICS,
+    compare_laws,
+    distance,
+    ks_critical,
+    ks_null_mean,
+    solve_quiet,
+    statistics,
+)
 
-STATISTICS = ("rho01", "V00", "centred")
-
-
-def statistics(V: torch.Tensor) -> dict[str, np.ndarray]:
-    """The three statistics of a batch V (N, m, m); rows with non-finite V are dropped."""
-    V = V.detach().cpu().double()
-    V = V[torch.isfinite(V).flatten(1).all(1)]
-    m = V.shape[-1]
-    P = torch.eye(m, dtype=V.dtype) - 1.0 / m
-    tr = torch.einsum("bii->b", V)
-    return {"rho01": (V[:, 0, 1] / (V[:, 0, 0] * V[:, 1, 1]).sqrt()).numpy(),
-            "V00": V[:, 0, 0].numpy(),
-            "centred": (torch.einsum("bii->b", P @ V @ P) / tr).numpy()}
-
-
-def distance(x: np.ndarray, y: np.ndarray, stat: str) -> dict[str, float]:
-    """KS statistic and p-value, and W1 (on log V00 for V00; raw W1 also kept)."""
-    ks = ks_2samp(x, y)
-    out = {"ks": float(ks.statistic), "p": float(ks.pvalue),
-           "w1": float(wasserstein_distance(x, y))}
-    if stat == "V00":
-        out["w1_raw"] = out["w1"]
-        out["w1"] = float(wasserstein_distance(np.log(np.maximum(x, 1e-300)),
-                                               np.log(np.maximum(y, 1e-300))))
-    return out
+__all__ = ["STATISTICS", "HalfDrift", "LawSetting", "controls", "distance",
+           "gram_vs_full_check", "law_check", "statistics"]
 
 
 def HalfDrift(base: Any) -> ScaledDrift:  # noqa: N802 (reads as the control's name)
@@ -102,9 +85,7 @@ class LawSetting:
 
 
 def _solve(coef: Any, s: LawSetting, paths: int, seed: int, device) -> tuple[dict, dict]:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # counted in meta and reported
-        res = solve(coef, s.V0, s.T, paths=paths, seed=seed, steps=s.sde_steps, device=device)
+    res = solve_quiet(coef, s.V0, s.T, paths=paths, seed=seed, steps=s.sde_steps, device=device)
     return statistics(res.V), res.meta
 
 
@@ -123,7 +104,7 @@ def law_check(s: LawSetting, seed_of, device: str = "cpu", progress: bool = Fals
                                              seed_of(f"law/{s.label}/{name}"), device)
     t_sde = time.perf_counter() - t0
     null_dist = {k: distance(null[k], sde[k], k) for k in STATISTICS}
-    per_width, finite_last, t_fin = {}, None, 0.0
+    per_width, finite_last, laws, t_fin = {}, None, {}, 0.0
     for n in s.widths:
         t1 = time.perf_counter()
         V = simulate(s.block, s.V0, width=n, T=s.T, nets=s.nets,
@@ -134,20 +115,21 @@ def law_check(s: LawSetting, seed_of, device: str = "cpu", progress: bool = Fals
         finite_last = fin
         tr0 = float(torch.trace(s.V0))
         trace = torch.einsum("bii->b", V.double().cpu())
-        n_eff = len(fin["V00"]) * len(sde["V00"]) / (len(fin["V00"]) + len(sde["V00"]))
+        n_x, n_y = len(fin["V00"]), len(sde["V00"])
+        law = compare_laws(fin, sde, ctrl, alpha=s.alpha)
         per_width[n] = {
             "depth": int(round(s.T * n)),
-            "nets_finite": int(len(fin["V00"])),
+            "nets_finite": int(n_x),
             # KS between two samples of the same law: mean and the alpha-critical value
-            "ks_null_mean": float(kstwobign.mean() / math.sqrt(n_eff)),
-            "ks_null_crit": float(kstwobign.isf(s.alpha) / math.sqrt(n_eff)),
+            "ks_null_mean": ks_null_mean(n_x, n_y),
+            "ks_null_crit": ks_critical(n_x, n_y, s.alpha),
             "exploding_fraction": float((~torch.isfinite(trace) | (trace > 100 * tr0))
                                         .double().mean()),
-            "true": {k: distance(fin[k], sde[k], k) for k in STATISTICS},
-            **{name: {k: distance(fin[k], c[k], k) for k in STATISTICS}
-               for name, c in ctrl.items()},
+            "true": {k: c.true for k, c in law.items()},
+            **{name: {k: c.controls[name] for k, c in law.items()} for name in ctrl},
         }
-    verdicts = _verdicts(s, per_width)
+        laws[n] = law
+    verdicts = _verdicts(s, per_width, laws[max(s.widths)])
     return {
         "label": s.label, "block": s.block.name, "params": s.block.kernel_params(),
         "V0": s.V0.tolist(), "T": s.T, "widths": s.widths, "nets": s.nets,
@@ -160,28 +142,19 @@ def law_check(s: LawSetting, seed_of, device: str = "cpu", progress: bool = Fals
     }
 
 
-def _verdicts(s: LawSetting, per_width: dict) -> list[dict]:
-    """Per statistic at the largest width: PASS / FAIL / NO POWER (see module doc).
+def _verdicts(s: LawSetting, per_width: dict, law: dict) -> list[dict]:
+    """Per statistic at the largest width: PASS / FAIL / NO POWER (`engine.verdict`).
 
     Each statistic is one verdict line tested at level alpha: FAIL when the true SDE
     is rejected (p < alpha); a control has power when it is rejected at alpha."""
-    a = s.alpha
     n_max, n_min = max(s.widths), min(s.widths)
     out = []
     for k in STATISTICS:
-        true = per_width[n_max]["true"][k]
-        ctrl = {name: per_width[n_max][name][k] for name in controls(s.block)}
-        powered = [name for name, c in ctrl.items() if c["p"] < a and c["ks"] > true["ks"]]
-        if true["p"] < a:
-            status = "FAIL"
-        elif not powered:
-            status = "NO POWER"
-        else:
-            status = "PASS"
-        ctrl_txt = ", ".join(f"{name} D={c['ks']:.3f} p={c['p']:.2g}" for name, c in ctrl.items())
-        d_first, d_last = per_width[n_min]["true"][k]["ks"], true["ks"]
-        line = (f"{status} law-at-T {s.label} {k} n={n_max}: KS D={true['ks']:.3f} "
-                f"p={true['p']:.2g} (alpha={a:.2g}); controls: {ctrl_txt}; "
+        c = law[k]
+        status, powered = c.status, c.powered_by
+        d_first, d_last = per_width[n_min]["true"][k]["ks"], c.true["ks"]
+        line = (f"{status} law-at-T {s.label} {k} n={n_max}: KS D={c.true['ks']:.3f} "
+                f"p={c.true['p']:.2g} (alpha={s.alpha:.2g}); controls: {c.controls_text()}; "
                 f"KS vs width {d_first:.3f} (n={n_min}) -> {d_last:.3f} (n={n_max})")
         out.append({"status": status, "statistic": k, "line": line, "powered_by": powered})
     return out
