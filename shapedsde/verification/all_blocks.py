@@ -31,6 +31,11 @@ BLOCK_SETTINGS = [
     ("transformer", "transformer", {"gamma": 0.7, "tau0": 0.7}),
     ("attention heads=2", "attention", {"gamma": 0.9, "tau0": 0.5, "heads": 2}),
     ("attention causal", "attention", {"gamma": 0.9, "tau0": 0.5, "causal": True}),
+    ("transformer heads=4", "transformer", {"gamma": 0.7, "tau0": 0.7, "heads": 4}),
+    # A composition through the public serial API: two-head attention, then a smooth MLP.
+    ("serial attention heads=2 + smooth mlp", "serial",
+     {"parts": [("attention", {"gamma": 0.9, "tau0": 0.5, "heads": 2}),
+                ("mlp", {"gamma": 0.8, "activation": "cubic", "scale": 0.7})]}),
 ]
 V_CHECK = [[1.0, 0.4, 0.1], [0.4, 1.2, 0.3], [0.1, 0.3, 0.8]]
 ALPHA = 1e-3  # per check, Bonferroni over the entries compared; also the law's level
@@ -59,6 +64,15 @@ def _z(est: np.ndarray, se: np.ndarray, theory: np.ndarray) -> float:
     return float(np.max(np.abs(est - theory) / np.maximum(se, 1e-12)))
 
 
+def linear_control(name: str, params: dict) -> tuple[str, dict]:
+    """The wrong SDE of a block's control: every sub-layer replaced by a linear one of the
+    same gamma (no attention or activation terms)."""
+    if name == "serial":
+        return "serial", {"parts": [("linear", {"gamma": p[1]["gamma"]})
+                                    for p in params["parts"]]}
+    return "linear", {"gamma": params["gamma"]}
+
+
 def check_block(label: str, name: str, params: dict, *, widths: list[int], layers: int,
                 law_widths: list[int], nets: int, paths: int, T: float, seed: int,
                 device: str = "cpu", workers: int = 1, scheduler: str | None = None
@@ -84,7 +98,7 @@ def check_block(label: str, name: str, params: dict, *, widths: list[int], layer
              for n, s in zip(law_widths, seeds[len(widths):], strict=False)]
     finite = run_tasks(sample_finite, tasks, workers=workers, scheduler=scheduler)
     sde = sample_sde(name, params, V_CHECK, T=T, paths=paths, seed=seeds[-1], device=device)
-    control = sample_sde("linear", {"gamma": params["gamma"]}, V_CHECK, T=T, paths=paths,
+    control = sample_sde(*linear_control(name, params), V_CHECK, T=T, paths=paths,
                          seed=seeds[-1], device=device)
 
     # SDE paths that blew up before T (NaN rows, `SDEResult.exploded`) have no V_T: they
