@@ -13,6 +13,7 @@ cost ratio) and with a wrong SDE (drift scaled) that the statistics must reject.
     python verify/depth_grid.py [--seed 0] [--nets 6000] [--paths 6000] [--only LABEL ...]
     python verify/depth_grid.py --table     # the markdown table from results/depth_grid/
     python verify/depth_grid.py --retime --only 0   # re-time the SDE runs of setting 0
+    python verify/depth_grid.py --rtols 0.1,0.03 --only 3   # the SDE's P(exit) against rtol
 
 Results: one JSON per setting in results/depth_grid/, and table.md there. About 35 minutes
 on one core at the default sizes (`--quick`: a smoke run of a minute).
@@ -175,6 +176,21 @@ def retime(s: Setting, path: Path) -> None:
           f"{best['fixed']:.1f} s, ratio {r['cost_ratio']:.2f}", flush=True)
 
 
+def rtol_check(s: Setting, rtols: list[float]) -> None:
+    """SDE P(exit) of one setting at several step tolerances (no finite networks): is the
+    default's P(exit) converged in the step?"""
+    blk = make_block(s.block, **s.params)
+    for rtol in rtols:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            res = solve(blk, s.V0, s.T, paths=ARGS.paths, seed=int(7 + 1000 * rtol), rtol=rtol,
+                        exit_trace=ARGS.R)
+        d = res.meta
+        print(f"{s.label} {s.params} m={s.m} T={s.T:g} rtol={rtol:g}: P(exit) {d['p_exit']:.4f}"
+              f" +- {d['p_exit_se']:.4f}, {d['steps_mean']:.0f} steps/path, {d['wall_s']:.0f} s",
+              flush=True)
+
+
 def _setting_name(r: dict) -> str:
     p = ", ".join(f"{k} {v:g}" if not isinstance(v, bool) else k for k, v in r["params"].items())
     return f"{r['block']} ({p}), m = {r['m']}, T = {r['T']:g}"
@@ -221,6 +237,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--only", nargs="*", type=int, help="indices of SETTINGS to run")
     p.add_argument("--quick", action="store_true", help="tiny sizes (smoke run)")
     p.add_argument("--table", action="store_true", help="print the table of saved results")
+    p.add_argument("--rtols", type=lambda s: [float(x) for x in s.split(",")],
+                   help="only the SDE's P(exit) of the --only settings at these rtol")
     p.add_argument("--retime", action="store_true",
                    help="re-time the SDE runs of the --only settings (saved results)")
     p.add_argument("--out", default="results/depth_grid")
@@ -238,6 +256,10 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(ARGS.out)
     out.mkdir(parents=True, exist_ok=True)
     chosen = ARGS.only if ARGS.only is not None else range(len(SETTINGS))
+    if ARGS.rtols:
+        for i in chosen:
+            rtol_check(SETTINGS[i], ARGS.rtols)
+        return
     if ARGS.retime:
         for i in chosen:
             retime(SETTINGS[i], out / f"{i}_{slug(SETTINGS[i])}.json")
