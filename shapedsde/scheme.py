@@ -69,6 +69,23 @@ def triangular_inverse(L: torch.Tensor) -> torch.Tensor:
     return torch.linalg.solve_triangular(L, eye, upper=False)
 
 
+def regularised_factor(V: torch.Tensor) -> torch.Tensor:
+    """L_d with L_d L_d^T = V + d (tr V / m) I, the factor of the step-size metric."""
+    m = V.shape[-1]
+    scale = torch.diagonal(V, 0, -2, -1).sum(-1) * (REGULARISATION / m)
+    Vd = V.clone()
+    torch.diagonal(Vd, 0, -2, -1).add_(scale[:, None])
+    return torch.linalg.cholesky_ex(Vd)[0]
+
+
+def inverse_factors(V: torch.Tensor, L: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(L_d^{-1}, L^{-1}) from one triangular solve on the stacked factors (one call
+    instead of two: at small m the step's cost is the number of calls)."""
+    P = L.shape[0]
+    both = triangular_inverse(torch.cat((regularised_factor(V), L)))
+    return both[:P], both[P:]
+
+
 def sandwich(Linv: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
     """L^{-1} X L^{-T}, symmetrised, for X (P, m, m) or (P, k, m, m)."""
     if X.ndim == Linv.ndim + 1:
@@ -93,6 +110,17 @@ def trace_variance(coefficients: Any, V: torch.Tensor) -> torch.Tensor:
     return contract_trace(coefficients.diffusion(V, check=False))
 
 
+def trace_variance_bound(V: torch.Tensor, Linv: torch.Tensor, K: torch.Tensor
+                         ) -> torch.Tensor:
+    """An upper bound |V|_F^2 tr(V^{-1} K) >= s^2(V), shape (P,), in one product.
+
+    tr dN = <S, L^T L> with S = L^{-1} dN L^{-T}, so by Cauchy-Schwarz
+    Var[tr dN] <= |L^T L|_F^2 E|S|_F^2 = |V|_F^2 tr(V^{-1} K) h (E[S^2] = L^{-1} K L^{-T} h).
+    It lets the exit test skip the exact s^2 for paths that cannot cross in this step.
+    """
+    return (V * V).sum((-2, -1)) * ((Linv @ K) * Linv).sum((-2, -1))
+
+
 def drift_and_contraction(coefficients: Any, V: torch.Tensor
                           ) -> tuple[torch.Tensor, torch.Tensor]:
     """(b - K/2, K) at V, each (P, m, m)."""
@@ -101,39 +129,47 @@ def drift_and_contraction(coefficients: Any, V: torch.Tensor
     return b - 0.5 * K, K
 
 
-def adaptive_dt(V: torch.Tensor, corrected: torch.Tensor, K: torch.Tensor, rtol: float,
+def adaptive_dt(Ld_inv: torch.Tensor, corrected: torch.Tensor, K: torch.Tensor, rtol: float,
                 dt_max: float) -> torch.Tensor:
-    """h = min(dt_max, rtol / |D_d|_inf, rtol / |K_d|_inf) per path, shape (P,)."""
-    m = V.shape[-1]
-    scale = torch.diagonal(V, 0, -2, -1).sum(-1) / m
-    eye = torch.eye(m, dtype=V.dtype, device=V.device)
-    Ld, _ = torch.linalg.cholesky_ex(V + (REGULARISATION * scale)[:, None, None] * eye)
-    both = sandwich(triangular_inverse(Ld), torch.stack((corrected, K), dim=1))
-    tiny = torch.finfo(V.dtype).tiny
-    drift = both[:, 0].abs().sum(-1).amax(-1).clamp_min(tiny)
-    noise = both[:, 1].abs().sum(-1).amax(-1).clamp_min(tiny)
-    h = rtol / torch.maximum(drift, noise)
+    """h = min(dt_max, rtol / |D_d|_inf, rtol / |K_d|_inf) per path, shape (P,), from
+    L_d^{-1} (`inverse_factors`). D_d and K_d are symmetric up to rounding, which moves
+    their row-sum norms by rounding only: they are not symmetrised."""
+    A = Ld_inv[:, None]
+    both = A @ torch.stack((corrected, K), dim=1) @ A.transpose(-1, -2)
+    norm = both.abs().sum(-1).amax(-1).amax(-1)
+    h = rtol / norm.clamp_min(torch.finfo(norm.dtype).tiny)
     return h.clamp(max=dt_max)
+
+
+def step_matrix(Linv: torch.Tensor, corrected: torch.Tensor, noise: torch.Tensor,
+                h: torch.Tensor) -> torch.Tensor:
+    """M = L^{-1} ((b - K/2) h + dN) L^{-T} with dN = sqrt(h) `noise` (`noise`: a draw of
+    Sigma^{1/2} dB_1, linear in dB): one sandwich for the drift and the noise together."""
+    h = h[:, None, None]
+    return sandwich(Linv, corrected * h + noise * h.sqrt())
 
 
 def positive_exp(M: torch.Tensor) -> torch.Tensor:
     """exp(M) for symmetric M (P, m, m), approximated so as to be positive definite:
-    E^(2^s) with E = I + X + X^2/2, X = M / 2^s (s = SQUARINGS)."""
-    X = M / 2**SQUARINGS
-    E = torch.eye(M.shape[-1], dtype=M.dtype, device=M.device) + X + 0.5 * (X @ X)
+    E^(2^s) with E = I + X + X^2/2, X = M / 2^s (s = SQUARINGS). The powers are not
+    re-symmetrised: their asymmetry is rounding, and the Cholesky factorisation that
+    follows reads the lower triangle only."""
+    X = M * (1.0 / 2**SQUARINGS)
+    E = torch.baddbmm(X, X, X, alpha=0.5)
+    torch.diagonal(E, 0, -2, -1).add_(1.0)
     for _ in range(SQUARINGS):
         E = E @ E
-        E = 0.5 * (E + E.transpose(-1, -2))
     return E
 
 
-def factor_step(L: torch.Tensor, D: torch.Tensor, S: torch.Tensor, h: torch.Tensor
-                ) -> torch.Tensor:
-    """One step of the factor, L' = L chol(exp(D h + S)) (S = L^{-1} dN L^{-T}).
+def factor_step(L: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
+    """One step of the factor, L' = L chol(exp_+(M)).
 
-    L' is lower triangular with L' L'^T positive definite whenever M is finite; rows
-    where the Cholesky of exp(M) fails (only if M was not finite) are NaN.
+    L' is lower triangular (a product of lower-triangular factors: its upper part is
+    exactly zero) with L' L'^T positive definite whenever M is finite; rows where the
+    Cholesky of exp_+(M) fails (only if M was not finite or exp_+(M) overflowed) are NaN.
     """
-    U, info = torch.linalg.cholesky_ex(positive_exp(D * h[:, None, None] + S))
-    U = torch.where((info == 0)[:, None, None], U, torch.full_like(U, math.nan))
-    return torch.tril(L @ U)
+    U, info = torch.linalg.cholesky_ex(positive_exp(M))
+    if bool((info != 0).any()):
+        U = torch.where((info == 0)[:, None, None], U, torch.full_like(U, math.nan))
+    return L @ U

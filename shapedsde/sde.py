@@ -263,8 +263,9 @@ class _Run:
                         "or rtol, or pass exit_trace to stop paths near blow-up")
                 self.step(self.iterations + 1)
                 self.iterations += 1
-                t_low = float(self.t[~self.done].min()) if not bool(self.done.all()) else self.T
-                bar.update(t_low - bar.n)
+                if progress:  # a reduction over the paths: only when it is shown
+                    running = self.t[~self.done]
+                    bar.update((float(running.min()) if running.numel() else self.T) - bar.n)
         finally:
             bar.close()
 
@@ -273,18 +274,17 @@ class _Run:
         L, V, t = self.L[idx], self.V[idx], self.t[idx]
         target = self.grid[self.next_save[idx]]  # the next saved time, never stepped over
         corrected, K = scheme.drift_and_contraction(self.coef, V)
-        h = torch.minimum(self._dt(V, corrected, K, t), target - t)
-        N = self._draw_noise(V, L, h)
-        Linv = scheme.triangular_inverse(L)
-        L_new = scheme.factor_step(L, scheme.sandwich(Linv, corrected),
-                                   scheme.sandwich(Linv, N), h.to(V.dtype))
+        Linv, h = self._inverse_and_dt(V, L, corrected, K, t)
+        h = torch.minimum(h, target - t)
+        M = scheme.step_matrix(Linv, corrected, self._draw_noise(V, L), h.to(V.dtype))
+        L_new = scheme.factor_step(L, M)
         V_new = L_new @ L_new.transpose(-1, -2)
         t_new = torch.where(target - (t + h) <= _SNAP * h, target, t + h)
         ok = _finite_rows(V_new)
         self._kill(idx[~ok], k)
         trace = torch.diagonal(V_new, 0, -2, -1).sum(-1).to(torch.float64)
         blown = ok & (trace >= self.blow_level[idx])
-        exits = ok & ~blown & self._exits(V, trace, h, idx)
+        exits = ok & ~blown & self._exits(V, Linv, K, trace, h, idx)
         keep = ok & ~blown
         self.L[idx[keep]], self.V[idx[keep]] = L_new[keep], V_new[keep]
         self.t[idx] = t_new
@@ -298,37 +298,47 @@ class _Run:
         self._freeze(idx[exits])
         self.done[idx[~keep | exits | (t_new >= self.T)]] = True
 
-    def _dt(self, V: torch.Tensor, corrected: torch.Tensor, K: torch.Tensor, t: torch.Tensor
-            ) -> torch.Tensor:
-        """Per-path step rule: fixed T/steps or adaptive (float64)."""
+    def _inverse_and_dt(self, V: torch.Tensor, L: torch.Tensor, corrected: torch.Tensor,
+                        K: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """L^{-1} and the per-path step (float64): fixed T/steps, or adaptive, whose metric
+        factor L_d is inverted in the same triangular solve as L."""
         if self.fixed is not None:
-            return torch.full_like(t, self.T / self.fixed)
-        return scheme.adaptive_dt(V, corrected, K, self.rtol, self.dt_max).to(torch.float64)
+            return scheme.triangular_inverse(L), torch.full_like(t, self.T / self.fixed)
+        Ld_inv, Linv = scheme.inverse_factors(V, L)
+        h = scheme.adaptive_dt(Ld_inv, corrected, K, self.rtol, self.dt_max)
+        return Linv, h.to(torch.float64)
 
-    def _draw_noise(self, V: torch.Tensor, L: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-        """Sigma(V)^{1/2} dB_h per path: structured (O(m^3)) where the coefficients offer it."""
+    def _draw_noise(self, V: torch.Tensor, L: torch.Tensor) -> torch.Tensor:
+        """Sigma(V)^{1/2} dB_1 per path (the step scales it by sqrt(h): it is linear in dB);
+        structured (O(m^3)) where the coefficients offer it."""
         k = getattr(self.coef, "noise_groups", None) if self.structured else None
         shape = V.shape if k is None else (V.shape[0], k, *V.shape[1:])
         xi = torch.randn(shape, generator=self.gen, device=V.device, dtype=V.dtype)
-        xi = xi * h.sqrt().to(V.dtype).view(-1, *([1] * (xi.ndim - 1)))
         if k is None:
             return _noise(self.coef, V, xi)
         return self.coef.structured_noise(V, xi, check=False, factor=L)
 
-    def _exits(self, V: torch.Tensor, trace: torch.Tensor, h: torch.Tensor,
-               idx: torch.Tensor) -> torch.Tensor:
+    def _exits(self, V: torch.Tensor, Linv: torch.Tensor, K: torch.Tensor,
+               trace: torch.Tensor, h: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
         """Paths that reached the exit level during the step (Brownian-bridge test)."""
         if self.exit_level is None:
             return torch.zeros_like(trace, dtype=torch.bool)
         level = self.exit_level[idx]
         x0 = torch.diagonal(V, 0, -2, -1).sum(-1).to(torch.float64)
-        s2 = scheme.trace_variance(self.coef, V).to(torch.float64).clamp_min(1e-300)
-        # P(a Brownian bridge from x0 to x1 with variance s2 h crosses the level).
-        p_cross = torch.exp(-2.0 * (level - x0).clamp_min(0) * (level - trace).clamp_min(0)
-                            / (s2 * h))
+        gap = 2.0 * (level - x0).clamp_min(0) * (level - trace).clamp_min(0)
         u = torch.rand(trace.shape, generator=self.gen, device=trace.device,
                        dtype=torch.float64)
-        return (trace >= level) | (u < p_cross)
+        # P(a Brownian bridge from x0 to x1 with variance s2 h crosses the level) is
+        # exp(-gap / (s2 h)), increasing in s2: a path that does not cross with s2 replaced
+        # by an upper bound (twice |V|_F^2 tr(V^-1 K), a margin for rounding) cannot cross,
+        # so the exact s2 (a kernel call) is evaluated only where it might.
+        bound = 2.0 * scheme.trace_variance_bound(V, Linv, K).to(torch.float64).clamp_min(1e-300)
+        cross = trace >= level
+        maybe = (~cross & (u < torch.exp(-gap / (bound * h)))).nonzero()[:, 0]
+        if maybe.numel():
+            s2 = scheme.trace_variance(self.coef, V[maybe]).to(torch.float64).clamp_min(1e-300)
+            cross[maybe] = u[maybe] < torch.exp(-gap[maybe] / (s2 * h[maybe]))
+        return cross
 
     def _record(self, idx: torch.Tensor) -> None:
         """Save the states of paths `idx`, which have just landed on their next saved time."""

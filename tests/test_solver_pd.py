@@ -237,3 +237,27 @@ def test_adaptive_steps_land_on_saved_times_and_are_reproducible() -> None:
     assert torch.equal(a.trajectory[-1], a.V) and torch.allclose(
         a.trajectory[0], torch.as_tensor(V0_3).expand(50, 3, 3))
     assert a.meta["step_rule"] == "adaptive" and a.meta["steps_mean"] >= 30
+
+
+@pytest.mark.parametrize("name, params", [("linear", {"gamma": 0.9}),
+                                          ("attention", {"gamma": 0.9, "tau0": 0.5}),
+                                          ("transformer", {"gamma": 0.8, "tau0": 0.6})])
+def test_trace_variance_bound_holds(name: str,
+                                     params: dict) -> None:
+    """The exit test skips the exact s^2 = Var[d tr V]/dt where the bound
+    |V|_F^2 tr(V^-1 K) already rules a crossing out, so the bound must hold at every state,
+    near-singular ones included; for the linear block it is m (m + 1) / 2 times s^2."""
+    from shapedsde import scheme
+
+    blk = shapedsde.block(name, **params)
+    g = torch.Generator().manual_seed(3)
+    A = torch.randn(500, 4, 4, dtype=torch.float64, generator=g)
+    scale = 10.0 ** torch.linspace(-6, 1, 500, dtype=torch.float64)[:, None, None]
+    V = A @ A.transpose(-1, -2) + scale * torch.eye(4, dtype=torch.float64)
+    L = torch.linalg.cholesky(V)
+    K = scheme.ito_contraction(blk, V)
+    bound = scheme.trace_variance_bound(V, scheme.triangular_inverse(L), K)
+    s2 = scheme.trace_variance(blk, V)
+    assert bool((s2 <= bound * (1 + 1e-9)).all())
+    if name == "linear":  # s2 = 2k |V|_F^2, tr(V^-1 K) = k m (m + 1): ratio 10 at m = 4
+        assert torch.allclose(bound / s2, torch.full_like(s2, 10.0), rtol=1e-6)
