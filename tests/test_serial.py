@@ -146,8 +146,9 @@ def test_serial_solves_and_stays_positive_definite() -> None:
     res = solve(serial(*_pair()), V3, T=0.2, paths=200, seed=0)
     assert res.V.shape == (200, 3, 3)
     # Paths that blow up (cubic attention drift) are flagged and NaN; the rest stay PD.
-    assert bool((res.finite.cpu() | res.exploded.cpu()).all())
-    assert bool((torch.linalg.eigvalsh(res.V[res.finite]) > 0).all())
+    kept = res.finite & ~res.exploded
+    assert bool(torch.isnan(res.V[res.exploded]).all()) and int(kept.sum()) > 100
+    assert bool((torch.linalg.eigvalsh(res.V[kept]) > 0).all())
 
 
 @pytest.mark.slow
