@@ -81,14 +81,23 @@ def write_outputs(output: Output, data: np.ndarray, meta: Mapping[str, Any],
     missing = sorted(set(extras) - set(output.extras))
     if missing:
         raise ValueError(f"no output path for extra arrays {missing}")
+    def write_meta(f: Any) -> None:  # encoded last, after the arrays are staged
+        f.write((json.dumps(dict(meta), indent=2, default=str) + "\n").encode())
+
+    _write_all([(output.data, lambda f: np.save(f, data)),
+                *[(output.extras[tag], lambda f, a=arr: np.save(f, a))
+                  for tag, arr in extras.items()],
+                (output.meta, write_meta)])
+    _fsync_dir(output.data.parent)
+
+
+def _write_all(files: list[tuple[Path, Any]]) -> None:
+    """Stage every (path, write(file)) to a temporary file, then rename all into place;
+    on any error or interrupt before the renames, remove the temporary files."""
     staged: list[tuple[Path, Path]] = []
     try:
-        staged.append((_stage(output.data, lambda f: np.save(f, data)), output.data))
-        for tag, arr in extras.items():
-            staged.append((_stage(output.extras[tag], lambda f, a=arr: np.save(f, a)),
-                           output.extras[tag]))
-        text = (json.dumps(dict(meta), indent=2, default=str) + "\n").encode()
-        staged.append((_stage(output.meta, lambda f: f.write(text)), output.meta))
+        for final, write in files:
+            staged.append((_stage(final, write), final))
         with _sigint_deferred():
             for tmp, final in staged:
                 os.replace(tmp, final)
@@ -97,7 +106,6 @@ def write_outputs(output: Output, data: np.ndarray, meta: Mapping[str, Any],
         for tmp, _ in staged:
             with contextlib.suppress(OSError):
                 tmp.unlink()
-    _fsync_dir(output.data.parent)
 
 
 def _stage(final: Path, write: Any) -> Path:
@@ -146,19 +154,8 @@ def _fsync_dir(folder: Path) -> None:
 
 def write_texts(files: Mapping[Path, str]) -> None:
     """Write text files atomically, all or none (the same staging as `write_outputs`)."""
-    staged: list[tuple[Path, Path]] = []
-    try:
-        for final, text in files.items():
-            data = text.encode()
-            staged.append((_stage(final, lambda f, d=data: f.write(d)), final))
-        with _sigint_deferred():
-            for tmp, final in staged:
-                os.replace(tmp, final)
-            staged = []
-    finally:
-        for tmp, _ in staged:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
+    data = {final: text.encode() for final, text in files.items()}
+    _write_all([(final, lambda f, d=d: f.write(d)) for final, d in data.items()])
 
 
 def jsonable(x: Any) -> Any:
