@@ -100,11 +100,33 @@ def write_outputs(output: Output, data: np.ndarray, meta: Mapping[str, Any],
     _fsync_dir(output.data.parent)
 
 
+def write_files(files: Mapping[Path, bytes]) -> None:
+    """Write several files atomically as one batch (temporary files, fsync, renames).
+
+    On any error or interrupt before the renames, nothing at the target paths changes.
+    """
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for final, data in files.items():
+            staged.append((_stage(Path(final), lambda f, d=data: f.write(d)), Path(final)))
+        with _sigint_deferred():
+            for tmp, final in staged:
+                os.replace(tmp, final)
+            staged = []
+    finally:
+        for tmp, _ in staged:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+    for folder in {Path(p).parent for p in files}:
+        _fsync_dir(folder)
+
+
 def _stage(final: Path, write: Any) -> Path:
     """A temporary file beside `final`, filled by write(file), flushed and fsynced."""
     fd, name = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=TEMP_SUFFIX)
     tmp = Path(name)
     try:
+        os.chmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a result is a normal file
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -114,6 +136,12 @@ def _stage(final: Path, write: Any) -> Path:
             tmp.unlink()
         raise
     return tmp
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
