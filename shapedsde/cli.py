@@ -178,6 +178,23 @@ def _lazy(module: str, attr: str) -> Any:
 # Commands
 
 
+def coefficients(blk: Block, V: np.ndarray, dtype_name: str = "float64"
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """b(V) and Sigma(V) in float64; ValueError when they do not fit in `dtype_name`
+    (a run from such a V would fail at its first step)."""
+    with np.errstate(all="ignore"):  # overflow is reported below, in one line
+        drift = np.asarray(blk.drift(V, check=False), dtype=np.float64)
+        diffusion = np.asarray(blk.diffusion(V, check=False), dtype=np.float64)
+    top = float(np.finfo(np.dtype(dtype_name)).max)
+    for label, arr in (("drift b(V)", drift), ("diffusion Sigma(V)", diffusion)):
+        if not (np.all(np.isfinite(arr)) and np.max(np.abs(arr)) <= top):
+            raise ValueError(f"the {label} of block {blk.name!r} is not finite in {dtype_name} "
+                             f"for this V (largest |V^ab| = {float(np.max(np.abs(V))):.3g}); "
+                             "rescale V towards O(1) (for the linear and mlp blocks "
+                             "b(cV) = c b(V) and Sigma(cV) = c^2 Sigma(V))")
+    return drift, diffusion
+
+
 def cmd_coeffs(args: argparse.Namespace) -> int:
     blk = block_from_args(args)
     output = None if args.out is None else _io.prepare_output(args.out, extras=("diffusion",))
@@ -185,15 +202,7 @@ def cmd_coeffs(args: argparse.Namespace) -> int:
     m = V.shape[-1]
     # Sigma (and, printed, about 25 bytes of JSON per entry).
     _check_work(args, (8 * 4 + (0 if output else 25)) * V.size * m * m, "coeffs")
-    with np.errstate(all="ignore"):  # overflow is reported below, in one line
-        drift = np.asarray(blk.drift(V, check=False), dtype=np.float64)
-        diffusion = np.asarray(blk.diffusion(V, check=False), dtype=np.float64)
-    for label, arr in (("drift b(V)", drift), ("diffusion Sigma(V)", diffusion)):
-        if not np.all(np.isfinite(arr)):
-            raise ValueError(f"the {label} of block {blk.name!r} is not finite in float64 for "
-                             f"this V (largest |V^ab| = {float(np.max(np.abs(V))):.3g}); "
-                             "rescale V towards O(1) (for the linear and mlp blocks "
-                             "b(cV) = c b(V) and Sigma(cV) = c^2 Sigma(V))")
+    drift, diffusion = coefficients(blk, V)
     meta = {"block": blk.name, "params": blk.kernel_params()}
     if output is None:
         print(json.dumps({**meta, "drift": drift.tolist(), "diffusion": diffusion.tolist()}))
@@ -223,6 +232,7 @@ def cmd_sde(args: argparse.Namespace) -> int:
     _check_work(args, sde_bytes(m, paths, _itemsize(args.dtype), blk.noise_groups),
                 f"sde with {paths} paths of {m} x {m}", steps=steps,
                 step_name="steps" if args.steps else "steps (at least T / dt_max)")
+    coefficients(blk, V0, args.dtype)  # a V0 they overflow at would fail at the first step
     dtype = _dtype(args.dtype)
     with warnings.catch_warnings():
         # The non-finite warning is repeated below as one line.
@@ -303,6 +313,9 @@ def cmd_finite(args: argparse.Namespace) -> int:
         line += (f" | exit at tr V >= {args.exit_trace:g} tr V0: {exits['n_exits']} nets, "
                  f"P(exit) = {exits['p_exit']:.4f} +- {exits['p_exit_se']:.4f}")
     print(line)
+    if meta["n_nonfinite"]:  # e.g. a V0 near the float64 limit overflows
+        print(f"warning: {meta['n_nonfinite']} of {nets} networks became non-finite; their rows "
+              f"in {out} are not finite (n_nonfinite in {output.meta})", file=sys.stderr)
     return EXIT_OK
 
 
