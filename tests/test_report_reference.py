@@ -99,6 +99,7 @@ def test_reference_folder_holds_exactly_its_report() -> None:
 
 
 def test_reference_sizes_are_the_current_configuration() -> None:
+    assert SETTINGS["mode"] in ("tiny", "quick", "full"), f"run `{REGENERATE}`"
     cfg = getattr(Config, SETTINGS["mode"])()
     assert SETTINGS["config"] == json.loads(json.dumps(asdict(cfg))), (
         f"Config.{SETTINGS['mode']}() changed since verify/out/ was made: run `{REGENERATE}`")

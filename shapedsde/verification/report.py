@@ -1,4 +1,4 @@
-"""`run_verification`: all checks, `report.json`, figures and one-line verdicts.
+"""`run_verification`: all checks, `report.json`, `report.html`, figures and verdict lines.
 
 Checks (see verify/README.md for how to read them):
 1. closed form: the conditional W^V moments against raw W^V sampling;
