@@ -248,3 +248,13 @@ def test_verify_reference_writes_the_source_tree_report(monkeypatch, capsys, tmp
     assert got["command"] == "shapedsde verify --quick --seed 0 --reference"
     assert out.strip() == ("verdicts: 3 PASS, 0 FAIL, 1 NO POWER; report verify/out/report.html "
                            "(numbers in report.json, figures beside)")
+
+
+def test_write_files_changes_nothing_when_one_file_cannot_be_staged(tmp_path):
+    from shapedsde._io import write_files
+
+    (tmp_path / "report.json").write_text("old")
+    with pytest.raises(OSError):
+        write_files({tmp_path / "report.json": b"new", tmp_path / "no" / "such.png": b"x"})
+    assert [p.name for p in tmp_path.iterdir()] == ["report.json"]  # no .partial left
+    assert (tmp_path / "report.json").read_text() == "old"
