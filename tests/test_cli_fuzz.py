@@ -29,7 +29,7 @@ from hypothesis.extra import numpy as hnp
 
 from shapedsde.cli import main
 
-FUZZ = settings(max_examples=int(os.environ.get("SHAPEDSDE_FUZZ_EXAMPLES", "25")),
+FUZZ = settings(max_examples=int(os.environ.get("SHAPEDSDE_FUZZ_EXAMPLES", "60")),
                 deadline=None, derandomize=not os.environ.get("SHAPEDSDE_FUZZ_RANDOM"),
                 suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large],
                 database=None)
