@@ -108,11 +108,22 @@ def _write_all(files: list[tuple[Path, Any]]) -> None:
                 tmp.unlink()
 
 
+def write_files(files: Mapping[Path, bytes]) -> None:
+    """Write several files atomically as one batch (temporary files, fsync, renames).
+
+    On any error or interrupt before the renames, nothing at the target paths changes.
+    """
+    _write_all([(Path(final), lambda f, d=data: f.write(d)) for final, data in files.items()])
+    for folder in {Path(p).parent for p in files}:
+        _fsync_dir(folder)
+
+
 def _stage(final: Path, write: Any) -> Path:
     """A temporary file beside `final`, filled by write(file), flushed and fsynced."""
     fd, name = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=TEMP_SUFFIX)
     tmp = Path(name)
     try:
+        os.chmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; a result is a normal file
         with os.fdopen(fd, "wb") as f:
             write(f)
             f.flush()
@@ -122,6 +133,12 @@ def _stage(final: Path, write: Any) -> Path:
             tmp.unlink()
         raise
     return tmp
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 @contextlib.contextmanager
@@ -150,12 +167,6 @@ def _fsync_dir(folder: Path) -> None:
             os.fsync(fd)
         finally:
             os.close(fd)
-
-
-def write_texts(files: Mapping[Path, str]) -> None:
-    """Write text files atomically, all or none (the same staging as `write_outputs`)."""
-    data = {final: text.encode() for final, text in files.items()}
-    _write_all([(final, lambda f, d=d: f.write(d)) for final, d in data.items()])
 
 
 def jsonable(x: Any) -> Any:

@@ -13,6 +13,7 @@ import argparse
 import dataclasses
 import json
 import os
+import shlex
 import sys
 import warnings
 from collections.abc import Sequence
@@ -187,6 +188,23 @@ def _lazy(module: str, attr: str) -> Any:
 # Commands
 
 
+def coefficients(blk: Block, V: np.ndarray, dtype_name: str = "float64"
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """b(V) and Sigma(V) in float64; ValueError when they do not fit in `dtype_name`
+    (a run from such a V would fail at its first step)."""
+    with np.errstate(all="ignore"):  # overflow is reported below, in one line
+        drift = np.asarray(blk.drift(V, check=False), dtype=np.float64)
+        diffusion = np.asarray(blk.diffusion(V, check=False), dtype=np.float64)
+    top = float(np.finfo(np.dtype(dtype_name)).max)
+    for label, arr in (("drift b(V)", drift), ("diffusion Sigma(V)", diffusion)):
+        if not (np.all(np.isfinite(arr)) and np.max(np.abs(arr)) <= top):
+            raise ValueError(f"the {label} of block {blk.name!r} is not finite in {dtype_name} "
+                             f"for this V (largest |V^ab| = {float(np.max(np.abs(V))):.3g}); "
+                             "rescale V towards O(1) (for the linear and mlp blocks "
+                             "b(cV) = c b(V) and Sigma(cV) = c^2 Sigma(V))")
+    return drift, diffusion
+
+
 def cmd_coeffs(args: argparse.Namespace) -> int:
     blk = block_from_args(args)
     output = None if args.out is None else _io.prepare_output(args.out, extras=("diffusion",))
@@ -194,15 +212,7 @@ def cmd_coeffs(args: argparse.Namespace) -> int:
     m = V.shape[-1]
     # Sigma (and, printed, about 25 bytes of JSON per entry).
     _check_work(args, (8 * 4 + (0 if output else 25)) * V.size * m * m, "coeffs")
-    with np.errstate(all="ignore"):  # overflow is reported below, in one line
-        drift = np.asarray(blk.drift(V, check=False), dtype=np.float64)
-        diffusion = np.asarray(blk.diffusion(V, check=False), dtype=np.float64)
-    for label, arr in (("drift b(V)", drift), ("diffusion Sigma(V)", diffusion)):
-        if not np.all(np.isfinite(arr)):
-            raise ValueError(f"the {label} of block {blk.name!r} is not finite in float64 for "
-                             f"this V (largest |V^ab| = {float(np.max(np.abs(V))):.3g}); "
-                             "rescale V towards O(1) (for the linear and mlp blocks "
-                             "b(cV) = c b(V) and Sigma(cV) = c^2 Sigma(V))")
+    drift, diffusion = coefficients(blk, V)
     meta = block_meta(blk)
     if output is None:
         print(json.dumps({**meta, "drift": drift.tolist(), "diffusion": diffusion.tolist()}))
@@ -237,6 +247,7 @@ def cmd_sde(args: argparse.Namespace) -> int:
                 + 8.0 * records * paths * m * m,
                 f"sde with {paths} paths of {m} x {m}", steps=steps,
                 step_name="steps" if args.steps else "steps (at least T / dt_max)")
+    coefficients(blk, V0, args.dtype)  # a V0 they overflow at would fail at the first step
     dtype = _dtype(args.dtype)
     with warnings.catch_warnings():
         # The non-finite warning is repeated below as one line.
@@ -334,6 +345,9 @@ def cmd_finite(args: argparse.Namespace) -> int:
         line += (f" | exit at tr V >= {args.exit_trace:g} tr V0: {exits['n_exits']} nets, "
                  f"P(exit) = {exits['p_exit']:.4f} +- {exits['p_exit_se']:.4f}")
     print(line)
+    if meta["n_nonfinite"]:  # e.g. a V0 near the float64 limit overflows
+        print(f"warning: {meta['n_nonfinite']} of {nets} networks became non-finite; their rows "
+              f"in {out} are not finite (n_nonfinite in {output.meta})", file=sys.stderr)
     return EXIT_OK
 
 
@@ -378,7 +392,7 @@ def _derive_block(args: argparse.Namespace) -> int:
     stem = f"{blk.name}" if m is None else f"{blk.name}_m{m}"
     files = {out / f"{stem}.tex": coef.latex(),
              out / f"{stem}_values.tex": coef.with_values().latex()}
-    _io.write_texts(files)
+    _io.write_files({path: text.encode() for path, text in files.items()})
     for path in files:
         print(f"wrote {path}")
     return EXIT_OK
@@ -386,55 +400,55 @@ def _derive_block(args: argparse.Namespace) -> int:
 
 def cmd_verify(args: argparse.Namespace) -> int:
     run_verification = _lazy("verification", "run_verification")
-    kwargs: dict[str, Any] = {"quick": not args.full, "device": str(_device(args.device))}
-    if args.out is not None:
-        kwargs["out_dir"] = args.out
-    if args.seed is not None:
-        kwargs["seed"] = val.check_seed(args.seed, "--seed")
-    kwargs["workers"] = val.check_positive_int("workers", args.workers)
-    kwargs["scheduler"] = args.scheduler
-    result = run_verification(**kwargs)  # prints each verdict line as it is reached
-    summary = result.get("summary", {}) if isinstance(result, dict) else {}
-    out = kwargs.get("out_dir", "results/verify")
-    if summary:
-        print(f"verdicts: {summary.get('PASS', 0)} PASS, {summary.get('FAIL', 0)} FAIL, "
-              f"{summary.get('NO POWER', 0)} NO POWER; report {Path(out) / 'report.json'}")
-    else:
-        for line in _verdict_lines(result):
-            print(line)
-    return EXIT_OK if _verdict_ok(result) else EXIT_FAIL
+    mode = "full" if args.full else "tiny" if args.tiny else "quick"
+    kwargs: dict[str, Any] = {"quick": mode != "full", "device": str(_device(args.device)),
+                              "seed": val.check_seed(0 if args.seed is None else args.seed,
+                                                     "--seed"),
+                              "workers": val.check_positive_int("--workers", args.workers),
+                              "scheduler": args.scheduler, "reference": args.reference}
+    if args.reference and args.out is not None:
+        raise ValueError("--reference writes the checked-in report verify/out/; it takes no "
+                         "--out")
+    out = reference_dir() if args.reference else Path(args.out or "results/verify")
+    if mode == "tiny":
+        kwargs.update(config=_lazy("verification", "Config").tiny(), every_block=False)
+    kwargs["command"] = verify_command(mode, kwargs["seed"], kwargs["device"],
+                                       None if args.reference else args.out, args.reference)
+    result = run_verification(out_dir=out, **kwargs)  # prints each verdict line once
+    s = result["summary"]
+    print(f"verdicts: {s['PASS']} PASS, {s['FAIL']} FAIL, {s['NO POWER']} NO POWER; "
+          f"report {_shown(out / 'report.html')} (numbers in report.json, figures beside)")
+    return EXIT_OK if s["FAIL"] == 0 else EXIT_FAIL
 
 
-def _verdict_lines(result: Any) -> list[str]:
-    """The verifier's verdict lines: `.lines` / `.verdict_lines` (list or method), a string,
-    or an iterable of strings."""
-    for attr in ("verdict_lines", "lines"):
-        got = getattr(result, attr, None)
-        if got is not None:
-            result = got() if callable(got) else got
-            break
-    if result is None:
-        return []
-    if isinstance(result, str):
-        return result.splitlines()
-    if isinstance(result, dict):
-        if "verdicts" in result:
-            return [str(x) for x in result["verdicts"]]
-        return [f"{k}: {v}" for k, v in result.items()]
+def reference_dir() -> Path:
+    """verify/out/ of the source checkout this package runs from."""
+    root = Path(__file__).resolve().parent.parent
+    if not ((root / "pyproject.toml").is_file() and (root / "verify").is_dir()):
+        raise ValueError(f"--reference rewrites verify/out/ of a source checkout, but "
+                         f"shapedsde runs from {root}, which is not one")
+    return root / "verify" / "out"
+
+
+def verify_command(mode: str, seed: int, device: str, out: str | None,
+                   reference: bool) -> str:
+    """The shapedsde command line that reproduces a verification run."""
+    parts = ["shapedsde", "verify", f"--{mode}", "--seed", str(seed)]
+    if device != "cpu":
+        parts += ["--device", device]
+    if reference:
+        parts.append("--reference")
+    elif out is not None:
+        parts += ["--out", out]
+    return " ".join(shlex.quote(p) for p in parts)
+
+
+def _shown(path: Path) -> str:
+    """`path` relative to the working directory when it lies below it."""
     try:
-        return [str(x) for x in result]
-    except TypeError:
-        return [str(result)]
-
-
-def _verdict_ok(result: Any) -> bool:
-    if isinstance(result, dict) and "summary" in result:
-        return result["summary"].get("FAIL", 0) == 0
-    for attr in ("ok", "passed"):
-        got = getattr(result, attr, None)
-        if got is not None:
-            return bool(got() if callable(got) else got)
-    return True
+        return str(path.resolve().relative_to(Path.cwd().resolve()))
+    except ValueError:
+        return str(path)
 
 
 def cmd_figures(args: argparse.Namespace) -> int:
@@ -700,14 +714,26 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("verify", formatter_class=fmt,
                        help="check the SDE against finite networks",
                        description="Run the verification suite (one-step moments, laws at T "
-                                   "with negative controls, rank collapse) and print its "
-                                   "verdict lines. Exit status 1 if a check fails.")
+                                   "with negative controls, every block, the stopped process "
+                                   "at depth), print each verdict line once and a tally, and "
+                                   "write report.html (verdicts, figures, settings, the "
+                                   "command that reproduces it), report.json and PNG figures. "
+                                   "Exit status 1 if a check fails.",
+                       epilog="examples:\n  shapedsde verify --quick              # results/"
+                              "verify/report.html\n  shapedsde verify --quick --reference  "
+                              "# regenerate the checked-in verify/out/")
     mode = p.add_mutually_exclusive_group()
     mode.add_argument("--quick", action="store_true", help="small, fast settings (default)")
     mode.add_argument("--full", action="store_true", help="the full-size checks")
-    p.add_argument("--out", metavar="DIR", help="where to write reports and figures "
-                                                "(default: the verifier's)")
-    p.add_argument("--seed", type=int, metavar="S", help="root seed (default: the verifier's)")
+    mode.add_argument("--tiny", action="store_true",
+                      help="a smoke run in seconds: tiny samples (no power), no every-block "
+                           "and depth checks")
+    p.add_argument("--out", metavar="DIR",
+                   help="where to write the report and figures (default results/verify)")
+    p.add_argument("--reference", action="store_true",
+                   help="write the checked-in reference report verify/out/ instead, without "
+                        "wall times or machine-dependent fields")
+    p.add_argument("--seed", type=int, metavar="S", help="root seed (default 0)")
     p.add_argument("--workers", type=int, default=1, metavar="W",
                    help="Dask worker processes for the sampling tasks (default 1: in "
                         "process); results are identical for any W")

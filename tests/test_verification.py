@@ -152,13 +152,15 @@ def test_one_step_rejects_unsupported_block():
 
 
 def _tiny() -> Config:
-    return Config(
-        one_step_params=[{"gamma": 0.8, "tau0": 0.7}], one_step_widths=[64, 256],
-        one_step_pairs=3000, linear_gammas=[0.5], closed_form_n=8, closed_form_samples=2000,
-        raw_n=8, raw_samples=2000, raw_pairs=3000,
-        law_params=[{"gamma": 0.9, "tau0": 0.5, "T": 0.125}], law_widths=[16, 32],
-        law_nets=400, law_sde_paths=400, consistency_n=16, consistency_nets_full=200,
-        consistency_nets_gram=400)
+    return Config.tiny()
+
+
+def test_config_modes_are_named():
+    assert [c.mode() for c in (Config.tiny(), Config.quick(), Config.full())] == [
+        "tiny", "quick", "full"]
+    custom = Config.tiny()
+    custom.law_nets += 1
+    assert custom.mode() == "custom"
 
 
 def test_run_verification_smoke(tmp_path):

@@ -2,7 +2,8 @@
 "How a result is verified"), with numbers, figures and one-line verdicts.
 
     from shapedsde.verification import run_verification
-    report = run_verification(quick=True, out_dir="verify/out", seed=0)
+    report = run_verification(quick=True, out_dir="results/verify", seed=0)
+    # results/verify/report.html (verdicts, figures, settings), report.json, PNGs
 """
 
 from .report import Config, run_verification

@@ -1,8 +1,12 @@
-"""PNG figures of a verification report (matplotlib, Agg backend)."""
+"""PNG figures of a verification report (matplotlib, Agg backend), rendered to bytes.
+
+The PNGs carry no metadata (no software version or date), so the same numbers give
+the same bytes and a checked-in figure can be compared with a re-rendered one.
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
+import io
 
 import matplotlib
 
@@ -15,18 +19,41 @@ from .law import STATISTICS  # noqa: E402
 _PARTS = {"drift": "drift b", "attention": "attention part of Sigma", "diffusion": "total Sigma"}
 
 
-def write_figures(report: dict, samples: list[dict], out: Path) -> list[str]:
-    """Write the figures for `report` into `out`; returns their file names."""
-    names = []
+#: What each figure shows, by file name prefix (the HTML report's captions).
+CAPTIONS = {
+    "one_step_error": "One-step check: relative error of n E[dV] and n Cov[dV] against b(V) "
+                      "and Sigma(V) vs width, with the Monte Carlo noise floor (dotted).",
+    "law_distance": "Law at T: KS and Wasserstein-1 distance of finite networks to the true "
+                    "SDE and to the negative controls vs width; grey: the same-law noise level.",
+    "law_ecdf": "Law at T, largest width: histograms and ECDFs of finite networks, the SDE "
+                "and the controls.",
+}
+
+
+def render_figures(report: dict, samples: list[dict], dpi: int = 110) -> dict[str, bytes]:
+    """The figures of `report` as PNG bytes, by file name (in report order)."""
+    figs = {}
     if report["checks"].get("one_step"):
-        names.append(_one_step_figure(report["checks"]["one_step"], out / "one_step_error.png"))
+        figs["one_step_error.png"] = _one_step_figure(report["checks"]["one_step"])
     for i, (law, smp) in enumerate(zip(report["checks"].get("law", []), samples, strict=True)):
-        names.append(_law_distance_figure(law, out / f"law_distance_{i}.png"))
-        names.append(_law_ecdf_figure(law, smp, out / f"law_ecdf_{i}.png"))
-    return names
+        figs[f"law_distance_{i}.png"] = _law_distance_figure(law)
+        figs[f"law_ecdf_{i}.png"] = _law_ecdf_figure(law, smp)
+    return {name: _png(fig, dpi) for name, fig in figs.items()}
 
 
-def _one_step_figure(results: list[dict], path: Path) -> str:
+def caption(name: str) -> str:
+    """The caption of figure file `name` (empty when unknown)."""
+    return CAPTIONS.get(name.rsplit(".", 1)[0].rstrip("0123456789").rstrip("_"), "")
+
+
+def _png(fig: plt.Figure, dpi: int) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, metadata={"Software": None})
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def _one_step_figure(results: list[dict]) -> plt.Figure:
     """Relative error vs width per part, with the noise floor and n^{-1/2}, n^{-1} guides."""
     results = [r for r in results if r["pairs"] > 0]
     fig, axes = plt.subplots(1, len(_PARTS), figsize=(5 * len(_PARTS), 4), squeeze=False)
@@ -49,12 +76,10 @@ def _one_step_figure(results: list[dict], path: Path) -> str:
         ax.set_title(f"one-step {title}\n(dotted: Monte Carlo SE level)")
         ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path.name
+    return fig
 
 
-def _law_distance_figure(law: dict, path: Path) -> str:
+def _law_distance_figure(law: dict) -> plt.Figure:
     """KS and W1 vs width: true SDE, the controls, and the sampling-noise level."""
     ns = sorted(law["per_width"])
     refs = [k for k in law["per_width"][ns[0]] if isinstance(law["per_width"][ns[0]][k], dict)]
@@ -85,12 +110,10 @@ def _law_distance_figure(law: dict, path: Path) -> str:
     fig.suptitle(f"law at T: {law['label']}, {law['nets']} networks per width, "
                  f"{law['sde_paths']} SDE paths")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path.name
+    return fig
 
 
-def _law_ecdf_figure(law: dict, smp: dict, path: Path) -> str:
+def _law_ecdf_figure(law: dict, smp: dict) -> plt.Figure:
     """Histograms and ECDFs at the largest width: finite vs SDE vs controls."""
     fig, axes = plt.subplots(2, len(STATISTICS), figsize=(5 * len(STATISTICS), 7), squeeze=False)
     n = max(law["widths"])
@@ -110,9 +133,7 @@ def _law_ecdf_figure(law: dict, smp: dict, path: Path) -> str:
         axes[0][j].legend(fontsize=7)
     fig.suptitle(f"law at T: {law['label']} (largest width)")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path.name
+    return fig
 
 
 def _legend(key: str, n: int) -> str:

@@ -1,4 +1,4 @@
-"""`run_verification`: all checks, `report.json`, figures and one-line verdicts.
+"""`run_verification`: all checks, `report.json`, `report.html`, figures and verdict lines.
 
 Checks (see verify/README.md for how to read them):
 1. closed form: the conditional W^V moments against raw W^V sampling;
@@ -18,22 +18,32 @@ depend on which other checks run.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import os
 import platform
 import subprocess
+import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from .. import __version__
+from .._io import write_files
+from .._validation import check_seed
 from ..blocks import Block
 from ..blocks import block as make_block
 from .common import LINE_ALPHA, derive_seed, z_crit
+from .figures import render_figures
+from .html import render_html
 from .law import STATISTICS, LawSetting, gram_vs_full_check, law_check
 from .one_step import PARTS, closed_form_check, one_step_check, raw_consistency_check
 
@@ -46,7 +56,7 @@ NAMED_V = {"V0": DEFAULT_V0, "V1": [[2.0, 1.2, 0.3], [1.2, 1.6, -0.2], [0.3, -0.
 
 @dataclass
 class Config:
-    """Sizes of one verification run (`quick()` or `full()`)."""
+    """Sizes of one verification run (`tiny()`, `quick()` or `full()`)."""
 
     # attention (gamma, tau0) for law and one-step checks; one-step at the V names in "V"
     one_step_params: list[dict] = field(default_factory=list)
@@ -68,6 +78,27 @@ class Config:
     consistency_T: float = 0.25
     consistency_nets_full: int = 0
     consistency_nets_gram: int = 0
+    figure_dpi: int = 110
+
+    @classmethod
+    def tiny(cls) -> Config:
+        """A smoke run in seconds: the same checks with samples far too small for power
+        (the closed form keeps quick's samples: it is cheap, and with a few thousand
+        draws its covariance z-scores are far from normal)."""
+        return cls(
+            one_step_params=[{"gamma": 0.8, "tau0": 0.7}], one_step_widths=[64, 256],
+            one_step_pairs=3000, linear_gammas=[0.5], closed_form_n=8,
+            closed_form_samples=20_000, raw_n=8, raw_samples=2000, raw_pairs=3000,
+            law_params=[{"gamma": 0.9, "tau0": 0.5, "T": 0.125}], law_widths=[16, 32],
+            law_nets=400, law_sde_paths=400, law_sde_dt=0.01, consistency_n=16,
+            consistency_nets_full=200, consistency_nets_gram=400, figure_dpi=30)
+
+    def mode(self) -> str:
+        """"tiny", "quick" or "full" when this is that configuration, else "custom"."""
+        for name in ("tiny", "quick", "full"):
+            if self == getattr(Config, name)():
+                return name
+        return "custom"
 
     @classmethod
     def quick(cls) -> Config:
@@ -108,25 +139,38 @@ def run_verification(*, quick: bool = True, out_dir: str | Path = "results/verif
                      device: str = "cpu", blocks: list[str | Block] | None = None,
                      progress: bool = True, config: Config | None = None,
                      every_block: bool = True, workers: int = 1,
-                     scheduler: str | None = None, depth: bool | None = None) -> dict:
-    """Run the checks, write `out_dir/report.json` and PNG figures, return the report.
+                     scheduler: str | None = None, depth: bool | None = None,
+                     reference: bool = False, command: str | None = None) -> dict:
+    """Run the checks, write `out_dir/report.json`, `report.html` and PNG figures, return
+    the report.
 
     blocks: names ("attention", "linear") or Block instances to verify; None: both,
     at the configuration's parameters. An attention Block instance is checked at
     its own (gamma, tau0); the law check uses the configuration's horizons.
-    `config` overrides the quick/full sizes (tests use tiny ones).
+    `config` overrides the quick/full sizes (`Config.tiny()`: a smoke run in seconds).
     every_block: also run `all_blocks.every_block` (MLP, Transformer, multi-head, causal),
     whose law-at-T samples run as seeded tasks on `workers` Dask processes (or on the
     cluster at `scheduler`); the numbers do not depend on the number of workers.
     depth: run the stopped-process checks at depth (`verification.depth`); default: with
     every_block.
+    progress: print each verdict line once (stdout), announce each stage and show
+    progress bars (stderr; bars only on a terminal).
+    reference: a report for the source tree: no wall times, platform or git commit
+    (`MACHINE_KEYS`), and files in `out_dir` from an older report are removed.
+    command: the command that reproduces the run, recorded in the report (default: the
+    equivalent Python call).
     """
     t_start = time.perf_counter()
     if torch.device(device).type == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' requested but CUDA is not available here; use 'cpu'")
+    seed = check_seed(seed)
     cfg = config or (Config.quick() if quick else Config.full())
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    depth = every_block if depth is None else depth
+    out = _output_dir(out_dir)
+    mode = cfg.mode()
+    command = command or (f"shapedsde.verification.run_verification(quick={quick}, "
+                          f"seed={seed}, config=Config.{mode}(), every_block={every_block}, "
+                          f"depth={depth}, device={device!r})")
     V0 = torch.tensor(DEFAULT_V0, dtype=torch.float64)
     seeds: dict[str, int] = {}
 
@@ -136,99 +180,183 @@ def run_verification(*, quick: bool = True, out_dir: str | Path = "results/verif
 
     att, lin = _select_blocks(blocks, cfg)
     report: dict[str, Any] = {
-        "settings": {"quick": quick, "seed": seed, "device": device, "V": NAMED_V,
-                     "config": asdict(cfg), "line_alpha": LINE_ALPHA,
+        "command": command,
+        "settings": {"mode": mode, "quick": quick, "seed": seed, "device": device, "V": NAMED_V,
+                     "config": asdict(cfg), "every_block": every_block, "depth": depth,
+                     "line_alpha": LINE_ALPHA,
                      "seed_scheme": "numpy SeedSequence(seed, spawn_key=(crc32(label),))"
                                     ".generate_state(1, uint64)[0] >> 1, per check label"},
         "versions": _versions(), "seeds": seeds, "checks": {}, "verdicts": [], "seconds": {}}
-    checks, verdicts, secs = report["checks"], report["verdicts"], report["seconds"]
+    checks, verdicts = report["checks"], report["verdicts"]
+    stages = [s for s in STAGES if (s != "every_block" or every_block) and (s != "depth" or depth)]
+    prog = Progress(progress, stages, report["seconds"])
 
     def log(line: str) -> None:
         verdicts.append(line)
-        if progress:
-            print(line, flush=True)
+        prog.write(line)
 
-    t = time.perf_counter()
-    checks["closed_form"] = []
-    for b in att[:1] + lin[:1]:
-        r = closed_form_check(b, V0, cfg.closed_form_n, cfg.closed_form_samples,
-                              _gen(seed_of(f"closed-form/{b.name}")))
-        r["block"] = b.name
-        checks["closed_form"].append(r)
-        log(_closed_form_line(b, r))
-    secs["closed_form"] = time.perf_counter() - t
+    with prog.stage("closed_form"):
+        checks["closed_form"] = []
+        for b in prog.items(att[:1] + lin[:1], "blocks"):
+            r = closed_form_check(b, V0, cfg.closed_form_n, cfg.closed_form_samples,
+                                  _gen(seed_of(f"closed-form/{b.name}")))
+            r["block"] = b.name
+            checks["closed_form"].append(r)
+            log(_closed_form_line(b, r))
 
-    t = time.perf_counter()
-    checks["raw_consistency"] = []
-    for b in att[:1]:
-        r = raw_consistency_check(b, V0, cfg.raw_n, cfg.raw_samples, cfg.raw_pairs,
-                                  _gen(seed_of(f"raw/{b.name}")))
-        checks["raw_consistency"].append(r)
-        log(_raw_line(b, r))
-    secs["raw_consistency"] = time.perf_counter() - t
+    with prog.stage("raw_consistency"):
+        checks["raw_consistency"] = []
+        for b in prog.items(att[:1], "blocks"):
+            r = raw_consistency_check(b, V0, cfg.raw_n, cfg.raw_samples, cfg.raw_pairs,
+                                      _gen(seed_of(f"raw/{b.name}")))
+            checks["raw_consistency"].append(r)
+            log(_raw_line(b, r))
 
-    t = time.perf_counter()
-    checks["one_step"] = []
-    for b, vname in _one_step_points(att + lin, cfg):
-        Vx = torch.tensor(NAMED_V[vname], dtype=torch.float64)
-        r = one_step_check(b, Vx, cfg.one_step_widths, cfg.one_step_pairs,
-                           lambda label, v=vname: seed_of(f"{label}/{v}"))
-        r["V_name"] = vname
-        checks["one_step"].append(r)
-        log(_one_step_line(b, r, vname))
-    secs["one_step"] = time.perf_counter() - t
+    with prog.stage("one_step"):
+        checks["one_step"] = []
+        for b, vname in prog.items(_one_step_points(att + lin, cfg), "points"):
+            Vx = torch.tensor(NAMED_V[vname], dtype=torch.float64)
+            r = one_step_check(b, Vx, cfg.one_step_widths, cfg.one_step_pairs,
+                               lambda label, v=vname: seed_of(f"{label}/{v}"))
+            r["V_name"] = vname
+            checks["one_step"].append(r)
+            log(_one_step_line(b, r, vname))
 
-    t = time.perf_counter()
-    checks["sampler_consistency"] = []
     law_settings = _law_settings(att, cfg, V0)
-    for s in law_settings[:1]:
-        r = gram_vs_full_check(s.block, V0, cfg.consistency_T, cfg.consistency_n,
-                               cfg.consistency_nets_full,
-                               cfg.consistency_nets_gram, seed_of, device=device)
-        checks["sampler_consistency"].append(r)
-        log(r["line"])
-    secs["sampler_consistency"] = time.perf_counter() - t
+    with prog.stage("sampler_consistency"):
+        checks["sampler_consistency"] = []
+        for s in prog.items(law_settings[:1], "settings"):
+            r = gram_vs_full_check(s.block, V0, cfg.consistency_T, cfg.consistency_n,
+                                   cfg.consistency_nets_full,
+                                   cfg.consistency_nets_gram, seed_of, device=device)
+            checks["sampler_consistency"].append(r)
+            log(r["line"])
 
-    t = time.perf_counter()
-    checks["law"], samples = [], []
-    for s in law_settings:
-        r = law_check(s, seed_of, device=device, progress=False)
-        samples.append(r.pop("_samples"))
-        checks["law"].append(r)
-        for v in r["verdicts"]:
-            log(v["line"])
-    secs["law"] = time.perf_counter() - t
+    samples = []
+    with prog.stage("law"):
+        checks["law"] = []
+        for s in prog.items(law_settings, "settings"):
+            r = law_check(s, seed_of, device=device, progress=False)
+            samples.append(r.pop("_samples"))
+            checks["law"].append(r)
+            for v in r["verdicts"]:
+                log(v["line"])
 
     if every_block:
         from .all_blocks import every_block as run_every_block
 
-        t = time.perf_counter()
-        checks["every_block"] = run_every_block(
-            quick=quick, seed=seed_of("every-block"), device=device, workers=workers,
-            scheduler=scheduler)
-        for r in checks["every_block"]:
-            log(r["line"])
-        secs["every_block"] = time.perf_counter() - t
+        with prog.stage("every_block"):
+            checks["every_block"] = run_every_block(
+                quick=quick, seed=seed_of("every-block"), device=device, workers=workers,
+                scheduler=scheduler)
+            for r in checks["every_block"]:
+                log(r["line"])
 
-    if every_block if depth is None else depth:
+    if depth:
         from .depth import depth_checks
 
-        t = time.perf_counter()
-        checks["depth"] = depth_checks(quick=quick, seed=seed_of("depth"), device=device)
-        for r in checks["depth"]:
-            log(r["line"])
-        secs["depth"] = time.perf_counter() - t
+        with prog.stage("depth"):
+            checks["depth"] = depth_checks(quick=quick, seed=seed_of("depth"), device=device)
+            for r in checks["depth"]:
+                log(r["line"])
 
-    t = time.perf_counter()
-    from .figures import write_figures
-
-    report["figures"] = write_figures(report, samples, out)
-    secs["figures"] = time.perf_counter() - t
-    secs["total"] = time.perf_counter() - t_start
+    with prog.stage("figures"):
+        figures = render_figures(report, samples, dpi=cfg.figure_dpi)
+    report["figures"] = list(figures)
     report["summary"] = {k: sum(v.startswith(k) for v in verdicts)
                          for k in ("PASS", "FAIL", "NO POWER")}
-    (out / "report.json").write_text(json.dumps(_jsonable(report), indent=1))
+    report["seconds"]["total"] = time.perf_counter() - t_start
+    if reference:
+        report = strip_machine_fields(report)
+    _write_report(out, report, figures, clean=reference)
     return report
+
+
+#: Stages of a run, in order, and how they are announced.
+STAGES = {"closed_form": "closed form of the W^V moments",
+          "raw_consistency": "one-step consistency (raw block.finite)",
+          "one_step": "one-step moments against the kernels",
+          "sampler_consistency": "sampler consistency (gram chain vs block.finite)",
+          "law": "law at T against the SDE, with negative controls",
+          "every_block": "every block: one step and law at T (MLP, Transformer, multi-head, "
+                         "causal)",
+          "depth": "at depth: the stopped process against exact finite networks",
+          "figures": "figures"}
+
+#: Keys of fields that depend on the machine or the moment of the run (wall times, the
+#: platform, the git commit): kept in a results/ report, removed from the reference.
+MACHINE_KEYS = frozenset({"seconds", "seconds_full", "wall_s", "platform", "git_commit"})
+REPORT_FILES = ("report.json", "report.html")
+
+
+def strip_machine_fields(x: Any) -> Any:
+    """A copy of `x` without the keys in MACHINE_KEYS, at any depth."""
+    if isinstance(x, dict):
+        return {k: strip_machine_fields(v) for k, v in x.items() if k not in MACHINE_KEYS}
+    if isinstance(x, list):
+        return [strip_machine_fields(v) for v in x]
+    return x
+
+
+class Progress:
+    """Stage announcements (stderr), verdict lines (stdout) and tqdm bars for one run."""
+
+    def __init__(self, enabled: bool, stages: list[str], seconds: dict[str, float]) -> None:
+        self.enabled, self.stages, self.seconds = enabled, stages, seconds
+
+    @contextlib.contextmanager
+    def stage(self, name: str) -> Iterator[None]:
+        if self.enabled:
+            i = self.stages.index(name) + 1
+            print(f"[{i}/{len(self.stages)}] {STAGES[name]}", file=sys.stderr, flush=True)
+        t = time.perf_counter()
+        yield
+        self.seconds[name] = time.perf_counter() - t
+
+    def items(self, seq: list, unit: str) -> Any:
+        """`seq` with a bar on stderr (drawn only on a terminal)."""
+        return tqdm(seq, unit=unit[:-1] if unit.endswith("s") else unit, leave=False,
+                    file=sys.stderr, disable=None if self.enabled else True, dynamic_ncols=True)
+
+    def write(self, line: str) -> None:
+        if self.enabled:
+            tqdm.write(line, file=sys.stdout)
+            sys.stdout.flush()
+
+
+def _output_dir(out_dir: str | Path) -> Path:
+    """Create `out_dir` (before any work) or say why it cannot be used."""
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"the output folder {out} is a file; choose another --out")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"cannot create the output folder {out}: {err.strerror or err}") from None
+    try:  # a real write, since os.access is not reliable (e.g. for root)
+        fd, probe = tempfile.mkstemp(dir=out, suffix=".partial")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise ValueError(f"cannot write to the output folder {out}: "
+                         f"{err.strerror or err}") from None
+    return out
+
+
+def _write_report(out: Path, report: dict, figures: dict[str, bytes], clean: bool) -> None:
+    """report.json, report.html (rendered from that JSON) and the figures, atomically.
+
+    clean: first remove report and figure files (.json, .html, .png) that this report does
+    not write, so a reference folder holds no file from an older report."""
+    text = json.dumps(_jsonable(report), indent=1) + "\n"
+    page = render_html(json.loads(text), figures)
+    files = {out / "report.json": text.encode(), out / "report.html": page.encode(),
+             **{out / name: data for name, data in figures.items()}}
+    if clean:
+        for old in out.iterdir():
+            if old.suffix in (".json", ".html", ".png") and old not in files and old.is_file():
+                old.unlink()
+    write_files(files)
 
 
 # ----------------------------------------------------------------------------
