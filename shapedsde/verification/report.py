@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .. import __version__
+from .. import __version__, _io
 from .._io import write_files
 from .._validation import check_seed
 from ..blocks import Block
@@ -348,7 +348,7 @@ def _write_report(out: Path, report: dict, figures: dict[str, bytes], clean: boo
 
     clean: first remove report and figure files (.json, .html, .png) that this report does
     not write, so a reference folder holds no file from an older report."""
-    text = json.dumps(_jsonable(report), indent=1) + "\n"
+    text = _io.dumps(report, indent=1) + "\n"  # strict JSON: non-finite numbers are null
     page = render_html(json.loads(text), figures)
     files = {out / "report.json": text.encode(), out / "report.html": page.encode(),
              **{out / name: data for name, data in figures.items()}}
@@ -504,24 +504,6 @@ def _versions() -> dict[str, str]:
     except (OSError, subprocess.SubprocessError):
         pass
     return v
-
-
-def _jsonable(x: Any) -> Any:
-    """Make keys strings and numbers plain floats (inf/nan become strings)."""
-    if isinstance(x, dict):
-        return {str(k): _jsonable(v) for k, v in x.items()}
-    if isinstance(x, (list, tuple)):
-        return [_jsonable(v) for v in x]
-    if isinstance(x, (np.floating, float)):
-        f = float(x)
-        return f if math.isfinite(f) else str(f)
-    if isinstance(x, (np.integer,)):
-        return int(x)
-    if isinstance(x, (np.bool_,)):
-        return bool(x)
-    if isinstance(x, torch.Tensor):
-        return _jsonable(x.tolist())
-    return x
 
 
 __all__ = ["Config", "PARTS", "STATISTICS", "run_verification"]
