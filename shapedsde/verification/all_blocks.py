@@ -34,8 +34,8 @@ BLOCK_SETTINGS = [
     ("transformer heads=4", "transformer", {"gamma": 0.7, "tau0": 0.7, "heads": 4}),
     # A composition through the public serial API: two-head attention, then a smooth MLP.
     ("serial attention heads=2 + smooth mlp", "serial",
-     {"parts": [("attention", {"gamma": 0.9, "tau0": 0.5, "heads": 2}),
-                ("mlp", {"gamma": 0.8, "activation": "cubic", "scale": 0.7})]}),
+     {"parts": [["attention", {"gamma": 0.9, "tau0": 0.5, "heads": 2}],
+                ["mlp", {"gamma": 0.8, "activation": "cubic", "scale": 0.7}]]}),
 ]
 V_CHECK = [[1.0, 0.4, 0.1], [0.4, 1.2, 0.3], [0.1, 0.3, 0.8]]
 ALPHA = 1e-3  # per check, Bonferroni over the entries compared; also the law's level
@@ -68,7 +68,7 @@ def linear_control(name: str, params: dict) -> tuple[str, dict]:
     """The wrong SDE of a block's control: every sub-layer replaced by a linear one of the
     same gamma (no attention or activation terms)."""
     if name == "serial":
-        return "serial", {"parts": [("linear", {"gamma": p[1]["gamma"]})
+        return "serial", {"parts": [["linear", {"gamma": p[1]["gamma"]}]
                                     for p in params["parts"]]}
     return "linear", {"gamma": params["gamma"]}
 
