@@ -160,3 +160,21 @@ def test_composed_transformer_coefficients_are_the_sum_of_its_sublayers(m: int) 
     assert drift.applyfunc(sp.simplify) == sp.zeros(m, m)
     diff = tr.diffusion - at.diffusion.subs(HEADS, 1) - ml.diffusion
     assert all(sp.expand(x) == 0 for x in sp.flatten(diff.tolist()))
+
+
+@pytest.mark.parametrize("heads", [2, 3])
+def test_multihead_rule_is_derived_from_explicit_heads(heads: int) -> None:
+    """Explicit heads (own logits, own value blocks of n/H columns), derived by Wick's
+    theorem with no covariance divided by anything, equal the n_H rule at n_H = H (m = 2).
+    The single head's copy (n_H = 1) is the control: its diffusion differs."""
+    from shapedsde.symbolic.entrywise import derive
+    from shapedsde.symbolic.layers import HEADS, multihead_attention_layer
+
+    explicit_heads = derive(multihead_attention_layer(2, heads))
+    rule = derive_block("attention", 2)
+    drift = explicit_heads.drift - rule.drift.subs(HEADS, heads)
+    assert drift.applyfunc(sp.simplify) == sp.zeros(2, 2)
+    diff = explicit_heads.diffusion - rule.diffusion.subs(HEADS, heads)
+    assert all(sp.simplify(x) == 0 for x in sp.flatten(diff.tolist()))
+    one = explicit_heads.diffusion - rule.diffusion.subs(HEADS, 1)
+    assert any(sp.simplify(x) != 0 for x in sp.flatten(one.tolist()))

@@ -156,6 +156,29 @@ def attention_layer(m: int, heads: sp.Expr = HEADS, causal: bool = False) -> Lay
                       sp.diag(zcov, cov), params=params, heads=sp.sympify(heads))
 
 
+def multihead_attention_layer(m: int, heads: int) -> LayerModel:
+    """Shaped attention with `heads` explicit heads, each with its own logits and its own
+    value block of n / heads columns, as one single-copy model.
+
+    With H heads, V' = lam^2 V + sum_h [gam^2 A_h S_h A_h^T + lam gam (A_h M_h + M_h^T A_h^T)]
+    where S_h = (1/n) sum_{j in block h} h_j h_j^T = (V + eps sqrt(H) xi_S^h) / H (a mean
+    over n/H columns: fluctuations sqrt(H) larger) and M_h likewise. So V' is the average
+    of H updates with independent noise. Nothing divides a covariance by n_H here: the
+    per-entry derivation of this model yields it (tests/test_symbolic.py proves it equal to
+    `attention_layer`'s n_H rule for explicit H).
+    """
+    one = attention_layer(m, heads=sp.Integer(heads))  # a head's update; heads only scales
+    series: list[sp.Matrix] = [sp.zeros(m, m) for _ in range(ORDER + 1)]
+    noise: list[sp.Symbol] = []
+    for h in range(heads):
+        rename = {x: sp.Symbol(f"{x.name}_h{h}") for x in one.noise}
+        for k in range(ORDER + 1):
+            series[k] += one.series[k].xreplace(rename) / heads
+        noise += [rename[x] for x in one.noise]
+    return LayerModel(f"attention_{heads}_heads", one.V, series, noise,
+                      sp.diag(*[one.noise_cov] * heads), params=(GAMMA, TAU0))
+
+
 def relu_drift_entry(Vm: sp.Matrix, a: int, b: int) -> sp.Expr:
     """eps^2 coefficient of c E[phi(g_a) phi(g_b)], g ~ N(0, V) (derived by integration)."""
     kappa = shaped_kernel_series()[2]
