@@ -51,23 +51,31 @@ def prepare_output(out: str | os.PathLike[str], extras: Sequence[str] = (),
     if p.suffix != ".npy" or p.name == ".npy":
         raise ValueError(f"{option} must name a .npy file; got {out}")
     res = Output(p, p.with_suffix(".json"), {t: p.with_suffix(f".{t}.npy") for t in extras})
-    try:
-        p.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ValueError(f"cannot create the folder of {option} {out}: "
-                         f"{err.strerror or err}") from None
+    writable_folder(p.parent, f"the folder {p.parent} of {option} {out}")
     for path in res.paths():
         if path.is_dir():
             raise ValueError(f"{option} {out}: {path} is a directory; remove it or choose "
                              "another name")
+    return res
+
+
+def writable_folder(folder: str | os.PathLike[str], name: str) -> Path:
+    """Create `folder` (and its parents) and prove it writable by a real write, before any
+    work; ValueError "cannot create / cannot write to {name}: why" otherwise."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ValueError(f"cannot create {name}: {folder} is a file")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ValueError(f"cannot create {name}: {err.strerror or err}") from None
     try:  # a real write, since os.access is not reliable (e.g. for root, or on NFS)
-        fd, probe = tempfile.mkstemp(dir=p.parent, prefix=f".{p.name}.", suffix=TEMP_SUFFIX)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".probe.", suffix=TEMP_SUFFIX)
         os.close(fd)
         os.unlink(probe)
     except OSError as err:
-        raise ValueError(f"cannot write to the folder {p.parent} of {option} {out}: "
-                         f"{err.strerror or err}") from None
-    return res
+        raise ValueError(f"cannot write to {name}: {err.strerror or err}") from None
+    return folder
 
 
 def write_outputs(output: Output, data: np.ndarray, meta: Mapping[str, Any],

@@ -381,10 +381,7 @@ def _derive_block(args: argparse.Namespace) -> int:
     if args.gamma is None:
         raise ValueError("derive --block needs --gamma (and the block's other options)")
     blk = block_from_args(args)
-    out = Path(args.out)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out} exists and is not a folder")
-    out.mkdir(parents=True, exist_ok=True)
+    out = _io.writable_folder(args.out, f"the --out folder {args.out}")
     m = None if args.m is None else val.check_positive_int("--m", args.m)
     if m is not None and m < 2:
         raise ValueError(f"--m (number of tokens) must be >= 2; got {m}")

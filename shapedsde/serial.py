@@ -54,20 +54,21 @@ class Serial(Block):
                 for k, v in p.kernel_params().items()}
 
     def drift(self, V: Any, *, check: bool = True) -> Any:
-        V = val.check_covariance(V) if check else V
-        return _sum(p.drift(V, check=False) for p in self.parts)
+        return self._summed("drift", V, check)
 
     def diffusion(self, V: Any, *, check: bool = True) -> Any:
-        V = val.check_covariance(V) if check else V
-        return _sum(p.diffusion(V, check=False) for p in self.parts)
+        return self._summed("diffusion", V, check)
 
     def ito_contraction(self, V: Any, *, check: bool = True) -> Any:
-        V = val.check_covariance(V) if check else V
-        return _sum(p.ito_contraction(V, check=False) for p in self.parts)
+        return self._summed("ito_contraction", V, check)
 
     def trace_variance(self, V: Any, *, check: bool = True) -> Any:
+        return self._summed("trace_variance", V, check)
+
+    def _summed(self, face: str, V: Any, check: bool) -> Any:
+        """The sum over the parts of one coefficient face, V validated once."""
         V = val.check_covariance(V) if check else V
-        return _sum(p.trace_variance(V, check=False) for p in self.parts)
+        return _sum(getattr(p, face)(V, check=False) for p in self.parts)
 
     @property
     def noise_groups(self) -> int | None:

@@ -123,30 +123,34 @@ def _planned(monkeypatch: pytest.MonkeyPatch, module: Any, name: str, fields: tu
     return calls
 
 
+def _recorded_and_planned(monkeypatch, stage: str, module: Any, name: str, run: Any
+                          ) -> list[tuple[dict[str, Any], dict[str, Any]]]:
+    """(recorded check, the arguments the code would pass now) per check of a stage."""
+    if not SETTINGS[stage]:
+        pytest.skip(f"this reference has no {stage} checks (see the quick-report test)")
+    plan = _planned(monkeypatch, module, name, ("label", "block", "params"), run)
+    got = REPORT["checks"][stage]
+    assert len(got) == len(plan)
+    return list(zip(got, plan, strict=True))
+
+
 def test_reference_depth_checks_are_the_current_settings(monkeypatch) -> None:
     """Each check at depth was run with the blocks, horizon, R and sizes that
     `depth.depth_checks` uses now."""
-    if not SETTINGS["depth"]:
-        pytest.skip("this reference has no checks at depth (see the quick-report test)")
-    plan = _planned(monkeypatch, depth, "depth_check", ("label", "block", "params"),
-                    lambda: depth.depth_checks(quick=SETTINGS["quick"],
-                                               seed=REPORT["seeds"]["depth"]))
-    got = REPORT["checks"]["depth"]
-    assert len(got) == len(plan)
-    for rec, want in zip(got, plan, strict=True):
+    pairs = _recorded_and_planned(
+        monkeypatch, "depth", depth, "depth_check",
+        lambda: depth.depth_checks(quick=SETTINGS["quick"], seed=REPORT["seeds"]["depth"]))
+    for rec, want in pairs:
         for key in ("label", "block", "params", "T", "R", "widths", "nets", "paths"):
             assert rec[key] == want[key], (rec["label"], key, f"run `{REGENERATE}`")
 
 
 def test_reference_every_block_checks_are_the_current_settings(monkeypatch) -> None:
-    if not SETTINGS["every_block"]:
-        pytest.skip("this reference has no every-block checks (see the quick-report test)")
-    plan = _planned(monkeypatch, all_blocks, "check_block", ("label", "block", "params"),
-                    lambda: all_blocks.every_block(quick=SETTINGS["quick"],
-                                                   seed=REPORT["seeds"]["every-block"]))
-    got = REPORT["checks"]["every_block"]
-    assert len(got) == len(plan)
-    for rec, want in zip(got, plan, strict=True):
+    pairs = _recorded_and_planned(
+        monkeypatch, "every_block", all_blocks, "check_block",
+        lambda: all_blocks.every_block(quick=SETTINGS["quick"],
+                                       seed=REPORT["seeds"]["every-block"]))
+    for rec, want in pairs:
         assert (rec["label"], rec["block"], rec["params"]) == (want["label"], want["block"],
                                                                want["params"])
         assert [s["width"] for s in rec["one_step"]] == want["widths"], rec["label"]

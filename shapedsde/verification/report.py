@@ -21,11 +21,9 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
 import platform
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -326,21 +324,7 @@ class Progress:
 
 def _output_dir(out_dir: str | Path) -> Path:
     """Create `out_dir` (before any work) or say why it cannot be used."""
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"the output folder {out} is a file; choose another --out")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ValueError(f"cannot create the output folder {out}: {err.strerror or err}") from None
-    try:  # a real write, since os.access is not reliable (e.g. for root)
-        fd, probe = tempfile.mkstemp(dir=out, suffix=".partial")
-        os.close(fd)
-        os.unlink(probe)
-    except OSError as err:
-        raise ValueError(f"cannot write to the output folder {out}: "
-                         f"{err.strerror or err}") from None
-    return out
+    return _io.writable_folder(out_dir, f"the output folder {out_dir}")
 
 
 def _write_report(out: Path, report: dict, figures: dict[str, bytes], clean: bool) -> None:
