@@ -90,17 +90,51 @@ def block_from_args(args: argparse.Namespace) -> Block:
     A block receives only parameters it declares (linear takes only gamma); an
     option given for a block that does not take it is an error, not ignored.
     """
+    given = {k: getattr(args, k) for k in BLOCK_PARAMS if getattr(args, k, None) is not None}
+    if ".py:" in args.block:
+        if given:
+            raise ValueError(f"a block from a file takes its parameters from the file; drop "
+                             f"{', '.join('--' + k.replace('_', '-') for k in given)}")
+        return load_block_file(args.block)
     cls = BLOCKS.get(args.block)
     if cls is None:
-        raise ValueError(f"unknown block {args.block!r}; choose one of {sorted(BLOCKS)}")
+        raise ValueError(f"unknown block {args.block!r}; choose one of {sorted(BLOCKS)} or "
+                         "give FILE.py:NAME")
+    if args.gamma is None:
+        raise ValueError(f"block {args.block!r} needs --gamma (the branch weight in (0, 1])")
     accepted = {f.name for f in dataclasses.fields(cls)}
-    given = {k: getattr(args, k) for k in BLOCK_PARAMS if getattr(args, k, None) is not None}
     extra = sorted(set(given) - accepted)
     if extra:
         takes = ", ".join(f"--{k}" for k in BLOCK_PARAMS if k in accepted)
         raise ValueError(f"block {args.block!r} takes no {', '.join('--' + k for k in extra)} "
                          f"(it takes {takes})")
     return block(args.block, **given)
+
+
+def load_block_file(spec: str) -> Block:
+    """FILE.py:NAME -> the Block that NAME in the user's file is, or returns when called
+    with no arguments (e.g. docs/examples/my_block.py:my_block). The file is the user's own
+    code and runs as such; nothing is generated into the package."""
+    import importlib.util
+
+    path, _, name = spec.rpartition(":")
+    file = Path(path)
+    if not file.is_file():
+        raise ValueError(f"--block {spec}: no file {path}")
+    if not name.isidentifier():
+        raise ValueError(f"--block {spec}: {name!r} is not a Python name (FILE.py:NAME)")
+    module_spec = importlib.util.spec_from_file_location(f"shapedsde_user_{file.stem}", file)
+    module = importlib.util.module_from_spec(module_spec)
+    try:
+        module_spec.loader.exec_module(module)
+        obj = getattr(module, name)
+        obj = obj if isinstance(obj, Block) or not callable(obj) else obj()
+    except Exception as err:  # the user's code: report it in one line, whatever it raised
+        raise ValueError(f"--block {spec}: {type(err).__name__}: {err}") from None
+    if not isinstance(obj, Block):
+        raise ValueError(f"--block {spec}: {name} is a {type(obj).__name__}, not a shapedsde "
+                         "Block (or a function returning one)")
+    return obj
 
 
 def block_meta(blk: Block) -> dict[str, Any]:
@@ -378,8 +412,6 @@ def _derive_block(args: argparse.Namespace) -> int:
         raise ValueError("--check applies to the package's artifacts, not to --block")
     if args.out is None:
         raise ValueError("derive --block needs --out DIR (a folder for the LaTeX files)")
-    if args.gamma is None:
-        raise ValueError("derive --block needs --gamma (and the block's other options)")
     blk = block_from_args(args)
     out = _io.writable_folder(args.out, f"the --out folder {args.out}")
     m = None if args.m is None else val.check_positive_int("--m", args.m)
@@ -557,9 +589,11 @@ def _add_block_args(p: argparse.ArgumentParser, *, finite: bool = False,
     g = p.add_argument_group("block", "the residual sub-layer X' = lam X + gamma Branch(X), "
                              "lam^2 + gamma^2 = 1")
     g.add_argument("--block", required=not optional, metavar="NAME",
-                   help=f"block name: one of {', '.join(sorted(BLOCKS))}")
-    g.add_argument("--gamma", type=float, required=not optional, metavar="G",
-                   help="branch weight gamma in (0, 1]")
+                   help=f"block name: one of {', '.join(sorted(BLOCKS))}; or FILE.py:NAME, "
+                        "a Block (or a function returning one) in your own file, which "
+                        "carries its own parameters")
+    g.add_argument("--gamma", type=float, metavar="G",
+                   help="branch weight gamma in (0, 1] (required with a block name)")
     g.add_argument("--tau0", type=float, metavar="T0",
                    help="attention temperature factor tau0 > 0, tau = tau0 sqrt(n nk) "
                         "(attention only; default 1)")

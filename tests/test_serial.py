@@ -243,3 +243,34 @@ def test_a_users_block_file_runs_from_a_temporary_folder(tmp_path) -> None:
     assert r"\begin{align}" in res.stdout and "P(exit)" in res.stdout
     assert "max |z|" in res.stdout
     assert sorted(p.name for p in (root / "shapedsde" / "kernels").iterdir()) == before
+
+
+def test_cli_takes_a_block_from_the_users_file(tmp_path, capsys) -> None:
+    """--block FILE.py:NAME: derive writes the user block's LaTeX and coeffs gives its
+    numbers, equal to the API's; options beside it, a missing name and a non-block are
+    one-line errors."""
+    import shutil
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    user = tmp_path / "my_block.py"
+    shutil.copy(root / "docs" / "examples" / "my_block.py", user)
+    spec = f"{user}:my_block"
+    code, out, err = run(["derive", "--block", spec, "--out", str(tmp_path / "tex")], capsys)
+    assert code == 0, err
+    assert r"\label{eq:attention-mlp-drift}" in (tmp_path / "tex" / "serial.tex").read_text()
+    V = tmp_path / "V.npy"
+    np.save(V, V3)
+    code, out, err = run(["coeffs", "--block", spec, "--V", str(V)], capsys)
+    assert code == 0, err
+    blk = serial(block("attention", gamma=0.9, tau0=0.5, heads=2),
+                 block("mlp", gamma=0.8, activation=lambda x: sp.sin(x) + x**2 / 4, scale=0.7))
+    np.testing.assert_allclose(json.loads(out)["drift"], blk.drift(V3), rtol=1e-12)
+    for argv, needle in [(["coeffs", "--block", spec, "--gamma", "0.5", "--V", str(V)],
+                          "drop --gamma"),
+                         (["coeffs", "--block", f"{user}:nothing", "--V", str(V)],
+                          "AttributeError"),
+                         (["coeffs", "--block", f"{user}:__doc__", "--V", str(V)],
+                          "not a shapedsde Block"),
+                         (["coeffs", "--block", "attention", "--V", str(V)], "needs --gamma")]:
+        assert_one_line_error(*run(argv, capsys)[::2], needle)
