@@ -217,21 +217,16 @@ def collected(pieces: list[tuple[sp.Expr, str]]) -> tuple[sp.Expr, list[tuple[sp
     return pre, [(sp.factor_terms(sp.cancel(c / pre)), body) for c, body in pieces]
 
 
-def equation(lhs: str, pieces: list[tuple[sp.Expr, str]], label: str, end: str,
-             collect: bool = True) -> list[str]:
+def equation(lhs: str, pieces: list[tuple[sp.Expr, str]], label: str, end: str
+             ) -> list[str]:
     """Numbered align lines `lhs &= ...` with a label, broken to the line budget."""
-    pre, inner = collected(pieces) if collect else (sp.Integer(1), pieces)
+    pre, inner = collected(pieces)  # pre is 1 unless there are several pieces
     terms = _signed(inner)
-    if pre != 1 and len(inner) > 1:
+    if pre != 1:
         sign, tex = _coef_tex(pre)
         terms[0] = f"{'-' if sign < 0 else ''}{tex}\\Bigl[{terms[0]}"
         terms[-1] = terms[-1] + r"\Bigr]"
-    elif pre != 1:
-        terms = _signed([(pre * inner[0][0], inner[0][1])])
-    lines = break_lines(terms)
-    out = [f"{lhs} &= {lines[0]}"]
-    out += [f"&\\quad {line}" for line in lines[1:]]
-    out[-1] += f"{end} \\label{{{label}}}"
+    out = _rows(lhs, break_lines(terms), f"{end} \\label{{{label}}}")
     return [line + (r" \nonumber" if i < len(out) - 1 else "") for i, line in enumerate(out)]
 
 
@@ -262,21 +257,19 @@ def entry_symbols(e: sp.Expr) -> sp.Expr:
 def entry_lines(lhs: str, e: sp.Expr, end: str) -> list[str]:
     """Unnumbered align lines `lhs &= e` for a scalar entry, broken to the line budget."""
     e = entry_symbols(sp.factor_terms(sp.expand(e)))
+    if len(_printer()(e)) <= LINE_BUDGET:  # fits on one line: no bracket needed
+        sign, factors, den = natural_sign(e)
+        return _rows(lhs, [f"{'-' if sign < 0 else ''}{_quotient_tex(factors, den)}"], end)
     pre, inner = sp.Integer(1), e
-    if isinstance(e, sp.Mul):
+    if isinstance(e, sp.Mul):  # one sum times a prefactor: the prefactor outside a bracket
         adds = [f for f in e.args if isinstance(f, sp.Add)]
         if len(adds) == 1:
             pre, inner = sp.Mul(*[f for f in e.args if f is not adds[0]]), adds[0]
     terms = _scalar_terms(inner)
-    if len(_printer()(e)) <= LINE_BUDGET:  # fits on one line: no bracket needed
-        sign, factors, den = natural_sign(e)
-        return _rows(lhs, [f"{'-' if sign < 0 else ''}{_quotient_tex(factors, den)}"], end)
-    if pre != 1 and len(terms) > 1:
+    if pre != 1:  # inner is a sum, so there are several terms
         sign, tex = _coef_tex(pre)
         terms[0][0] = f"{'-' if sign < 0 else ''}{tex}\\Bigl[{terms[0][0]}"
         terms[-1][-1] += r"\Bigr]"
-    elif pre != 1:
-        terms = _scalar_terms(e)
     return _rows(lhs, break_lines(terms), end)
 
 
