@@ -18,7 +18,9 @@ tests/test_serial.py. Every face of the composite comes from its parts:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
+import operator
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -68,7 +70,8 @@ class Serial(Block):
     def _summed(self, face: str, V: Any, check: bool) -> Any:
         """The sum over the parts of one coefficient face, V validated once."""
         V = val.check_covariance(V) if check else V
-        return _sum(getattr(p, face)(V, check=False) for p in self.parts)
+        return functools.reduce(operator.add,
+                                (getattr(p, face)(V, check=False) for p in self.parts))
 
     @property
     def noise_groups(self) -> int | None:
@@ -109,12 +112,10 @@ class Serial(Block):
 
     def symbolic(self, m: int):
         """The composed per-entry update rule (parts with a single noise copy)."""
-        from .symbolic.coefficients import from_parameters, part_renames
+        from .symbolic.coefficients import parameter_values, part_renames
         from .symbolic.layers import HEADS, compose
 
-        values = [from_parameters(None, None, None, p.kernel_params(), "").params
-                  for p in self.parts]
-        renames = part_renames(values)
+        renames = part_renames([parameter_values(p.kernel_params()) for p in self.parts])
         for p, r in zip(self.parts, renames, strict=True):
             if getattr(p, "heads", None) == 1:  # a single head: one noise copy
                 r[HEADS] = sp.Integer(1)
@@ -164,11 +165,3 @@ def _renamed(model, rename: dict) -> Any:
         model, series=[t.xreplace(rename) for t in model.series],
         noise_cov=model.noise_cov.xreplace(rename), heads=model.heads.xreplace(rename),
         params=tuple(s for s in params if isinstance(s, sp.Symbol)))
-
-
-def _sum(terms) -> Any:
-    it = iter(terms)
-    out = next(it)
-    for t in it:
-        out = out + t
-    return out

@@ -42,13 +42,17 @@ class Coefficients:
 
     def with_values(self) -> Coefficients:
         """The same coefficients with every parameter symbol replaced by its value."""
-        values = {s: sp.nsimplify(v) for s, v in self.params.items()}
+        return self.replaced({s: sp.nsimplify(v) for s, v in self.params.items()}, {})
+
+    def replaced(self, mapping: dict[sp.Symbol, Any], params: dict[sp.Symbol, Any]
+                 ) -> Coefficients:
+        """b and Sigma with the symbols of `mapping` replaced, and the given `params`."""
         if self.m is None:
-            diffusion: Any = tuple(Kron(k.coef.xreplace(values), k.X, k.xl, k.Y, k.yl)
+            diffusion: Any = tuple(Kron(k.coef.xreplace(mapping), k.X, k.xl, k.Y, k.yl)
                                    for k in self.diffusion)
         else:  # entry by entry: xreplace is linear in the size, Array.subs is not
-            diffusion = self.diffusion.applyfunc(lambda e: e.xreplace(values))
-        return Coefficients(self.drift.xreplace(values), diffusion, self.m, {}, self.name)
+            diffusion = self.diffusion.applyfunc(lambda e: e.xreplace(mapping))
+        return Coefficients(self.drift.xreplace(mapping), diffusion, self.m, params, self.name)
 
     def entries(self, m: int) -> Coefficients:
         """Explicit entries for m tokens (V -> the symbols V_ab, P -> I - 11^T/m), left
@@ -74,11 +78,15 @@ class Coefficients:
         return entrywise_latex_source(self.name, self.m, self.drift, self.diffusion)
 
 
+def parameter_values(values: dict[str, Any]) -> dict[sp.Symbol, Any]:
+    """Kernel parameters by name (Block.kernel_params) -> the same values by symbol."""
+    return {PARAMETER_SYMBOLS[k]: v for k, v in values.items() if k in PARAMETER_SYMBOLS}
+
+
 def from_parameters(drift: Any, diffusion: Any, m: int | None, values: dict[str, Any],
                     name: str) -> Coefficients:
     """Coefficients whose symbols are the kernel parameters `values` (name -> value)."""
-    params = {PARAMETER_SYMBOLS[k]: v for k, v in values.items() if k in PARAMETER_SYMBOLS}
-    return Coefficients(drift, diffusion, m, params, name)
+    return Coefficients(drift, diffusion, m, parameter_values(values), name)
 
 
 def add(parts: list[Coefficients], name: str) -> Coefficients:
@@ -89,7 +97,9 @@ def add(parts: list[Coefficients], name: str) -> Coefficients:
     m = {p.m for p in parts}
     if len(m) != 1:
         raise ValueError("cannot add matrix-form and per-entry coefficients, or two m's")
-    renamed = [_index_conflicts(p, i, parts) for i, p in enumerate(parts)]
+    renames = part_renames([p.params for p in parts])
+    renamed = [p.replaced(r, {r.get(s, s): v for s, v in p.params.items()})
+               for p, r in zip(parts, renames, strict=True)]
     params = {s: v for p in renamed for s, v in p.params.items()}
     if parts[0].m is None:
         drift = sp.MatAdd(*(p.drift for p in renamed)).doit()
@@ -108,17 +118,3 @@ def part_renames(params: list[dict[sp.Symbol, Any]]) -> list[dict[sp.Symbol, sp.
         clash = [s for s, v in own.items() if any(s in q and q[s] != v for q in params)]
         out.append({s: sp.Symbol(f"{s.name}_{i + 1}", **s.assumptions0) for s in clash})
     return out
-
-
-def _index_conflicts(part: Coefficients, i: int, parts: list[Coefficients]) -> Coefficients:
-    """`part` with the symbols whose value differs between `parts` indexed by i + 1."""
-    rename = part_renames([q.params for q in parts])[i]
-    if not rename:
-        return part
-    if part.m is None:
-        diffusion: Any = tuple(Kron(k.coef.xreplace(rename), k.X, k.xl, k.Y, k.yl)
-                               for k in part.diffusion)
-    else:
-        diffusion = part.diffusion.xreplace(rename)
-    params = {rename.get(s, s): v for s, v in part.params.items()}
-    return Coefficients(part.drift.xreplace(rename), diffusion, part.m, params, part.name)
