@@ -268,17 +268,15 @@ def cmd_sde(args: argparse.Namespace) -> int:
     saves = _save_request(args)
     output = _io.prepare_output(
         args.out, extras=("exploded",) + (() if args.exit_trace is None else ("exit",))
-        + (() if saves is None else ("trajectory", "times")))
+        + (("trajectory", "times") if saves else ()))
     V0 = load_matrix(args.V0, "V0")
     T = val.check_time(args.T)
     paths = val.check_positive_int("paths", args.paths)
     steps = default_steps(T) if args.steps is None else val.check_positive_int("steps",
                                                                               args.steps)
     m = V0.shape[-1]
-    records = 0 if saves is None else (saves[1] if saves[0] == "save_times"
-                                       else steps // saves[1]) + 2
     _check_work(args, sde_bytes(m, paths, _itemsize(args.dtype), blk.noise_groups)
-                + 8.0 * records * paths * m * m,
+                + 8.0 * _saved_states(saves, steps) * paths * m * m,
                 f"sde with {paths} paths of {m} x {m}", steps=steps,
                 step_name="steps" if args.steps else "steps (at least T / dt_max)")
     coefficients(blk, V0, args.dtype)  # a V0 they overflow at would fail at the first step
@@ -288,10 +286,10 @@ def cmd_sde(args: argparse.Namespace) -> int:
         warnings.simplefilter("ignore", RuntimeWarning)
         res = solve(blk, V0, T, paths=paths, seed=seed, steps=args.steps, rtol=args.rtol,
                     exit_trace=args.exit_trace, device=_device(args.device), dtype=dtype,
-                    progress=not args.quiet, **dict([saves] if saves else []))
+                    progress=not args.quiet, **saves)
     out = output.data
     extras = {"exploded": res.exploded.numpy()}
-    if saves is not None:  # (k, paths, m, m), time first, as finite runs record it
+    if saves:  # (k, paths, m, m), time first, as finite runs record it
         extras["trajectory"] = res.trajectory.cpu().numpy()
         extras["times"] = np.asarray(res.times, dtype=np.float64)
     if args.exit_trace is not None:
@@ -308,18 +306,26 @@ def cmd_sde(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _save_request(args: argparse.Namespace) -> tuple[str, int] | None:
-    """The solver's saving option from --save-every K (fixed steps) or --save-times K."""
+def _save_request(args: argparse.Namespace) -> dict[str, int]:
+    """The solver's saving option ({} for none) from --save-every K (fixed steps) or
+    --save-times K."""
     if args.save_every is not None and args.save_times is not None:
         raise ValueError("give --save-every or --save-times, not both")
     if args.save_every is not None:
         if args.steps is None:
             raise ValueError("--save-every K counts fixed steps: give --steps too, or use "
                              "--save-times K (K + 1 equally spaced times) with adaptive steps")
-        return "save_every", val.check_positive_int("--save-every", args.save_every)
+        return {"save_every": val.check_positive_int("--save-every", args.save_every)}
     if args.save_times is not None:
-        return "save_times", val.check_positive_int("--save-times", args.save_times)
-    return None
+        return {"save_times": val.check_positive_int("--save-times", args.save_times)}
+    return {}
+
+
+def _saved_states(saves: dict[str, int], steps: int) -> int:
+    """How many states per path a saving option keeps (at most; with t = 0 and T)."""
+    if "save_times" in saves:
+        return saves["save_times"] + 2
+    return steps // saves["save_every"] + 2 if saves else 0
 
 
 def _dtype(name: str):
