@@ -28,10 +28,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.entrywise:
         import sympy as sp
 
-        from shapedsde.codegen import BLOCK_NAMES
+        from shapedsde.codegen import package_coefficients
         from shapedsde.symbolic.entrywise import derive_block
 
-        for name in BLOCK_NAMES:
+        for name in package_coefficients():
             start = time.perf_counter()
             c = derive_block(name, args.entrywise)
             print(f"\n{name}, m = {args.entrywise} ({time.perf_counter() - start:.1f} s)")

@@ -1,7 +1,6 @@
 """shapedsde: the covariance SDE of shaped Transformers, derived, solved and verified."""
 
 from .blocks import (
-    BLOCKS,
     AttentionBlock,
     Block,
     LinearBlock,
@@ -9,13 +8,14 @@ from .blocks import (
     TransformerBlock,
     block,
 )
+from .registry import block_classes
 from .serial import Serial, serial
 
-__all__ = ["BLOCKS", "AttentionBlock", "Block", "LinearBlock", "MlpBlock", "Serial",
+__all__ = ["AttentionBlock", "block_classes", "Block", "LinearBlock", "MlpBlock", "Serial",
            "TransformerBlock", "block", "serial"]
 __version__ = "0.1.0"
 
-# Unshaped baselines and ablations (finite face only); importing registers them in BLOCKS.
+# Unshaped baselines and ablations (finite face only).
 from .baselines import (  # noqa: E402
     CenteringOnlyBlock,
     PreNormAttentionBlock,

@@ -43,14 +43,15 @@ the mean correlation over depth and the fraction of networks whose tokens have c
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 import torch
 
 from . import _validation as val
-from .blocks import BLOCKS, AttentionBlock, Block
+from .blocks import AttentionBlock, Block
+from .parameters import GAMMA, NK, TAU0, parameter
 from .weights import RandomSource, weight_source
 
 __all__ = [
@@ -69,14 +70,9 @@ class UnshapedAttentionBlock(Block):
     `temperature`, `mixing` and `branch_input`.
     """
 
-    nk: int | None = field(default=None)
+    nk: int | None = parameter(NK, None)
     name: ClassVar[str] = ""
     reason: ClassVar[str] = ""
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        if self.nk is not None:
-            object.__setattr__(self, "nk", val.check_positive_int("nk", self.nk))
 
     # -- the finite face --------------------------------------------------
 
@@ -139,9 +135,6 @@ class UnshapedAttentionBlock(Block):
                 f"{self.reason}. Use its finite networks (shapedsde.finite.simulate, "
                 "shapedsde.baselines.rank_collapse_summary) instead")
 
-    def kernel_params(self) -> dict[str, float]:
-        return {"gamma": self.gamma}
-
     def drift(self, V: Any, *, check: bool = True) -> Any:
         raise ValueError(self.no_limit_message())
 
@@ -180,7 +173,7 @@ class StandardNoResidualBlock(UnshapedAttentionBlock):
     gamma is fixed at 1 (lam = 0); it defaults to 1 and any other value is an error.
     """
 
-    gamma: float = 1.0
+    gamma: float = parameter(GAMMA, 1.0)
     name: ClassVar[str] = "standard-noresidual"
     reason: ClassVar[str] = _COLLAPSE
 
@@ -232,18 +225,11 @@ class CenteringOnlyBlock(UnshapedAttentionBlock):
 class TemperatureOnlyBlock(UnshapedAttentionBlock):
     """Ablation, temperature only: A = Softmax(Y / (tau0 sqrt(n nk))) (no identity centring)."""
 
-    tau0: float = 1.0
+    tau0: float = parameter(TAU0, 1.0)
     name: ClassVar[str] = "temperature-only"
     reason: ClassVar[str] = ("without the identity centring A = 11^T/m + O(n^{-1/2}) is the "
                              "O(1) mean-field average of the tokens, so V moves O(1) per layer "
                              "towards rank one; rho -> 1 within O(1) layers (rank collapse)")
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        object.__setattr__(self, "tau0", val.check_tau0(self.tau0))
-
-    def kernel_params(self) -> dict[str, float]:
-        return {"gamma": self.gamma, "tau0": self.tau0}
 
     def temperature(self, n: int, nk: int) -> float:
         return self.tau0 * math.sqrt(n * nk)
@@ -252,25 +238,6 @@ class TemperatureOnlyBlock(UnshapedAttentionBlock):
 BASELINE_BLOCKS: tuple[type[UnshapedAttentionBlock], ...] = (
     StandardAttentionBlock, StandardNoResidualBlock, PreNormAttentionBlock, CenteringOnlyBlock,
     TemperatureOnlyBlock)
-
-
-def _register() -> None:
-    for cls in BASELINE_BLOCKS:
-        BLOCKS[cls.name] = cls
-    try:  # the exact-in-law V chain of shapedsde.finite, where it offers a registry
-        from .finite import GRAM_BLOCKS
-    except ImportError:  # pragma: no cover
-        return
-    for cls in BASELINE_BLOCKS:
-        GRAM_BLOCKS[cls] = _gram_mixing
-
-
-def _gram_mixing(block: UnshapedAttentionBlock, L: torch.Tensor, n: int,
-                 generator: torch.Generator) -> torch.Tensor:
-    return block.gram_mixing(L, n, generator)
-
-
-_register()
 
 
 # ----------------------------------------------------------------------------

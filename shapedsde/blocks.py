@@ -1,12 +1,20 @@
-"""Blocks: one residual sub-layer with its three faces.
+"""Blocks: one residual sub-layer, declared once with all its faces.
 
-A block carries
-1. `finite(X, generator)`: the Torch forward of one sub-layer at finite width,
+A block is one frozen dataclass whose definition holds
+1. its parameters, as fields declared with `shapedsde.parameters.parameter` (checks,
+   kernel arguments, CLI options and symbols all come from there);
+2. `derivations`: its symbolic face (`shapedsde.symbolic.derivation.Derivation`), the
+   update rule per entry and in matrix form, from which b(V) and Sigma(V) are derived
+   and the kernels generated;
+3. `finite(X, generator)`: the Torch forward of one sub-layer at finite width,
    batched over independent networks (X has shape (B, m, n));
-2. `symbolic(m)`: its update rule as a `shapedsde.symbolic.LayerModel`, from
-   which `shapedsde.symbolic` derives b(V) and Sigma(V);
-3. `drift(V)`, `diffusion(V)`: the numeric kernels generated from that
-   derivation (`shapedsde/kernels/_generated_*.py`), for NumPy or Torch.
+4. `gram_mixing(L, n, generator)` where it has one: its exact-in-law V chain;
+5. `drift(V)`, `diffusion(V)`, ...: the numeric kernels generated from the derivation
+   (`shapedsde/kernels/_generated_*.py`, or built in memory for a block defined
+   outside the package), for NumPy or Torch.
+
+Defining the class registers it (`shapedsde.registry` finds block classes by their
+`name`); docs/adding-a-block.md walks through adding one.
 
 Every sub-layer has the residual form X' = lam X + gam Branch(X) with
 lam^2 + gam^2 = 1; `gamma` is gam.
@@ -24,8 +32,24 @@ import torch
 from . import _validation as val
 from .causal import causal_diffusion, causal_drift
 from .kernels import kernel, noise_group_count
-from .smooth_activation import SmoothActivation, check_scale
+from .parameters import (
+    ACTIVATION,
+    C_MINUS,
+    C_PLUS,
+    CAUSAL,
+    GAMMA,
+    HEADS,
+    NK,
+    SCALE,
+    TAU0,
+    declared,
+    parameter,
+)
+from .smooth_activation import SmoothActivation
 from .smooth_activation import resolve as resolve_activation
+from .symbolic import layers
+from .symbolic import matrixform as mx
+from .symbolic.derivation import Derivation
 from .weights import RandomSource, weight_source
 
 
@@ -33,11 +57,16 @@ from .weights import RandomSource, weight_source
 class Block:
     """Base class: a residual sub-layer X' = lam X + gamma Branch(X)."""
 
-    gamma: float
+    gamma: float = parameter(GAMMA)
     name: ClassVar[str] = ""
+    #: The symbolic faces; `kernel_name` picks the one an instance uses.
+    derivations: ClassVar[tuple[Derivation, ...]] = ()
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "gamma", val.check_gamma(self.gamma))
+        """Check and normalise every declared parameter (`Parameter.check`)."""
+        for p in declared(self):
+            if p.check is not None:
+                object.__setattr__(self, p.name, p.check(getattr(self, p.name)))
 
     @property
     def lam(self) -> float:
@@ -45,12 +74,13 @@ class Block:
 
     @property
     def kernel_name(self) -> str:
-        """The name of the generated kernels and symbolic layer (the block's, by default)."""
-        return self.name
+        """The derivation (and generated kernels) this block uses: its first one."""
+        return self.derivations[0].name if self.derivations else self.name
 
     def kernel_params(self) -> dict[str, float]:
-        """The scalar parameters the generated kernels take, by name."""
-        return {"gamma": self.gamma}
+        """The scalar parameters the generated kernels take, by name: the declared
+        parameters that have a symbol in the derived formulas."""
+        return {p.name: getattr(self, p.name) for p in declared(self) if p.symbol is not None}
 
     def drift(self, V: Any, *, check: bool = True) -> Any:
         """b(V), shape (..., m, m); V is a NumPy array or Torch tensor (..., m, m).
@@ -109,6 +139,14 @@ class Block:
         matrix per head (head h mixes the value columns of block h), or None for A = I."""
         return None
 
+    def gram_mixing(self, L: torch.Tensor, n: int, generator: torch.Generator
+                    ) -> torch.Tensor | None:
+        """The exact-chain face (`shapedsde.finite`, method="gram"): A (B, m, m) given
+        V = L L^T, exact in law, or None for A = I. For blocks whose finite face is
+        X' = lam X + gam A X W^V / sqrt(n) with A depending on X through V only; others
+        have none (`shapedsde.finite.supports_gram`)."""
+        raise NotImplementedError(f"block {self.name!r} has no exact V chain")
+
     def check_width(self, n: int) -> int:
         """The width n as an int if the finite face can run at it, else ValueError."""
         return val.check_positive_int("width", n)
@@ -129,21 +167,27 @@ class Block:
 
     def symbolic(self, m: int):
         """The update rule as a symbolic `LayerModel` for m tokens."""
-        from .symbolic.layers import layer_model
-
-        return layer_model(self._derivation_name(), _check_tokens(m))
+        return self.derivation().entries(_check_tokens(m))
 
     def coefficients(self, m: int | None = None):
         """b(V) and Sigma(V) as SymPy objects (`shapedsde.symbolic.coefficients`).
 
         m None: the matrix form, valid for every number of tokens; m = 2, 3, ...: the
-        explicit entries for m tokens. Parameters are symbols; `.params` holds this
-        block's values and `.with_values()` substitutes them.
+        explicit entries for m tokens (derived per entry where no matrix form is).
+        Parameters are symbols; `.params` holds this block's values and
+        `.with_values()` substitutes them.
         """
         from .symbolic.coefficients import from_parameters
-        from .symbolic.matrixform import matrix_form
+        from .symbolic.entrywise import derive
 
-        mf = matrix_form(self._derivation_name())
+        d = self.derivation()
+        if not d.has_matrix_form:
+            if m is None:
+                raise ValueError(f"{d.name!r} has no matrix form derived for every m; pass m "
+                                 "(docs/derivation.md has its closed form)")
+            c = derive(d.entries(_check_tokens(m)))
+            return from_parameters(c.drift, c.diffusion, m, self.kernel_params(), d.name)
+        mf = mx.matrix_form(d)
         c = from_parameters(mf.drift, mf.diffusion, None, self.kernel_params(), self.name)
         return c if m is None else c.entries(_check_tokens(m))
 
@@ -151,14 +195,13 @@ class Block:
         """b and Sigma as a LaTeX fragment (matrix form, or entries for m tokens)."""
         return self.coefficients(m).latex()
 
-    def _derivation_name(self) -> str:
-        """The symbolic layer of this block (`kernel_name`); finite-only blocks have none."""
-        from .symbolic.layers import LAYERS
-
-        if self.kernel_name not in LAYERS:
-            raise ValueError(f"block {self.name!r} ({type(self).__name__}) has a finite face "
-                             "only: no symbolic derivation")
-        return self.kernel_name
+    def derivation(self) -> Derivation:
+        """The symbolic face this block uses (`kernel_name`); finite-only blocks have none."""
+        for d in self.derivations:
+            if d.name == self.kernel_name:
+                return d
+        raise ValueError(f"block {self.name!r} ({type(self).__name__}) has a finite face "
+                         "only: no symbolic derivation")
 
 
 @dataclass(frozen=True)
@@ -166,6 +209,11 @@ class LinearBlock(Block):
     """Linear residual sub-layer X' = lam X + gamma X W / sqrt(n)."""
 
     name: ClassVar[str] = "linear"
+    derivations: ClassVar[tuple[Derivation, ...]] = (
+        Derivation("linear", layers.linear_layer, mx.linear_update),)
+
+    def gram_mixing(self, L: torch.Tensor, n: int, generator: torch.Generator) -> None:
+        return None  # A = I: the chain is V' from V and two Wishart-type draws
 
 
 @dataclass(frozen=True)
@@ -178,23 +226,20 @@ class AttentionBlock(Block):
     value columns of block h (width n / n_H, so n must be a multiple of n_H).
     """
 
-    tau0: float = 1.0
-    nk: int | None = field(default=None)
-    heads: int = 1
-    causal: bool = False
+    tau0: float = parameter(TAU0, 1.0)
+    nk: int | None = parameter(NK, None)
+    heads: int = parameter(HEADS, 1)
+    causal: bool = parameter(CAUSAL, False)
     name: ClassVar[str] = "attention"
+    # Causal attention is derived per entry; its closed form for every m is causal.py.
+    derivations: ClassVar[tuple[Derivation, ...]] = (
+        Derivation("attention", layers.attention_layer, mx.attention_update,
+                   heads=HEADS.symbol),
+        Derivation("causal", layers.causal_layer, entrywise_latex=2))
 
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        object.__setattr__(self, "tau0", val.check_tau0(self.tau0))
-        object.__setattr__(self, "heads", val.check_positive_int("heads", self.heads))
-        if self.nk is not None:
-            object.__setattr__(self, "nk", val.check_positive_int("nk", self.nk))
-        if not isinstance(self.causal, bool):
-            raise ValueError(f"causal must be True or False; got {self.causal!r}")
-
-    def kernel_params(self) -> dict[str, float]:
-        return {"gamma": self.gamma, "tau0": self.tau0, "heads": self.heads}
+    @property
+    def kernel_name(self) -> str:
+        return "causal" if self.causal else "attention"
 
     def check_width(self, n: int) -> int:
         n = super().check_width(n)
@@ -230,22 +275,6 @@ class AttentionBlock(Block):
     def noise_groups(self) -> int | None:
         return None if self.causal else super().noise_groups
 
-    def _derivation_name(self) -> str:
-        return "causal" if self.causal else "attention"
-
-    def coefficients(self, m: int | None = None):
-        """As `Block.coefficients`; causal attention is derived per entry only (m given)."""
-        if not self.causal:
-            return super().coefficients(m)
-        if m is None:
-            raise ValueError("causal attention has no matrix form derived for every m; pass "
-                             "m (its closed form for every m is in docs/derivation.md)")
-        from .symbolic.coefficients import from_parameters
-        from .symbolic.entrywise import derive_block
-
-        c = derive_block("causal", _check_tokens(m))
-        return from_parameters(c.drift, c.diffusion, m, self.kernel_params(), "causal")
-
     def logits(self, X: torch.Tensor, generator: RandomSource) -> torch.Tensor:
         """Z = Y / tau, shape (B, m, m), or (B, H, m, m) with H = heads > 1."""
         B, m, n = X.shape
@@ -261,6 +290,14 @@ class AttentionBlock(Block):
     def branch_mixing(self, X: torch.Tensor, generator: RandomSource) -> torch.Tensor:
         return shaped_mixing(self.logits(X, generator), causal=self.causal)
 
+    def gram_mixing(self, L: torch.Tensor, n: int, generator: torch.Generator
+                    ) -> torch.Tensor:
+        """A from the logits' exact law given V = L L^T (one head; the causal mask acts
+        on the logits only, so causal attention has the chain too)."""
+        from .finite import gram_logits
+
+        return shaped_mixing(gram_logits(self, L, n, generator), causal=self.causal)
+
 
 @dataclass(frozen=True)
 class MlpBlock(Block):
@@ -275,18 +312,19 @@ class MlpBlock(Block):
     g ~ N(0, 1) (`shapedsde.smooth_activation`); `scale` defaults to 1.
     """
 
-    c_plus: float = 0.0
-    c_minus: float = -1.0
-    activation: Any = None
-    scale: float | None = None
+    c_plus: float = parameter(C_PLUS, 0.0)
+    c_minus: float = parameter(C_MINUS, -1.0)
+    activation: Any = parameter(ACTIVATION, None)
+    scale: float | None = parameter(SCALE, None)
     smooth: SmoothActivation | None = field(default=None, init=False, repr=False,
                                             compare=False)
     name: ClassVar[str] = "mlp"
+    derivations: ClassVar[tuple[Derivation, ...]] = (
+        Derivation("mlp", layers.mlp_layer, mx.mlp_update),
+        Derivation("mlp_smooth", layers.smooth_mlp_layer, mx.mlp_smooth_update))
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        for attr in ("c_plus", "c_minus"):
-            object.__setattr__(self, attr, val.check_slope_shift(attr, getattr(self, attr)))
         if self.activation is None:
             if self.scale is not None:
                 raise ValueError("scale shapes a smooth activation (s = scale sqrt(n)); pass "
@@ -295,10 +333,8 @@ class MlpBlock(Block):
         if (self.c_plus, self.c_minus) != (0.0, -1.0):
             raise ValueError("c_plus and c_minus shape the ReLU activation; a smooth "
                              "activation is shaped by scale (s = scale sqrt(n)): drop them")
-        act = resolve_activation(self.activation)
-        object.__setattr__(self, "smooth", act)
-        object.__setattr__(self, "scale", check_scale(1.0 if self.scale is None
-                                                      else self.scale))
+        object.__setattr__(self, "smooth", resolve_activation(self.activation))
+        object.__setattr__(self, "scale", 1.0 if self.scale is None else self.scale)
 
     @property
     def kernel_name(self) -> str:
@@ -365,12 +401,14 @@ class TransformerBlock(Block):
     docs/derivation.md).
     """
 
-    tau0: float = 1.0
-    c_plus: float = 0.0
-    c_minus: float = -1.0
-    nk: int | None = field(default=None)
-    heads: int = 1
+    tau0: float = parameter(TAU0, 1.0)
+    c_plus: float = parameter(C_PLUS, 0.0)
+    c_minus: float = parameter(C_MINUS, -1.0)
+    nk: int | None = parameter(NK, None)
+    heads: int = parameter(HEADS, 1)
     name: ClassVar[str] = "transformer"
+    derivations: ClassVar[tuple[Derivation, ...]] = (
+        Derivation("transformer", layers.transformer_layer, parts=("attention", "mlp")),)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -379,10 +417,6 @@ class TransformerBlock(Block):
     def parts(self) -> tuple[AttentionBlock, MlpBlock]:
         return (AttentionBlock(self.gamma, tau0=self.tau0, nk=self.nk, heads=self.heads),
                 MlpBlock(self.gamma, c_plus=self.c_plus, c_minus=self.c_minus))
-
-    def kernel_params(self) -> dict[str, float]:
-        return {"gamma": self.gamma, "tau0": self.tau0, "heads": self.heads,
-                "c_plus": self.c_plus, "c_minus": self.c_minus}
 
     def check_width(self, n: int) -> int:
         attention, mlp = self.parts()
@@ -450,23 +484,13 @@ def shaped_mixing(Z: torch.Tensor, causal: bool = False) -> torch.Tensor:
     return eye + torch.softmax(Z.masked_fill(~mask, float("-inf")), dim=-1) - C
 
 
-BLOCKS: dict[str, type[Block]] = {
-    cls.name: cls for cls in (LinearBlock, AttentionBlock, MlpBlock, TransformerBlock)}
-
-
 def block(name: str, **params: Any) -> Block:
     """Build a block by name: `block("attention", gamma=0.8, tau0=1.0)`;
-    `block("serial", parts=[("attention", {...}), ("mlp", {...})])` for a composition."""
-    if not isinstance(name, str):
-        raise ValueError(f"block name must be a string, one of {sorted(BLOCKS)}; got {name!r}")
-    if name == "serial":  # defined on top of the blocks (shapedsde.serial)
-        from .serial import Serial as cls
-    else:
-        try:
-            cls = BLOCKS[name]
-        except KeyError:
-            raise ValueError(f"unknown block {name!r}; choose one of "
-                             f"{sorted([*BLOCKS, 'serial'])}") from None
+    `block("serial", parts=[("attention", {...}), ("mlp", {...})])` for a composition.
+    The names are those of the block classes defined (`shapedsde.registry`)."""
+    from .registry import block_class
+
+    cls = block_class(name)
     try:
         return cls(**params)
     except TypeError as err:

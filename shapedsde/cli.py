@@ -10,7 +10,6 @@ verifier) are imported only by the command that needs them.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import shlex
@@ -24,12 +23,11 @@ import numpy as np
 
 from . import __version__, _io
 from . import _validation as val
-from .blocks import BLOCKS, Block, block
-from .smooth_activation import ACTIVATIONS
+from .blocks import Block, block
+from .parameters import PARAMETERS, Parameter, declared
+from .registry import block_classes
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
-BLOCK_PARAMS = ("gamma", "tau0", "nk", "heads", "c_plus", "c_minus", "activation", "scale",
-                "causal")
 #: A run estimated to hold more memory than this is refused unless --insist is given.
 MEMORY_LIMIT_BYTES = 8 * 2**30
 #: At most this many SDE steps / finite sub-layers unless --insist is given.
@@ -90,24 +88,24 @@ def block_from_args(args: argparse.Namespace) -> Block:
     A block receives only parameters it declares (linear takes only gamma); an
     option given for a block that does not take it is an error, not ignored.
     """
-    given = {k: getattr(args, k) for k in BLOCK_PARAMS if getattr(args, k, None) is not None}
+    given = {p.name: getattr(args, p.name) for p in _options()
+             if getattr(args, p.name, None) is not None}
     if ".py:" in args.block:
         if given:
             raise ValueError(f"a block from a file takes its parameters from the file; drop "
                              f"{', '.join('--' + k.replace('_', '-') for k in given)}")
         return load_block_file(args.block)
-    cls = BLOCKS.get(args.block)
+    cls = _option_blocks().get(args.block)
     if cls is None:
-        raise ValueError(f"unknown block {args.block!r}; choose one of {sorted(BLOCKS)} or "
-                         "give FILE.py:NAME")
+        raise ValueError(f"unknown block {args.block!r}; choose one of "
+                         f"{sorted(_option_blocks())} or give FILE.py:NAME")
     if args.gamma is None:
         raise ValueError(f"block {args.block!r} needs --gamma (the branch weight in (0, 1])")
-    accepted = {f.name for f in dataclasses.fields(cls)}
-    extra = sorted(set(given) - accepted)
+    accepted = declared(cls)
+    extra = [p.option for p in _options() if p.name in given and p not in accepted]
     if extra:
-        takes = ", ".join(f"--{k}" for k in BLOCK_PARAMS if k in accepted)
-        raise ValueError(f"block {args.block!r} takes no {', '.join('--' + k for k in extra)} "
-                         f"(it takes {takes})")
+        takes = ", ".join(p.option for p in accepted if p.cli is not None)
+        raise ValueError(f"block {args.block!r} takes no {', '.join(extra)} (it takes {takes})")
     return block(args.block, **given)
 
 
@@ -595,36 +593,31 @@ def _add_block_args(p: argparse.ArgumentParser, *, finite: bool = False,
     g = p.add_argument_group("block", "the residual sub-layer X' = lam X + gamma Branch(X), "
                              "lam^2 + gamma^2 = 1")
     g.add_argument("--block", required=not optional, metavar="NAME",
-                   help=f"block name: one of {', '.join(sorted(BLOCKS))}; or FILE.py:NAME, "
-                        "a Block (or a function returning one) in your own file, which "
-                        "carries its own parameters")
-    g.add_argument("--gamma", type=float, metavar="G",
-                   help="branch weight gamma in (0, 1] (required with a block name)")
-    g.add_argument("--tau0", type=float, metavar="T0",
-                   help="attention temperature factor tau0 > 0, tau = tau0 sqrt(n nk) "
-                        "(attention only; default 1)")
-    g.add_argument("--nk", type=int, metavar="K",
-                   help="query/key width (attention only; used by finite networks; "
-                        "default: the width n)" if finite else argparse.SUPPRESS)
-    g.add_argument("--heads", type=int, metavar="H",
-                   help="number of attention heads n_H >= 1 (attention, transformer; "
-                        "default 1)")
-    g.add_argument("--causal", action="store_const", const=True, default=None,
-                   help="causal (decoder) attention: token a attends to keys 0..a "
-                        "(attention only)")
-    g.add_argument("--c-plus", dest="c_plus", type=float, metavar="C",
-                   help="MLP slope shaping s_+ = 1 + c_+ / sqrt(n) (mlp, transformer; "
-                        "default 0)")
-    g.add_argument("--c-minus", dest="c_minus", type=float, metavar="C",
-                   help="MLP slope shaping s_- = 1 + c_- / sqrt(n) (mlp, transformer; "
-                        "default -1)")
-    g.add_argument("--activation", choices=sorted(ACTIVATIONS), metavar="NAME",
-                   help="smooth shaped activation phi(x) = s F(x / s), s = scale sqrt(n), "
-                        f"instead of the ReLU (mlp only): one of {', '.join(sorted(ACTIVATIONS))}"
-                        " (tanh; cubic: x + x^2/2 - x^3/3; swish: 2 x sigmoid(x))")
-    g.add_argument("--scale", type=float, metavar="A",
-                   help="smooth activation scale A > 0, s = A sqrt(n) (mlp with --activation; "
-                        "default 1)")
+                   help=f"block name: one of {', '.join(sorted(_option_blocks()))}; or "
+                        "FILE.py:NAME, a Block (or a function returning one) in your own "
+                        "file, which carries its own parameters")
+    for prm in _options():
+        shown = finite or not prm.finite_only
+        g.add_argument(prm.option, dest=prm.name, **prm.cli,
+                       help=_option_help(prm) if shown else argparse.SUPPRESS)
+
+
+def _option_blocks() -> dict[str, type[Block]]:
+    """The blocks the CLI builds from options: those that declare parameters."""
+    return {name: cls for name, cls in block_classes().items() if declared(cls)}
+
+
+def _options() -> list[Parameter]:
+    """The block options: every declared parameter that has one."""
+    return [p for p in PARAMETERS if p.cli is not None]
+
+
+def _option_help(prm: Parameter) -> str:
+    """The parameter's help, with the blocks that take it (from their definitions)."""
+    takers = [name for name, cls in _option_blocks().items() if prm in declared(cls)]
+    required = " (required with a block name)" if prm.name == "gamma" else ""
+    who = "every block" if len(takers) == len(_option_blocks()) else ", ".join(takers)
+    return f"{prm.help}{required}; taken by {who}"
 
 
 def _add_insist(p: argparse.ArgumentParser) -> None:

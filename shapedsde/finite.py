@@ -25,14 +25,13 @@ Three samplers, equal in law:
   H iid N(0, 1) (m x m), S_perp ~ Wishart_m(n - m, I).
   The logits are Z = L (G_Q G_K^T) L^T / (tau0 sqrt(n nk)) with G_Q, G_K iid
   N(0, 1) of shape (m, nk); G_Q G_K^T is drawn as H' T^T with T T^T ~
-  Wishart_m(nk, I) (Bartlett). Available for the blocks in `GRAM_BLOCKS`;
-  the verifier checks it against `method="full"`.
+  Wishart_m(nk, I) (Bartlett). Available for the blocks with a `gram_mixing` face
+  (`supports_gram`); the verifier checks it against `method="full"`.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -41,7 +40,7 @@ from tqdm.auto import tqdm
 
 from . import _validation as val
 from ._linalg import psd_factor
-from .blocks import AttentionBlock, Block, LinearBlock, shaped_mixing
+from .blocks import AttentionBlock, Block
 from .weights import RandomSource, WeightSource
 
 # Bytes of random weights the full sampler may hold per batch (per device kind).
@@ -311,29 +310,27 @@ def gram_logits(block: AttentionBlock, L: torch.Tensor, n: int,
     return L @ prod @ L.transpose(-1, -2) / (block.tau0 * math.sqrt(n * nk))
 
 
-def _attention_mixing(block, L, n, gen):
-    return shaped_mixing(gram_logits(block, L, n, gen), causal=getattr(block, "causal", False))
-
-
-# Blocks whose finite face is X' = lam X + gam A(X) X W^V / sqrt(n) with one A(X)
-# depending on X only through V; maps the exact type to A given L (or None: A = I).
-# Multi-head attention is excluded (`supports_gram`): head h mixes only the value
-# columns of block h, so the next V depends on the per-block Gram matrices of X,
-# not on V alone, and the V chain is not Markov.
-GRAM_BLOCKS: dict[type, Callable] = {
-    LinearBlock: lambda block, L, n, gen: None,
-    AttentionBlock: _attention_mixing,
-}
-
-
 def supports_gram(block: Block) -> bool:
-    """Whether `method="gram"` is available for this block (exact type match, one head).
+    """Whether `method="gram"` is available for this block: it defines the exact-chain
+    face `gram_mixing`, has one head, and no subclass overrides its finite face below
+    the class that defines the chain (which would then sample something else).
 
-    Causal attention is supported: `_attention_mixing` passes `block.causal` to
-    `shaped_mixing`, and the causal mask acts on the logits only, whose law given X
-    depends on V alone (tests/test_finite.py checks the chain against block.finite,
-    with the non-causal chain as a control that the test rejects)."""
-    return type(block) in GRAM_BLOCKS and getattr(block, "heads", 1) == 1
+    Multi-head attention has no chain: head h mixes only the value columns of block h,
+    so the next V depends on the per-block Gram matrices of X, not on V alone. Causal
+    attention has one: the mask acts on the logits only, whose law given X depends on V
+    alone (tests/test_finite.py checks the chain against block.finite, with the
+    non-causal chain as a control that the test rejects)."""
+    cls = type(block)
+    owner = _owner(cls, "gram_mixing")
+    if owner is Block or getattr(block, "heads", 1) != 1:
+        return False
+    return all(issubclass(owner, _owner(cls, face))
+               for face in ("finite", "branch_mixing", "logits") if hasattr(cls, face))
+
+
+def _owner(cls: type, attr: str) -> type:
+    """The class in cls's MRO whose own body defines `attr`."""
+    return next(c for c in cls.__mro__ if attr in c.__dict__)
 
 
 def gram_mixing(block: Block, L: torch.Tensor, n: int,
@@ -342,7 +339,7 @@ def gram_mixing(block: Block, L: torch.Tensor, n: int,
     if not supports_gram(block):
         raise ValueError(f"block {block.name!r} ({type(block).__name__}, "
                          f"{block.kernel_params()}) has no gram sampler; use method='full'")
-    return GRAM_BLOCKS[type(block)](block, L, n, generator)
+    return block.gram_mixing(L, n, generator)
 
 
 def wishart_identity(B: int, m: int, df: int, generator: torch.Generator,

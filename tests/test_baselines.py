@@ -11,7 +11,8 @@ from scipy.stats import ks_2samp
 
 import shapedsde
 from shapedsde import baselines as bl
-from shapedsde.blocks import BLOCKS, block
+from shapedsde.blocks import block
+from shapedsde.registry import block_classes
 from shapedsde.cli import main
 from shapedsde.finite import simulate, supports_gram
 
@@ -32,7 +33,7 @@ def make(name: str, **kw):
 
 def test_registered_and_exported() -> None:
     for name in NAMES:
-        assert name in BLOCKS
+        assert name in block_classes()
         assert isinstance(make(name), bl.UnshapedAttentionBlock)
         assert supports_gram(make(name))
     for attr in ("StandardAttentionBlock", "StandardNoResidualBlock", "PreNormAttentionBlock",

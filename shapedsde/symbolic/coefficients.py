@@ -21,13 +21,7 @@ import sympy as sp
 from sympy.matrices.expressions import MatrixExpr
 
 from .kron import Kron
-from .layers import C_MINUS, C_PLUS, GAMMA, HEADS, TAU0, covariance_symbols
-from .smooth import SCALE, derivative_symbol
-
-#: The kernel-parameter name of each parameter symbol (Block.kernel_params keys).
-PARAMETER_SYMBOLS: dict[str, sp.Symbol] = {
-    "gamma": GAMMA, "tau0": TAU0, "heads": HEADS, "c_plus": C_PLUS, "c_minus": C_MINUS,
-    "f2": derivative_symbol(2), "f3": derivative_symbol(3), "scale": SCALE}
+from .layers import covariance_symbols
 
 
 @dataclass(frozen=True)
@@ -79,8 +73,12 @@ class Coefficients:
 
 
 def parameter_values(values: dict[str, Any]) -> dict[sp.Symbol, Any]:
-    """Kernel parameters by name (Block.kernel_params) -> the same values by symbol."""
-    return {PARAMETER_SYMBOLS[k]: v for k, v in values.items() if k in PARAMETER_SYMBOLS}
+    """Kernel parameters by name (Block.kernel_params) -> the same values by symbol
+    (`shapedsde.parameters`)."""
+    from ..parameters import symbols
+
+    table = symbols()
+    return {table[k]: v for k, v in values.items() if k in table}
 
 
 def from_parameters(drift: Any, diffusion: Any, m: int | None, values: dict[str, Any],

@@ -285,14 +285,10 @@ def causal_layer(m: int) -> LayerModel:
     return attention_layer(m, causal=True)
 
 
-LAYERS = {"linear": linear_layer, "attention": attention_layer, "mlp": mlp_layer,
-          "mlp_smooth": smooth_mlp_layer,
-          "transformer": transformer_layer, "causal": causal_layer}
-
-
 def layer_model(name: str, m: int) -> LayerModel:
-    if name not in LAYERS:
-        raise ValueError(f"no symbolic layer {name!r}; choose one of {sorted(LAYERS)}")
+    """The per-entry update rule of the derivation `name` (a block's) for m tokens."""
+    from ..registry import derivation
+
     if m < 2:
         raise ValueError(f"m must be >= 2; got {m}")
-    return LAYERS[name](m)
+    return derivation(name).entries(m)

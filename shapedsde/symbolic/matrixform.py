@@ -23,6 +23,7 @@ from sympy.matrices.expressions import MatrixExpr
 
 from . import smooth
 from .activation import shaped_kernel_series
+from .derivation import Derivation
 from .entrywise_kernel import Entrywise
 from .kron import (
     CovarianceTable,
@@ -33,7 +34,7 @@ from .kron import (
     mean_hadamard_square,
     outer_product_covariances,
 )
-from .layers import GAMMA, HEADS, LAM, TAU0
+from .layers import GAMMA, LAM, TAU0
 
 M_TOKENS = sp.Symbol("m", integer=True, positive=True)
 V = sp.MatrixSymbol("V", M_TOKENS, M_TOKENS)
@@ -67,29 +68,48 @@ def attention_expansion(z: MatrixExpr) -> MatrixExpr:
             + EPS**2 * sp.HadamardProduct(zP, zP) * P / (2 * m))
 
 
-#: Number of iid copies averaged per update (multi-head: one per head).
-HEAD_COUNT = {"linear": sp.Integer(1), "attention": HEADS, "mlp": sp.Integer(1),
-              "mlp_smooth": sp.Integer(1)}
-
-
 def relu_kernel_correction() -> Entrywise:
     """kappa(V): the eps^2 term of c E[phi(g) phi(g)^T], g ~ N(0, V) (by integration)."""
     return Entrywise(sp.Symbol("kappa"), shaped_kernel_series()[2], V)
 
 
-def update_rule(name: str, src: dict[str, sp.MatrixSymbol]) -> MatrixExpr:
-    """V' for a named block (one head's copy), as a matrix expression in eps."""
-    A = {"linear": lambda: sp.Identity(M_TOKENS), "mlp": lambda: sp.Identity(M_TOKENS),
-         "mlp_smooth": lambda: sp.Identity(M_TOKENS),
-         "attention": lambda: attention_expansion(src["z"])}[name]()
-    scale = sp.sqrt(HEAD_COUNT[name])  # a head's value sums run over n / n_H columns
+def residual_update(src: dict[str, sp.MatrixSymbol], heads: sp.Expr = sp.S.One,
+                    mixing: MatrixExpr | None = None, kernel: MatrixExpr | None = None
+                    ) -> MatrixExpr:
+    """V' = lam^2 V + gam^2 A S A^T + lam gam (A M + M^T A^T) of one head's copy, in eps.
+
+    `mixing`: A to O(eps^2) (None: A = I). `kernel`: the eps^2 term kappa(V) of the value
+    step's input Gram (1/n) U U^T = V + eps xi_K + eps^2 kappa(V), for U = sqrt(c) phi(G)
+    (None: U = X). With `heads` copies a head's value sums run over n / n_H columns, so
+    its value fluctuations carry sqrt(n_H).
+    """
+    A = sp.Identity(M_TOKENS) if mixing is None else mixing
+    scale = sp.sqrt(heads)
     S = V + EPS * scale * src["xi_S"]
-    if name == "mlp":  # value step on U = sqrt(c) phi(G): (1/n) U U^T = V + eps xi_K + eps^2 kappa
-        S = S + EPS * src["xi_K"] + EPS**2 * relu_kernel_correction()
-    if name == "mlp_smooth":  # the same with the smooth activation's polynomial kappa(V)
-        S = S + EPS * src["xi_K"] + EPS**2 * smooth.kernel_matrix(V)
+    if kernel is not None:
+        S = S + EPS * src["xi_K"] + EPS**2 * kernel
     M = EPS * scale * src["xi_M"]
     return LAM**2 * V + GAMMA**2 * A * S * A.T + LAM * GAMMA * (A * M + M.T * A.T)
+
+
+def linear_update(src: dict[str, sp.MatrixSymbol], heads: sp.Expr) -> MatrixExpr:
+    """The linear block: A = I, U = X."""
+    return residual_update(src, heads)
+
+
+def attention_update(src: dict[str, sp.MatrixSymbol], heads: sp.Expr) -> MatrixExpr:
+    """Shaped attention: A = I + Softmax(eps z) - 11^T/m to O(eps^2)."""
+    return residual_update(src, heads, mixing=attention_expansion(src["z"]))
+
+
+def mlp_update(src: dict[str, sp.MatrixSymbol], heads: sp.Expr) -> MatrixExpr:
+    """The shaped ReLU MLP: the value step acts on U = sqrt(c) phi(G)."""
+    return residual_update(src, heads, kernel=relu_kernel_correction())
+
+
+def mlp_smooth_update(src: dict[str, sp.MatrixSymbol], heads: sp.Expr) -> MatrixExpr:
+    """The shaped smooth MLP: kappa(V) is the activation's polynomial kernel."""
+    return residual_update(src, heads, kernel=smooth.kernel_matrix(V))
 
 
 def _symmetrise(expr):
@@ -173,20 +193,19 @@ def expectation(coef: sp.Expr, factors: list[MatrixExpr], src: dict,
     raise NotImplementedError(f"term with {len(rnd)} random factors: {factors}")
 
 
-#: Blocks made of sub-layers in sequence. Their weights are independent, so at leading
-#: order the coefficients add (proved on the per-entry composition in the tests).
-COMPOSITES = {"transformer": ("attention", "mlp")}
-
-
-def derive_matrix_form(name: str) -> MatrixCoefficients:
-    """b(V) and Sigma(V) of a named block in matrix form."""
-    if name in COMPOSITES:
-        parts = [derive_matrix_form(p) for p in COMPOSITES[name]]
+def derive_matrix_form(d: Derivation | str) -> MatrixCoefficients:
+    """b(V) and Sigma(V) of a block's derivation (or its name) in matrix form."""
+    d = _find(d)
+    if d.parts:  # independent sub-layers in sequence: the coefficients add
+        parts = [derive_matrix_form(p) for p in d.parts]
         drift = _tidy_matrix(sum((p.drift for p in parts[1:]), parts[0].drift))
         diffusion = [k for p in parts for k in p.diffusion]
-        return MatrixCoefficients(name, drift, tuple(_collect(diffusion)))
+        return MatrixCoefficients(d.name, drift, tuple(_collect(diffusion)))
+    if d.update is None:
+        raise ValueError(f"{d.name!r} has no matrix-form update rule: it is derived per "
+                         "entry only (pass m)")
     src, table = _sources()
-    orders = by_order(update_rule(name, src))
+    orders = by_order(d.update(src, d.heads))
     zero = sp.ZeroMatrix(M_TOKENS, M_TOKENS)
     D0 = sum((c * _product(f) for c, f in orders.get(0, [])), zero)
     if sp.simplify(sp.expand((D0 - V).doit())) not in (zero, 0):
@@ -195,9 +214,18 @@ def derive_matrix_form(name: str) -> MatrixCoefficients:
             raise AssertionError(f"update is not the identity at eps = 0: {D0}")
     first = [as_linear(c, f, src) for c, f in orders.get(1, [])]
     drift = sum((expectation(c, f, src, table) for c, f in orders.get(2, [])), zero)
-    diffusion = [Kron(k.coef / HEAD_COUNT[name], k.X, k.xl, k.Y, k.yl)
+    diffusion = [Kron(k.coef / d.heads, k.X, k.xl, k.Y, k.yl)
                  for t1 in first for t2 in first for k in covariance(t1, t2, table)]
-    return MatrixCoefficients(name, _tidy_matrix(drift), tuple(_collect(diffusion)))
+    return MatrixCoefficients(d.name, _tidy_matrix(drift), tuple(_collect(diffusion)))
+
+
+def _find(d: Derivation | str) -> Derivation:
+    """A derivation, or the one of that name among the blocks' definitions."""
+    if isinstance(d, Derivation):
+        return d
+    from ..registry import derivation
+
+    return derivation(d)
 
 
 def _tidy_matrix(expr: MatrixExpr) -> MatrixExpr:
@@ -231,7 +259,11 @@ def _canonical(k: Kron) -> Kron:
     return Kron(k.coef, X, xl, Y, yl)
 
 
+def matrix_form(d: Derivation | str) -> MatrixCoefficients:
+    """Cached `derive_matrix_form` (by derivation, so a redefined block is rederived)."""
+    return _matrix_form(_find(d))
+
+
 @cache
-def matrix_form(name: str) -> MatrixCoefficients:
-    """Cached `derive_matrix_form`."""
-    return derive_matrix_form(name)
+def _matrix_form(d: Derivation) -> MatrixCoefficients:
+    return derive_matrix_form(d)

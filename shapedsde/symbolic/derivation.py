@@ -1,0 +1,43 @@
+"""`Derivation`: the symbolic face of a block, declared in the block's definition.
+
+A block class lists its derivations (`Block.derivations`); the derivation engine, the
+code generator and the symbolic API find them there by name (`shapedsde.registry`),
+so nothing keeps a second table of block names.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import sympy as sp
+from sympy.matrices.expressions import MatrixExpr
+
+from .layers import LayerModel
+
+
+@dataclass(frozen=True)
+class Derivation:
+    """How b(V) and Sigma(V) of one block are derived.
+
+    name: the derivation's (and generated kernels') name, unique over all blocks.
+    entries: m -> the per-entry update rule (`LayerModel`) for m tokens.
+    update: (sources, heads) -> V' of one head's copy as a matrix expression
+        (`matrixform.residual_update`); None where only `parts` or `entries` give it.
+    heads: the number of iid copies averaged per update (n_H for multi-head attention).
+    parts: names of sub-layer derivations applied in sequence; their coefficients add
+        at leading order (independent weights; proved on the per-entry composition).
+    entrywise_latex: export b and Sigma per entry for this m (no matrix form derived).
+    """
+
+    name: str
+    entries: Callable[[int], LayerModel]
+    update: Callable[[dict, sp.Expr], MatrixExpr] | None = None
+    heads: sp.Expr = sp.Integer(1)
+    parts: tuple[str, ...] = ()
+    entrywise_latex: int | None = None
+
+    @property
+    def has_matrix_form(self) -> bool:
+        """Whether b and Sigma are derived for every m (kernels are generated from them)."""
+        return self.update is not None or bool(self.parts)
