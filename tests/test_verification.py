@@ -168,8 +168,9 @@ def test_run_verification_smoke(tmp_path):
                            every_block=False)
     data = json.loads((tmp_path / "report.json").read_text())
     assert data["settings"]["seed"] == 1 and "torch" in data["versions"]
-    assert set(data["checks"]) >= {"closed_form", "raw_consistency", "one_step", "law",
+    assert set(data["checks"]) >= {"closed_form", "raw_consistency", "one_step", "heads", "law",
                                    "sampler_consistency"}
+    assert data["checks"]["heads"][0]["params"]["heads"] == 2
     assert rep["verdicts"] and all(v.split()[0] in ("PASS", "FAIL", "NO") for v in rep["verdicts"])
     assert sum(rep["summary"].values()) == len(rep["verdicts"])
     for name in rep["figures"]:

@@ -108,6 +108,15 @@ def compare(est: torch.Tensor, se: torch.Tensor, ref: torch.Tensor,
                       entries=len(z))
 
 
+def z_test(comparisons: list[Comparison]) -> dict[str, float]:
+    """One test of several comparisons: the max |z| over all their entries, the entry
+    count k and the Bonferroni p-value min(1, 2 k P(N(0, 1) > max |z|)), so p < alpha
+    exactly when max |z| > z_crit(k, alpha)."""
+    k = sum(c.entries for c in comparisons)
+    z = max(c.max_abs_z for c in comparisons)
+    return {"max_abs_z": z, "entries": k, "p": float(min(1.0, 2 * k * norm.sf(z)))}
+
+
 class ScaledDrift:
     """Wrong-SDE control: the coefficients of `base` with the drift scaled by `factor`.
 

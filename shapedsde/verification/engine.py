@@ -89,9 +89,12 @@ def distance(x: np.ndarray, y: np.ndarray, stat: str = "", alpha: float = 0.05
 
 
 def verdict(true: Mapping[str, float], controls: Mapping[str, Mapping[str, float]],
-            alpha: float) -> tuple[str, list[str]]:
-    """(status, the controls that give the test its power); see the module doc."""
-    powered = [name for name, c in controls.items() if c["p"] < alpha and c["ks"] > true["ks"]]
+            alpha: float, stat: str = "ks") -> tuple[str, list[str]]:
+    """(status, the controls that give the test its power); see the module doc.
+
+    Each test is a dict with its p-value "p" and its distance under `stat` (the KS
+    statistic; "max_abs_z" for the z-tests of `common.z_test`)."""
+    powered = [name for name, c in controls.items() if c["p"] < alpha and c[stat] > true[stat]]
     if true["p"] < alpha:
         return "FAIL", powered
     return ("PASS" if powered else "NO POWER"), powered

@@ -29,6 +29,28 @@ largest fluctuation of E[G], cancel within a pair); (3) logits drawn exactly
 in law from V with O(m^2) numbers (`shapedsde.finite.gram_logits`).
 Standard errors of covariance estimates use the influence function
 (x - mean)(x - mean)^T, i.e. the delta method, over independent units.
+
+Multi-head attention (n_H heads): head h mixes the value columns of block h
+(n / n_H of them, with their own W^V columns) by its own A_h, whose logits come
+from the whole X through W^Q_h, W^K_h; given V the A_h are iid and independent
+of W^V. With G_h = A_h V A_h^T and Gbar = mean_h G_h, the same Wick contractions
+give, head by head (the heads' value columns are independent),
+
+    E[V' | A_1..A_H]     = lam^2 V + gam^2 Gbar
+    n Cov[V' | A_1..A_H] = lam^2 gam^2 mean_h (outer2(G_h, V^h) + outer2(V^h, G_h))
+                         + gam^4 mean_h outer2(G_h, G_h),
+
+V^h the Gram matrix of the columns of block h. The cross term is linear in V^h
+and the G_h are identically distributed, so its expectation over the logits is
+that of lam^2 gam^2 (outer2(Gbar, V) + outer2(V, Gbar)) (mean_h V^h = V), and the
+one-step moments given X are again functions of V alone:
+
+    n E[dV]   = n gam^2 (E[Gbar] - V)
+    n Cov[dV] = lam^2 gam^2 (outer2(E Gbar, V) + outer2(V, E Gbar))
+              + gam^4 E[mean_h outer2(G_h, G_h)]  +  n gam^4 Cov[Gbar].
+
+Only the logits are sampled, one draw per head; nothing divides by n_H: the
+attention part n gam^4 Cov[Gbar] is measured from the heads' average.
 """
 
 from __future__ import annotations
@@ -40,7 +62,7 @@ import torch
 
 from ..blocks import Block, shaped_mixing
 from ..blocks import block as make_block
-from ..finite import gram_logits, initial_hidden, psd_factor, supports_gram
+from ..finite import GRAM_BLOCKS, gram_logits, initial_hidden, psd_factor
 from .common import Comparison, compare
 
 # ----------------------------------------------------------------------------
@@ -135,33 +157,47 @@ class OneStepEstimate:
     value_se: torch.Tensor
 
 
+def heads_of(block: Block) -> int:
+    """The number of attention heads n_H of the block (1 without token mixing)."""
+    return int(getattr(block, "heads", 1))
+
+
+def supports_one_step(block: Block) -> bool:
+    """Whether `one_step_estimate` covers the block: the linear block and attention
+    (any number of heads, causal or not), by exact type."""
+    return type(block) in GRAM_BLOCKS
+
+
 def sample_G(block: Block, V: torch.Tensor, n: int, pairs: int,
              gen: torch.Generator) -> torch.Tensor | None:
-    """G = A V A^T for antithetic logit pairs: (pairs, 2, m, m); None when A = I."""
+    """G_h = A_h V A_h^T for antithetic logit pairs: (pairs, H, 2, m, m), H = n_H heads,
+    the H logit draws of a pair flipped together; None when A = I."""
     if not hasattr(block, "logits"):  # no token mixing (linear block): A = I
         return None
-    L = psd_factor(V).expand(pairs, -1, -1)
-    Z = gram_logits(block, L, n, gen)
+    H, m = heads_of(block), V.shape[-1]
+    L = psd_factor(V).expand(pairs * H, -1, -1)
+    Z = gram_logits(block, L, n, gen)  # the heads' logits: iid given V
     A = shaped_mixing(torch.stack([Z, -Z], dim=1), causal=getattr(block, "causal", False))
-    return A @ V @ A.transpose(-1, -2)
+    return (A @ V @ A.transpose(-1, -2)).reshape(pairs, H, 2, m, m)
 
 
 def one_step_estimate(block: Block, V: torch.Tensor, n: int, pairs: int,
                       gen: torch.Generator) -> OneStepEstimate:
     """Variance-reduced n E[dV], n Cov[dV] at width n for fixed V (m, m).
 
-    Everything is linear in the first two moments of G over the logits, so per
-    antithetic pair k only g1_k = avg G and g2_k = avg G (x) G are needed:
+    Everything is linear in the first two moments of the heads' G over the logits, so
+    per antithetic pair k only g1_k = avg Gbar, g2_k = avg Gbar (x) Gbar and
+    w2_k = avg mean_h G_h (x) G_h are needed (one head: g2 = w2):
         drift     = n gam^2 (E g1 - V)
-        attention = n gam^4 (E g2 - E g1 (x) E g1)              (= n gam^4 Cov[G])
-        value     = lam^2 gam^2 (outer2(E g1, V) + outer2(V, E g1)) + gam^4 O2(E g2)
+        attention = n gam^4 (E g2 - E g1 (x) E g1)              (= n gam^4 Cov[Gbar])
+        value     = lam^2 gam^2 (outer2(E g1, V) + outer2(V, E g1)) + gam^4 O2(E w2)
     with O2(M)_{abcd} = M_{acbd} + M_{adbc} (so O2(G (x) G) = outer2(G, G)). SEs are
     the standard deviation over pairs of the linearised influence (delta method).
     """
-    if not supports_gram(block):
+    if not supports_one_step(block):
         raise ValueError(f"the one-step estimator does not support block {block.name!r}: it "
-                         "needs X' = lam X + gam A X W^V / sqrt(n) with one A drawn from V "
-                         "(linear, or single-head attention)")
+                         "needs X' = lam X + gam A X W^V / sqrt(n) with A drawn from V "
+                         "(linear, or attention with one A per head)")
     gam, K = block.gamma, pairs
     lam2 = 1.0 - gam**2
     G = sample_G(block, V, n, pairs, gen)
@@ -169,17 +205,19 @@ def one_step_estimate(block: Block, V: torch.Tensor, n: int, pairs: int,
         mean, cov = moments_given_G(V, V, gam, n)
         z2, z4 = torch.zeros_like(V), torch.zeros_like(cov)
         return OneStepEstimate(n, 0, n * (mean - V), z2, n * cov, z4, z4, z4, n * cov, z4)
-    g1 = G.mean(1)  # (K, m, m): antithetic pair averages, the iid units
-    g2 = torch.einsum("kiab,kicd->kabcd", G, G) / 2
-    mu1, mu2 = g1.mean(0), g2.mean(0)
-    d1, d2 = g1 - mu1, g2 - mu2
+    Gbar = G.mean(1)  # (K, 2, m, m): the heads' average per logit draw
+    g1 = Gbar.mean(1)  # (K, m, m): antithetic pair averages, the iid units
+    g2 = torch.einsum("kiab,kicd->kabcd", Gbar, Gbar) / 2
+    w2 = g2 if G.shape[1] == 1 else _pair_mean_square(G)
+    mu1, mu2, muw = g1.mean(0), g2.mean(0), w2.mean(0)
+    d1, d2, dw = g1 - mu1, g2 - mu2, w2 - muw
     cov_g1 = torch.einsum("kab,kcd->abcd", d1, d1) / (K - 1)
     # Estimates; Cov[g1] / K removes the bias of the plug-in mu1 (x) mu1.
     att = n * gam**4 * (mu2 - _outer(mu1, mu1) + cov_g1 / K)
-    val = lam2 * gam**2 * (outer2(mu1, V) + outer2(V, mu1)) + gam**4 * _o2(mu2)
+    val = lam2 * gam**2 * (outer2(mu1, V) + outer2(V, mu1)) + gam**4 * _o2(muw)
     # Linearised per-pair influences (K, m, m, m, m).
     psi_att = n * gam**4 * (d2 - _outer(d1, mu1) - _outer(mu1, d1))
-    psi_val = lam2 * gam**2 * (outer2(d1, V) + outer2(V, d1)) + gam**4 * _o2(d2)
+    psi_val = lam2 * gam**2 * (outer2(d1, V) + outer2(V, d1)) + gam**4 * _o2(dw)
 
     def se(x: torch.Tensor) -> torch.Tensor:
         return x.std(0) / math.sqrt(K)
@@ -189,6 +227,12 @@ def one_step_estimate(block: Block, V: torch.Tensor, n: int, pairs: int,
         drift=n * gam**2 * (mu1 - V), drift_se=n * gam**2 * se(g1),
         diffusion=att + val, diffusion_se=se(psi_att + psi_val),
         attention=att, attention_se=se(psi_att), value=val, value_se=se(psi_val))
+
+
+def _pair_mean_square(G: torch.Tensor) -> torch.Tensor:
+    """avg over the pair and the heads of G_h (x) G_h: (K, m, m, m, m) from (K, H, 2, m, m)."""
+    Gall = G.flatten(1, 2)
+    return torch.einsum("kiab,kicd->kabcd", Gall, Gall) / Gall.shape[1]
 
 
 def _outer(P: torch.Tensor, Q: torch.Tensor) -> torch.Tensor:

@@ -6,10 +6,12 @@ Checks (see verify/README.md for how to read them):
    estimator at the same width;
 3. one-step moments against the kernels at several widths and (gamma, tau0),
    with the 1/n extrapolation;
-4. sampler consistency: the exact-in-law V chain against block.finite;
-5. law at T against the SDE, with negative controls;
-6. every block (MLP, Transformer, multi-head, causal): one step and law at T;
-7. at depth (T = 1, strong attention): the stopped process, P(exit), survival curve,
+4. multi-head attention at one step: block.finite and the extrapolated moments against
+   the n_H-head kernels, with the single head's as the control (`multihead`);
+5. sampler consistency: the exact-in-law V chain against block.finite;
+6. law at T against the SDE, with negative controls;
+7. every block (MLP, Transformer, multi-head, causal): one step and law at T;
+8. at depth (T = 1, strong attention): the stopped process, P(exit), survival curve,
    near-singular fraction and survivors' laws against exact finite networks (`depth`).
 Seeds: every check draws from its own seed, derived from the root seed and the
 check's label (`common.derive_seed`), so results are reproducible and do not
@@ -43,6 +45,7 @@ from .common import LINE_ALPHA, derive_seed, z_crit
 from .figures import render_figures
 from .html import render_html
 from .law import STATISTICS, LawSetting, gram_vs_full_check, law_check
+from .multihead import heads_check
 from .one_step import PARTS, closed_form_check, one_step_check, raw_consistency_check
 
 # A generic V0 (m = 3): unequal norms and correlations, so P V P is far from 0
@@ -61,6 +64,12 @@ class Config:
     one_step_widths: list[int] = field(default_factory=list)
     one_step_pairs: int = 0
     linear_gammas: list[float] = field(default_factory=list)
+    # multi-head attention (gamma, tau0, heads, causal) at one step; at the V names in "V"
+    heads_params: list[dict] = field(default_factory=list)
+    heads_widths: list[int] = field(default_factory=list)
+    heads_pairs: int = 0
+    heads_raw_n: int = 32
+    heads_raw_samples: int = 0
     closed_form_n: int = 32
     closed_form_samples: int = 0
     raw_n: int = 32
@@ -85,7 +94,9 @@ class Config:
         draws its covariance z-scores are far from normal)."""
         return cls(
             one_step_params=[{"gamma": 0.8, "tau0": 0.7}], one_step_widths=[64, 256],
-            one_step_pairs=3000, linear_gammas=[0.5], closed_form_n=8,
+            one_step_pairs=3000, linear_gammas=[0.5],
+            heads_params=[{"gamma": 0.9, "tau0": 0.4, "heads": 2}], heads_widths=[64, 256],
+            heads_pairs=3000, heads_raw_n=8, heads_raw_samples=2000, closed_form_n=8,
             closed_form_samples=20_000, raw_n=8, raw_samples=2000, raw_pairs=3000,
             law_params=[{"gamma": 0.9, "tau0": 0.5, "T": 0.125}], law_widths=[16, 32],
             law_nets=400, law_sde_paths=400, law_sde_dt=0.01, consistency_n=16,
@@ -106,6 +117,10 @@ class Config:
                              {"gamma": 0.5, "tau0": 1.0}],
             one_step_widths=[64, 128, 256, 512, 1024, 2048], one_step_pairs=150_000,
             linear_gammas=[0.5, 0.9],
+            heads_params=[{"gamma": 0.9, "tau0": 0.4, "heads": 2},
+                          {"gamma": 0.9, "tau0": 0.4, "heads": 2, "causal": True}],
+            heads_widths=[64, 128, 256, 512, 1024, 2048], heads_pairs=50_000,
+            heads_raw_n=32, heads_raw_samples=24_000,
             closed_form_n=32, closed_form_samples=20_000,
             raw_n=32, raw_samples=24_000, raw_pairs=150_000,
             law_params=[{"gamma": 0.9, "tau0": 0.5, "T": 0.0625}],
@@ -121,6 +136,11 @@ class Config:
                              [(0.8, 0.7), (0.9, 0.4), (0.5, 1.0), (1.0, 0.5), (0.3, 0.3)]],
             one_step_widths=[64, 128, 256, 512, 1024, 2048, 4096], one_step_pairs=400_000,
             linear_gammas=[0.3, 0.5, 0.9, 1.0],
+            heads_params=[{"gamma": 0.9, "tau0": 0.4, "heads": 2, "V": ["V0", "V1"]},
+                          {"gamma": 0.9, "tau0": 0.4, "heads": 2, "causal": True},
+                          {"gamma": 0.9, "tau0": 0.4, "heads": 4}],
+            heads_widths=[64, 128, 256, 512, 1024, 2048, 4096], heads_pairs=200_000,
+            heads_raw_n=64, heads_raw_samples=100_000,
             closed_form_n=64, closed_form_samples=100_000,
             raw_n=64, raw_samples=100_000, raw_pairs=400_000,
             law_params=[{"gamma": 0.9, "tau0": 0.5, "T": 0.0625},
@@ -220,6 +240,17 @@ def run_verification(*, quick: bool = True, out_dir: str | Path = "results/verif
             checks["one_step"].append(r)
             log(_one_step_line(b, r, vname))
 
+    with prog.stage("heads"):
+        checks["heads"] = []
+        for b, vname in prog.items(_heads_points(blocks, cfg), "points"):
+            r = heads_check(b, torch.tensor(NAMED_V[vname], dtype=torch.float64),
+                            widths=cfg.heads_widths, pairs=cfg.heads_pairs,
+                            raw_n=cfg.heads_raw_n, raw_samples=cfg.heads_raw_samples,
+                            seed_of=lambda label, v=vname: seed_of(f"{label}/{v}"), v_name=vname)
+            r["V_name"] = vname
+            checks["heads"].append(r)
+            log(r["line"])
+
     law_settings = _law_settings(att, cfg, V0)
     with prog.stage("sampler_consistency"):
         checks["sampler_consistency"] = []
@@ -274,6 +305,7 @@ def run_verification(*, quick: bool = True, out_dir: str | Path = "results/verif
 STAGES = {"closed_form": "closed form of the W^V moments",
           "raw_consistency": "one-step consistency (raw block.finite)",
           "one_step": "one-step moments against the kernels",
+          "heads": "multi-head attention at one step, with the single head as control",
           "sampler_consistency": "sampler consistency (gram chain vs block.finite)",
           "law": "law at T against the SDE, with negative controls",
           "every_block": "every block: one step and law at T (MLP, Transformer, multi-head, "
@@ -441,6 +473,18 @@ def _one_step_points(blocks: list[Block], cfg: Config) -> list[tuple[Block, str]
             if b.name == "attention" and (p["gamma"], p["tau0"]) == (b.gamma, b.tau0):
                 names = p.get("V", ["V0"])
         out += [(b, v) for v in names]
+    return out
+
+
+def _heads_points(blocks, cfg: Config) -> list[tuple[Block, str]]:
+    """(multi-head block, V name) pairs of the configuration, when attention is verified
+    by name (the default)."""
+    if blocks is not None and "attention" not in [b for b in blocks if isinstance(b, str)]:
+        return []
+    out = []
+    for p in cfg.heads_params:
+        b = make_block("attention", **{k: v for k, v in p.items() if k != "V"})
+        out += [(b, v) for v in p.get("V", ["V0"])]
     return out
 
 
