@@ -12,9 +12,9 @@ from scipy.stats import ks_2samp
 import shapedsde
 from shapedsde import baselines as bl
 from shapedsde.blocks import block
-from shapedsde.registry import block_classes
 from shapedsde.cli import main
 from shapedsde.finite import simulate, supports_gram
+from shapedsde.registry import block_classes
 
 NAMES = ("standard", "standard-noresidual", "prenorm", "centering-only", "temperature-only")
 V2 = np.array([[1.0, 0.2], [0.2, 1.0]])
