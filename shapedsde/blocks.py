@@ -167,7 +167,11 @@ class Block:
 
     def symbolic(self, m: int):
         """The update rule as a symbolic `LayerModel` for m tokens."""
-        return self.derivation().entries(_check_tokens(m))
+        d = self.derivation()
+        if d.entries is None:
+            raise ValueError(f"{d.name!r} declares its update rule in matrix form only; its "
+                             "entries for m tokens are coefficients(m)")
+        return d.entries(_check_tokens(m))
 
     def coefficients(self, m: int | None = None):
         """b(V) and Sigma(V) as SymPy objects (`shapedsde.symbolic.coefficients`).
@@ -185,10 +189,12 @@ class Block:
             if m is None:
                 raise ValueError(f"{d.name!r} has no matrix form derived for every m; pass m "
                                  "(docs/derivation.md has its closed form)")
-            c = derive(d.entries(_check_tokens(m)))
-            return from_parameters(c.drift, c.diffusion, m, self.kernel_params(), d.name)
+            c = derive(self.symbolic(m))
+            return from_parameters(c.drift, c.diffusion, m, self.kernel_params(), d.name,
+                                   declared(self))
         mf = mx.matrix_form(d)
-        c = from_parameters(mf.drift, mf.diffusion, None, self.kernel_params(), self.name)
+        c = from_parameters(mf.drift, mf.diffusion, None, self.kernel_params(), self.name,
+                            declared(self))
         return c if m is None else c.entries(_check_tokens(m))
 
     def latex(self, m: int | None = None) -> str:
@@ -277,15 +283,7 @@ class AttentionBlock(Block):
 
     def logits(self, X: torch.Tensor, generator: RandomSource) -> torch.Tensor:
         """Z = Y / tau, shape (B, m, m), or (B, H, m, m) with H = heads > 1."""
-        B, m, n = X.shape
-        H, nk = self.heads, self.nk or n
-        if n % H:
-            raise ValueError(f"width n = {n} must be a multiple of heads = {H}")
-        weights = weight_source(generator)
-        Q = weights.times(X, nk, heads=H) / math.sqrt(n)  # (B, H, m, nk)
-        K = weights.times(X, nk, heads=H) / math.sqrt(n)
-        Z = (Q @ K.transpose(-1, -2)) / (self.tau0 * math.sqrt(n * nk))
-        return Z[:, 0] if H == 1 else Z
+        return attention_logits(X, generator, self.tau0, self.nk, self.heads)
 
     def branch_mixing(self, X: torch.Tensor, generator: RandomSource) -> torch.Tensor:
         return shaped_mixing(self.logits(X, generator), causal=self.causal)
@@ -495,6 +493,22 @@ def block(name: str, **params: Any) -> Block:
         return cls(**params)
     except TypeError as err:
         raise ValueError(f"bad parameters for block {name!r}: {err}") from None
+
+
+def attention_logits(X: torch.Tensor, generator: RandomSource, tau0: float,
+                     nk: int | None = None, heads: int = 1) -> torch.Tensor:
+    """Shaped-attention logits Z = (X W^Q / sqrt(n)) (X W^K / sqrt(n))^T / (tau0 sqrt(n nk)),
+    W^Q, W^K in R^{n x nk} (nk None: n), shape (B, m, m); (B, H, m, m) for H = heads > 1,
+    each head with its own W^Q_h, W^K_h."""
+    B, m, n = X.shape
+    nk = nk or n
+    if n % heads:
+        raise ValueError(f"width n = {n} must be a multiple of heads = {heads}")
+    weights = weight_source(generator)
+    Q = weights.times(X, nk, heads=heads) / math.sqrt(n)  # (B, H, m, nk)
+    K = weights.times(X, nk, heads=heads) / math.sqrt(n)
+    Z = (Q @ K.transpose(-1, -2)) / (tau0 * math.sqrt(n * nk))
+    return Z[:, 0] if heads == 1 else Z
 
 
 def apply_mixing(A: torch.Tensor | None, Y: torch.Tensor) -> torch.Tensor:

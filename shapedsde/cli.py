@@ -123,6 +123,7 @@ def load_block_file(spec: str) -> Block:
         raise ValueError(f"--block {spec}: {name!r} is not a Python name (FILE.py:NAME)")
     module_spec = importlib.util.spec_from_file_location(f"shapedsde_user_{file.stem}", file)
     module = importlib.util.module_from_spec(module_spec)
+    sys.modules[module_spec.name] = module  # dataclasses and pickling look modules up here
     try:
         module_spec.loader.exec_module(module)
         obj = getattr(module, name)

@@ -17,8 +17,7 @@ from sympy.matrices.expressions import MatrixExpr
 from sympy.printing.latex import LatexPrinter
 from sympy.printing.pycode import PythonCodePrinter
 
-from . import parameters
-from .parameters import symbols as parameter_symbols
+from .parameters import PARAMETERS, Parameter
 from .symbolic.activation import RHO, V_AA, V_BB
 from .symbolic.contraction import contractions
 from .symbolic.correlation import latex_correlation
@@ -188,12 +187,14 @@ def _entrywise(V, f):
 class _KernelPrinter:
     """Prints a matrix expression as batched array code, one temporary per node."""
 
-    SCALARS = {"m": "m", "V_aa": "Vaa", "V_bb": "Vbb", "rho": "rho",
-               **{sym.name: name for name, sym in parameter_symbols().items()}}
+    #: Printed names of the symbols that are not parameters.
+    SCALARS = {"m": "m", "V_aa": "Vaa", "V_bb": "Vbb", "rho": "rho"}
 
-    def __init__(self) -> None:
+    def __init__(self, params: tuple[Parameter, ...] = PARAMETERS) -> None:
         self.lines: list[str] = []
         self.names: dict[object, str] = {}
+        self.scalars = {**self.SCALARS, **{p.symbol.name: p.name for p in params
+                                           if p.symbol is not None}}
 
     def matrix(self, e: MatrixExpr) -> str:
         if e in self.names:
@@ -210,8 +211,8 @@ class _KernelPrinter:
         traces = {t: sp.Symbol(self.matrix_trace(t))
                   for t in sorted(e.atoms(sp.Trace), key=sp.default_sort_key)}
         e = e.xreplace(traces)
-        e = e.xreplace({x: sp.Symbol(self.SCALARS[x.name]) for x in e.free_symbols
-                        if x.name in self.SCALARS})
+        e = e.xreplace({x: sp.Symbol(self.scalars[x.name]) for x in e.free_symbols
+                        if x.name in self.scalars})
         return PythonCodePrinter({"fully_qualified_modules": False, "user_functions": {
             "_sqrt": "_sqrt", "_acos": "_acos"}}).doprint(e)
 
@@ -303,19 +304,21 @@ def _kron_spec(k: Kron) -> str:
     return f"...{''.join(k.xl)},...{''.join(k.yl)}->...abcd"
 
 
-def kernel_source(coeffs: dict[str, MatrixCoefficients], backend: str) -> str:
-    """Python source of one backend's kernel module."""
+def kernel_source(coeffs: dict[str, MatrixCoefficients], backend: str,
+                  params: tuple[Parameter, ...] = PARAMETERS) -> str:
+    """Python source of one backend's kernel module; `params`: the parameters the
+    coefficients' symbols may stand for (a user block adds its own)."""
     b = BACKENDS[backend]
     parts = [HEADER, f'"""{backend} kernels for b(V) and Sigma(V), batched over leading axes."""',
              "", b["import"], "", b["prelude"]]
     for name, c in coeffs.items():
-        args = ", ".join(kernel_arguments(c))
-        pr = _KernelPrinter()
+        args = ", ".join(kernel_arguments(c, params))
+        pr = _KernelPrinter(params)
         out = pr.matrix(c.drift)
         parts += ["", f"def {name}_drift(V, {args}):",
                   f'    """b(V) of the {name} block; V (..., m, m) -> (..., m, m)."""',
                   "    m, I, J, P = _setup(V)", *pr.lines, f"    return {out}", ""]
-        pr = _KernelPrinter()
+        pr = _KernelPrinter(params)
         terms = []
         for k in c.diffusion:
             X, Y, coef = pr.matrix(k.X), pr.matrix(k.Y), pr.scalar(k.coef)
@@ -324,22 +327,23 @@ def kernel_source(coeffs: dict[str, MatrixCoefficients], backend: str) -> str:
                   f'    """Sigma(V) of the {name} block; V (..., m, m) -> (..., m, m, m, m)."""',
                   "    m, I, J, P = _setup(V)", *pr.lines,
                   "    return (\n        " + "\n        + ".join(terms) + "\n    )", ""]
-        parts += _noise_source(name, c, args)
-        parts += _contraction_source(name, c, args)
+        parts += _noise_source(name, c, args, params)
+        parts += _contraction_source(name, c, args, params)
     return "\n".join(parts).replace("\n\n\n\n", "\n\n\n").rstrip() + "\n"
 
 
-def _contraction_source(name: str, c: MatrixCoefficients, args: str) -> list[str]:
+def _contraction_source(name: str, c: MatrixCoefficients, args: str,
+                        params: tuple[Parameter, ...]) -> list[str]:
     """`<block>_ito(V, ...)` (K) and `<block>_trace_variance(V, ...)` (s^2), see
     `shapedsde.symbolic.contraction`."""
     K, s2 = contractions(c)
-    pr = _KernelPrinter()
+    pr = _KernelPrinter(params)
     out = pr.matrix(K)
     parts = ["", f"def {name}_ito(V, {args}):",
              f'    """K^{{ad}} = Sigma^{{ab,cd}} (V^-1)^{{bc}} of the {name} block; '
              '(..., m, m)."""',
              "    m, I, J, P = _setup(V)", *pr.lines, f"    return {out}", ""]
-    pr = _KernelPrinter()
+    pr = _KernelPrinter(params)
     out = pr.scalar(s2)
     return parts + ["", f"def {name}_trace_variance(V, {args}):",
                     f'    """Var[tr dV] / dt = sum_ac Sigma^{{aa,cc}} of the {name} block; '
@@ -362,12 +366,13 @@ def _root(X: MatrixExpr, R: sp.MatrixSymbol) -> MatrixExpr | None:
     return None
 
 
-def _noise_source(name: str, c: MatrixCoefficients, args: str) -> list[str]:
+def _noise_source(name: str, c: MatrixCoefficients, args: str,
+                  params: tuple[Parameter, ...]) -> list[str]:
     """`<block>_noise(V, N, ...)`: a draw with covariance Sigma(V) from N (..., k, m, m)."""
     groups = noise_groups(c)
     if groups is None:
         return []
-    pr, R = _KernelPrinter(), sp.MatrixSymbol("R", M_TOKENS, M_TOKENS)
+    pr, R = _KernelPrinter(params), sp.MatrixSymbol("R", M_TOKENS, M_TOKENS)
     pr.lines.append("    R = _sqrt_psd(V) if R is None else R")
     terms = []
     for i, g in enumerate(groups):
@@ -464,10 +469,12 @@ def latex_source(c: MatrixCoefficients) -> str:
                              f"% {HEADER[2:]}")
 
 
-def kernel_arguments(c: MatrixCoefficients) -> tuple[str, ...]:
-    """The kernels' parameter arguments: those whose symbols appear in b or Sigma."""
+def kernel_arguments(c: MatrixCoefficients, params: tuple[Parameter, ...] = PARAMETERS
+                     ) -> tuple[str, ...]:
+    """The kernels' parameter arguments, in the order of `params`: those whose symbols
+    appear in b or Sigma."""
     free = set(c.drift.free_symbols).union(*(k.coef.free_symbols for k in c.diffusion))
-    return parameters.kernel_arguments(free)
+    return tuple(p.name for p in params if p.symbol is not None and p.symbol in free)
 
 
 def entrywise_latex(name: str, m: int) -> str:

@@ -320,12 +320,17 @@ def supports_gram(block: Block) -> bool:
     attention has one: the mask acts on the logits only, whose law given X depends on V
     alone (tests/test_finite.py checks the chain against block.finite, with the
     non-causal chain as a control that the test rejects)."""
+    return has_gram_face(block) and getattr(block, "heads", 1) == 1
+
+
+def has_gram_face(block: Block) -> bool:
+    """Whether the block's class defines `gram_mixing` and no subclass overrides its
+    finite face (`finite`, `branch_mixing`, `logits`) below the class that defines it."""
     cls = type(block)
     owner = _owner(cls, "gram_mixing")
-    if owner is Block or getattr(block, "heads", 1) != 1:
-        return False
-    return all(issubclass(owner, _owner(cls, face))
-               for face in ("finite", "branch_mixing", "logits") if hasattr(cls, face))
+    return owner is not Block and all(
+        issubclass(owner, _owner(cls, face))
+        for face in ("finite", "branch_mixing", "logits") if hasattr(cls, face))
 
 
 def _owner(cls: type, attr: str) -> type:

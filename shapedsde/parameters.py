@@ -121,8 +121,3 @@ def by_name(name: str) -> Parameter:
 def symbols() -> dict[str, sp.Symbol]:
     """Kernel-parameter name -> its symbol in the derived formulas."""
     return {p.name: p.symbol for p in PARAMETERS if p.symbol is not None}
-
-
-def kernel_arguments(free: set[sp.Symbol]) -> tuple[str, ...]:
-    """The kernel arguments, in declaration order, of coefficients with these symbols."""
-    return tuple(p.name for p in PARAMETERS if p.symbol is not None and p.symbol in free)

@@ -72,6 +72,14 @@ def derivation(name: str) -> Derivation:
     return found[name]
 
 
+def owner(name: str) -> type[Block]:
+    """The block class whose definition declares the derivation `name`."""
+    for cls in block_classes().values():
+        if any(d.name == name for d in cls.derivations):
+            return next(c for c in cls.__mro__ if "derivations" in c.__dict__)
+    raise ValueError(f"no derivation {name!r}; choose one of {sorted(derivations())}")
+
+
 def _subclasses(cls: type) -> list[type]:
     """All subclasses of `cls`, depth first in definition order."""
     out = []

@@ -29,6 +29,7 @@ import torch
 
 from . import _validation as val
 from .blocks import Block, _check_hidden, _check_same_kind, _check_tokens
+from .parameters import declared
 from .weights import RandomSource
 
 
@@ -115,7 +116,8 @@ class Serial(Block):
         from .symbolic.coefficients import parameter_values, part_renames
         from .symbolic.layers import HEADS, compose
 
-        renames = part_renames([parameter_values(p.kernel_params()) for p in self.parts])
+        renames = part_renames([parameter_values(p.kernel_params(), declared(p))
+                                for p in self.parts])
         for p, r in zip(self.parts, renames, strict=True):
             if getattr(p, "heads", None) == 1:  # a single head: one noise copy
                 r[HEADS] = sp.Integer(1)

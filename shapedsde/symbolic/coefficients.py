@@ -72,19 +72,19 @@ class Coefficients:
         return entrywise_latex_source(self.name, self.m, self.drift, self.diffusion)
 
 
-def parameter_values(values: dict[str, Any]) -> dict[sp.Symbol, Any]:
+def parameter_values(values: dict[str, Any], declared: tuple = ()) -> dict[sp.Symbol, Any]:
     """Kernel parameters by name (Block.kernel_params) -> the same values by symbol
-    (`shapedsde.parameters`)."""
+    (`shapedsde.parameters`, and a user block's `declared` parameters)."""
     from ..parameters import symbols
 
-    table = symbols()
+    table = {**symbols(), **{p.name: p.symbol for p in declared if p.symbol is not None}}
     return {table[k]: v for k, v in values.items() if k in table}
 
 
 def from_parameters(drift: Any, diffusion: Any, m: int | None, values: dict[str, Any],
-                    name: str) -> Coefficients:
+                    name: str, declared: tuple = ()) -> Coefficients:
     """Coefficients whose symbols are the kernel parameters `values` (name -> value)."""
-    return Coefficients(drift, diffusion, m, parameter_values(values), name)
+    return Coefficients(drift, diffusion, m, parameter_values(values, declared), name)
 
 
 def add(parts: list[Coefficients], name: str) -> Coefficients:

@@ -20,8 +20,11 @@ from .layers import LayerModel
 class Derivation:
     """How b(V) and Sigma(V) of one block are derived.
 
-    name: the derivation's (and generated kernels') name, unique over all blocks.
-    entries: m -> the per-entry update rule (`LayerModel`) for m tokens.
+    name: the derivation's (and generated kernels') name, a Python identifier unique
+        over all blocks.
+    entries: m -> the per-entry update rule (`LayerModel`) for m tokens; None where the
+        rule is declared in matrix form only (its entries are then those of the matrix
+        form, `Coefficients.entries`).
     update: (sources, heads) -> V' of one head's copy as a matrix expression
         (`matrixform.residual_update`); None where only `parts` or `entries` give it.
     heads: the number of iid copies averaged per update (n_H for multi-head attention).
@@ -31,11 +34,19 @@ class Derivation:
     """
 
     name: str
-    entries: Callable[[int], LayerModel]
+    entries: Callable[[int], LayerModel] | None = None
     update: Callable[[dict, sp.Expr], MatrixExpr] | None = None
     heads: sp.Expr = sp.Integer(1)
     parts: tuple[str, ...] = ()
     entrywise_latex: int | None = None
+
+    def __post_init__(self) -> None:
+        if not self.name.isidentifier():
+            raise ValueError(f"a derivation's name names its kernels (name_drift, ...): it "
+                             f"must be a Python identifier; got {self.name!r}")
+        if self.entries is None and not self.has_matrix_form:
+            raise ValueError(f"derivation {self.name!r} needs an update rule: entries, "
+                             "update or parts")
 
     @property
     def has_matrix_form(self) -> bool:

@@ -60,9 +60,9 @@ from dataclasses import dataclass
 
 import torch
 
-from ..blocks import Block, shaped_mixing
+from ..blocks import AttentionBlock, Block, LinearBlock, shaped_mixing
 from ..blocks import block as make_block
-from ..finite import GRAM_BLOCKS, gram_logits, initial_hidden, psd_factor
+from ..finite import gram_logits, has_gram_face, initial_hidden, psd_factor
 from .common import Comparison, compare
 
 # ----------------------------------------------------------------------------
@@ -164,8 +164,8 @@ def heads_of(block: Block) -> int:
 
 def supports_one_step(block: Block) -> bool:
     """Whether `one_step_estimate` covers the block: the linear block and attention
-    (any number of heads, causal or not), by exact type."""
-    return type(block) in GRAM_BLOCKS
+    (any number of heads, causal or not), with their own finite faces."""
+    return isinstance(block, LinearBlock | AttentionBlock) and has_gram_face(block)
 
 
 def sample_G(block: Block, V: torch.Tensor, n: int, pairs: int,
