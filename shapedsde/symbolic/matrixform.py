@@ -11,6 +11,14 @@ expansion A1 = z P / m, A2 = ((z P) o (z P)) P / (2m)
 (P = I - 11^T/m; proved equal to the per-entry Softmax series in the tests).
 Expanding in eps and applying the Wick rules of `kron` term by term gives
 b = E[D2] and Sigma = Cov[D1, D1] as matrix expressions and Kronecker patterns.
+
+Causal attention (`"causal"`) has one centring projector per row: row x of A is row x
+of A_x = I + eps z P_x / l_x + eps^2 ((z P_x) o (z P_x)) P_x / (2 l_x), with P_x the
+centring projector on the prefix of length l_x = x + 1. So entry (a, b) of V' is entry
+(a, b) of the same update with A_a on the left and A_b^T on the right, and the result
+is read per entry: b^{ab} is entry (a, b) of a matrix expression in P_a, P_b, l_a, l_b,
+and the Kronecker factors of Sigma^{ab,cd} carry P_x, l_x for x = a, b, c, d
+(`ROW_PROJECTORS`, `ROW_LENGTHS`; `evaluate.explicit` reads them so).
 """
 
 from __future__ import annotations
@@ -39,7 +47,11 @@ M_TOKENS = sp.Symbol("m", integer=True, positive=True)
 V = sp.MatrixSymbol("V", M_TOKENS, M_TOKENS)
 P = sp.MatrixSymbol("P", M_TOKENS, M_TOKENS)  # centring projector I - 11^T/m
 EPS = sp.Symbol("epsilon", positive=True)
-SYMMETRIC = (V, P)
+#: Causal attention: the centring projector P_x on the prefix of token x (row x of an
+#: entry's reading), and the prefix length l_x = x + 1, for each label x of b^{ab}, Sigma^{ab,cd}.
+ROW_PROJECTORS = {x: sp.MatrixSymbol(f"P_{x}", M_TOKENS, M_TOKENS) for x in "abcd"}
+ROW_LENGTHS = {x: sp.Symbol(f"l_{x}", integer=True, positive=True) for x in "abcd"}
+SYMMETRIC = (V, P, *ROW_PROJECTORS.values())
 
 
 @dataclass(frozen=True)
@@ -60,16 +72,24 @@ def _sources() -> tuple[dict[str, sp.MatrixSymbol], CovarianceTable]:
     return {s: sp.MatrixSymbol(s, M_TOKENS, M_TOKENS) for s in names}, table
 
 
-def attention_expansion(z: MatrixExpr) -> MatrixExpr:
-    """A = I + Softmax(eps z) - 11^T/m to O(eps^2), in matrix form."""
-    m, zP = M_TOKENS, z * P
-    return (sp.Identity(m) + EPS * zP / m
-            + EPS**2 * sp.HadamardProduct(zP, zP) * P / (2 * m))
+def attention_expansion(z: MatrixExpr, projector: MatrixExpr = P,
+                        length: sp.Expr = M_TOKENS) -> MatrixExpr:
+    """A = I + Softmax(eps z) - 11^T/m to O(eps^2), in matrix form.
+
+    With a prefix projector P_x and its length l_x: the matrix whose row x is row x of
+    causal attention's A (the Softmax of row x runs over the prefix of length l_x)."""
+    zP = z * projector
+    return (sp.Identity(M_TOKENS) + EPS * zP / length
+            + EPS**2 * sp.HadamardProduct(zP, zP) * projector / (2 * length))
 
 
 #: Number of iid copies averaged per update (multi-head: one per head).
 HEAD_COUNT = {"linear": sp.Integer(1), "attention": HEADS, "mlp": sp.Integer(1),
-              "mlp_smooth": sp.Integer(1)}
+              "mlp_smooth": sp.Integer(1), "causal": HEADS}
+
+#: Entry (a, b)'s row projectors and lengths -> those of entry (c, d).
+_CAUSAL_RENAME = {row[x]: row[y] for row in (ROW_PROJECTORS, ROW_LENGTHS)
+                  for x, y in (("a", "c"), ("b", "d"))}
 
 
 def relu_kernel_correction() -> Entrywise:
@@ -78,10 +98,11 @@ def relu_kernel_correction() -> Entrywise:
 
 
 def update_rule(name: str, src: dict[str, sp.MatrixSymbol]) -> MatrixExpr:
-    """V' for a named block (one head's copy), as a matrix expression in eps."""
-    A = {"linear": lambda: sp.Identity(M_TOKENS), "mlp": lambda: sp.Identity(M_TOKENS),
-         "mlp_smooth": lambda: sp.Identity(M_TOKENS),
-         "attention": lambda: attention_expansion(src["z"])}[name]()
+    """V' for a named block (one head's copy), as a matrix expression in eps.
+
+    "causal": the matrix whose entry (a, b) is entry (a, b) of V' (left factor A_a,
+    right factor A_b^T; see the module docstring)."""
+    A, B = _mixing(name, src["z"])
     scale = sp.sqrt(HEAD_COUNT[name])  # a head's value sums run over n / n_H columns
     S = V + EPS * scale * src["xi_S"]
     if name == "mlp":  # value step on U = sqrt(c) phi(G): (1/n) U U^T = V + eps xi_K + eps^2 kappa
@@ -89,7 +110,17 @@ def update_rule(name: str, src: dict[str, sp.MatrixSymbol]) -> MatrixExpr:
     if name == "mlp_smooth":  # the same with the smooth activation's polynomial kappa(V)
         S = S + EPS * src["xi_K"] + EPS**2 * smooth.kernel_matrix(V)
     M = EPS * scale * src["xi_M"]
-    return LAM**2 * V + GAMMA**2 * A * S * A.T + LAM * GAMMA * (A * M + M.T * A.T)
+    return LAM**2 * V + GAMMA**2 * A * S * B.T + LAM * GAMMA * (A * M + M.T * B.T)
+
+
+def _mixing(name: str, z: MatrixExpr) -> tuple[MatrixExpr, MatrixExpr]:
+    """The mixing matrices on the left and (transposed) on the right of S."""
+    if name == "causal":
+        return tuple(attention_expansion(z, ROW_PROJECTORS[x], ROW_LENGTHS[x]) for x in "ab")
+    if name == "attention":
+        A = attention_expansion(z)
+        return A, A
+    return sp.Identity(M_TOKENS), sp.Identity(M_TOKENS)
 
 
 def _symmetrise(expr):
@@ -194,9 +225,13 @@ def derive_matrix_form(name: str) -> MatrixCoefficients:
         if sp.simplify(D0c.subs(LAM, sp.sqrt(1 - GAMMA**2))) not in (zero, 0):
             raise AssertionError(f"update is not the identity at eps = 0: {D0}")
     first = [as_linear(c, f, src) for c, f in orders.get(1, [])]
+    second = first  # the first-order terms of entry (c, d)
+    if name == "causal":  # entry (c, d) reads its rows with P_c, P_d
+        second = [as_linear(c, f, src)
+                  for c, f in by_order(update_rule(name, src).xreplace(_CAUSAL_RENAME))[1]]
     drift = sum((expectation(c, f, src, table) for c, f in orders.get(2, [])), zero)
     diffusion = [Kron(k.coef / HEAD_COUNT[name], k.X, k.xl, k.Y, k.yl)
-                 for t1 in first for t2 in first for k in covariance(t1, t2, table)]
+                 for t1 in first for t2 in second for k in covariance(t1, t2, table)]
     return MatrixCoefficients(name, _tidy_matrix(drift), tuple(_collect(diffusion)))
 
 
