@@ -15,7 +15,7 @@ lam^2 + gam^2 = 1; `gamma` is gam.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 import numpy as np
@@ -234,17 +234,10 @@ class AttentionBlock(Block):
         return "causal" if self.causal else "attention"
 
     def coefficients(self, m: int | None = None):
-        """As `Block.coefficients`; causal attention is derived per entry only (m given)."""
-        if not self.causal:
-            return super().coefficients(m)
-        if m is None:
-            raise ValueError("causal attention has no matrix form derived for every m; pass "
-                             "m (its closed form for every m is in docs/derivation.md)")
-        from .symbolic.coefficients import from_parameters
-        from .symbolic.entrywise import derive_block
-
-        c = derive_block("causal", _check_tokens(m))
-        return from_parameters(c.drift, c.diffusion, m, self.kernel_params(), "causal")
+        """As `Block.coefficients`; causal attention's matrix form carries the row
+        projectors P_x, l_x and is read per entry (docs/derivation.md)."""
+        c = super().coefficients(m)
+        return replace(c, name="causal") if self.causal else c
 
     def logits(self, X: torch.Tensor, generator: RandomSource) -> torch.Tensor:
         """Z = Y / tau, shape (B, m, m), or (B, H, m, m) with H = heads > 1."""

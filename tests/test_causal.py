@@ -155,3 +155,11 @@ def test_finite_mixing_is_lower_triangular_plus_identity() -> None:
     assert torch.all(upper == 0)
     assert torch.allclose(A[:, 0], torch.tensor([1.0, 0, 0], dtype=A.dtype))
     assert torch.allclose(A.sum(-1), torch.ones(4, 3, dtype=A.dtype))
+
+
+def test_block_coefficients_are_the_matrix_form_read_per_entry() -> None:
+    blk = shapedsde.block("attention", gamma=0.9, tau0=0.5, causal=True)
+    c = blk.coefficients()
+    assert c.m is None and c.name == "causal" and r"\Sigma^{ab,cd}(V)" in c.latex()
+    e, ew = blk.coefficients(3), derive_block("causal", 3)
+    assert (e.drift - ew.drift).applyfunc(sp.expand) == sp.zeros(3, 3)
