@@ -300,8 +300,7 @@ def bench_derivation() -> list[dict]:
         row = {"block": name}
         for m in (2, 3, 4):
             row[f"entrywise_m{m}_s"] = timed(partial(_derive, name, m))
-        if name != "causal":
-            row["matrix_form_s"] = timed(partial(derive_matrix_form, name))
+        row["matrix_form_s"] = timed(partial(derive_matrix_form, name))
         rows.append(row)
         print("(d) " + ", ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}"
                                  for k, v in row.items()), flush=True)

@@ -23,7 +23,7 @@ lam^2 + gam^2 = 1; `gamma` is gam.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
 import numpy as np
@@ -237,11 +237,13 @@ class AttentionBlock(Block):
     heads: int = parameter(HEADS, 1)
     causal: bool = parameter(CAUSAL, False)
     name: ClassVar[str] = "attention"
-    # Causal attention is derived per entry; its closed form for every m is causal.py.
+    # Causal attention's matrix form is read per entry (row projectors); its kernels
+    # are the closed form in causal.py, proved equal to it.
     derivations: ClassVar[tuple[Derivation, ...]] = (
         Derivation("attention", layers.attention_layer, mx.attention_update,
                    heads=HEADS.symbol),
-        Derivation("causal", layers.causal_layer, entrywise_latex=2))
+        Derivation("causal", layers.causal_layer, mx.causal_update, heads=HEADS.symbol,
+                   rows=True, entrywise_latex=2))
 
     @property
     def kernel_name(self) -> str:
@@ -280,6 +282,12 @@ class AttentionBlock(Block):
     @property
     def noise_groups(self) -> int | None:
         return None if self.causal else super().noise_groups
+
+    def coefficients(self, m: int | None = None):
+        """As `Block.coefficients`; causal attention's matrix form carries the row
+        projectors P_x, l_x and is read per entry (docs/derivation.md)."""
+        c = super().coefficients(m)
+        return replace(c, name="causal") if self.causal else c
 
     def logits(self, X: torch.Tensor, generator: RandomSource) -> torch.Tensor:
         """Z = Y / tau, shape (B, m, m), or (B, H, m, m) with H = heads > 1."""

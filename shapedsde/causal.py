@@ -12,10 +12,18 @@ A1[a, :] = z[a, :] M_a,  M_a = P_a / l_a. With E[z^{ae} z^{cf}] = V^{ac} V^{ef} 
               + gam^4 / (n_H tau0^2) (K^{ab,cd} + K^{ab,dc} + K^{ba,cd} + K^{ba,dc}),
               K^{ab,cd} = V^{ac} (V M_a V M_c V)^{bd}.
 
-With M_a = P / m for every row this is the (non-causal) attention block. The derivation
-is the per-entry one (`shapedsde.symbolic.layers.attention_layer(causal=True)`), which
-is automatic; this closed form is a second artifact, checked against it symbolically
-for m = 2, 3, 4 (tests/test_causal.py) and against finite networks by the verifier.
+With M_a = P / m for every row this is the (non-causal) attention block.
+
+These formulas are derived for every m by the matrix-form Wick rules
+(`shapedsde.symbolic.matrixform.matrix_form("causal")`, one projector per row label:
+P_a, P_b in b^{ab}, P_a, ..., P_d in Sigma^{ab,cd}; docs/derivation.md), and
+tests/test_causal.py proves the derived result equal to them as matrix expressions with m
+and the projectors symbolic, hence for every m. Both also equal the per-entry derivation
+(`shapedsde.symbolic.layers.attention_layer(causal=True)`) for m = 2, 3, 4. This module's
+code, a transcription of the formulas with loops over rows, is checked against the
+derived form at m = 2, 3, 4 (symbolic V, through the per-entry derivation) and m = 5, 7
+(exact rational V), and against finite networks by the verifier.
+
 Cost: O(m^5) per V (m^2 products of m x m matrices).
 """
 

@@ -503,16 +503,25 @@ def entrywise_latex_source(name: str, m: int, drift: sp.Matrix, diffusion: sp.Ar
 
 
 def markdown_preview(coeffs: dict[str, MatrixCoefficients]) -> str:
+    from .latex import per_row
+
     lines = [f"<!-- {HEADER[2:].strip()} -->", "# Derived coefficients", "",
              "dV_t = b(V_t) dt + Sigma(V_t)^{1/2} dB_t, t = depth / width; "
              "$P = I - \\mathbf{1}\\mathbf{1}^\\top/m$, $\\operatorname{Dg}(X) = I \\circ X$, "
              "$\\lambda^2 = 1 - \\gamma^2$. Conventions: [../conventions.md](../conventions.md).",
-             "", "Causal attention is exported per entry for m = 2 in "
-             "[causal_m2.tex](causal_m2.tex); its closed form for every m is in "
-             "[../derivation.md](../derivation.md). The correlation SDE of each block "
-             "(Ito's lemma, m = 2) is in `correlation_<block>.tex`.", ""]
+             "", "Causal attention is read per entry: $P_x$ is the centring projector on "
+             "the prefix $0..x$ of token $x$ (zero elsewhere), $l_x = x + 1$, and $b^{ab}$ is "
+             "entry $(a, b)$ of its bracket, read with $P_a, P_b$, and each factor of "
+             "$\\Sigma^{ab,cd}$ with the $P_x, l_x$ of its labels. It is also exported per "
+             "entry for m = 2 in [causal_m2.tex](causal_m2.tex). The correlation SDE of "
+             "each block (Ito's lemma, m = 2) is in `correlation_<block>.tex`.", ""]
     for name, c in coeffs.items():
-        lines += [f"## {name}", "", "$$b(V) = " + _latex(c.drift) + "$$", "",
+        drift = _latex(c.drift)
+        if per_row(c.drift, c.diffusion):
+            drift = f"b^{{ab}}(V) = \\left[{drift}\\right]^{{ab}}"
+        else:
+            drift = f"b(V) = {drift}"
+        lines += [f"## {name}", "", f"$${drift}$$", "",
                   *[f"$${d.replace('&', '')}$$\n" for d in _entrywise_definitions(c)],
                   "$$\\Sigma^{ab,cd}(V) = " + _signed_sum(c.diffusion, " ") + "$$", ""]
     return "\n".join(lines)
@@ -532,7 +541,8 @@ def artifacts() -> dict[Path, str]:
 
     found = derivations(package_only=True)
     coeffs = package_coefficients()
-    files = {ROOT / "shapedsde" / "kernels" / f"_generated_{b}.py": kernel_source(coeffs, b)
+    printed = {name: c for name, c in coeffs.items() if found[name].has_kernels}
+    files = {ROOT / "shapedsde" / "kernels" / f"_generated_{b}.py": kernel_source(printed, b)
              for b in BACKENDS}
     for name, c in coeffs.items():
         files[ROOT / "docs" / "formulas" / f"{name}.tex"] = latex_source(c)

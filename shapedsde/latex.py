@@ -23,6 +23,11 @@ from .symbolic.kron import Kron
 #: Rough width budget of one displayed line, in LaTeX source characters.
 LINE_BUDGET = 150
 
+#: The header note of a form with causal attention's row projectors.
+ROW_NOTATION = ("P_x = the centring projector on the prefix 0..x of token x (zero elsewhere),\n"
+                "% l_x = x + 1; b^{ab} is entry (a, b) of its bracket, read with P_a, P_b, and "
+                "each\n% factor of Sigma^{ab,cd} with the P_x, l_x of its labels;\n% ")
+
 
 @dataclass(frozen=True)
 class SymKron:
@@ -193,15 +198,27 @@ def drift_terms(drift: MatrixExpr) -> list[tuple[sp.Expr, str]]:
     return out
 
 
-def sigma_terms(diffusion: tuple[Kron, ...]) -> list[tuple[sp.Expr, str]]:
-    """(coefficient, LaTeX) per symmetrised product (and any leftover pattern) of Sigma."""
+def sigma_terms(diffusion: tuple[Kron, ...], entries: bool = False
+                ) -> list[tuple[sp.Expr, str]]:
+    """(coefficient, LaTeX) per symmetrised product (and any leftover pattern) of Sigma;
+    `entries`: the products as entries (A (x)_s B)^{ab,cd}, for a Sigma^{ab,cd} left side."""
     groups, rest = symmetrised(diffusion)
-    out = [(g.coef, rf"{_factor(g.A)} \otimes_{{\mathrm{{s}}}} {_factor(g.B)}")
-           for g in groups]
+    out = []
+    for g in groups:
+        body = rf"{_factor(g.A)} \otimes_{{\mathrm{{s}}}} {_factor(g.B)}"
+        out.append((g.coef, rf"\left({body}\right)^{{ab,cd}}" if entries else body))
     for k in rest:
         xl, yl = "".join(k.xl), "".join(k.yl)
         out.append((k.coef, f"{_factor(k.X)}^{{{xl}}} {_factor(k.Y)}^{{{yl}}}"))
     return out
+
+
+def per_row(drift: MatrixExpr, diffusion: tuple[Kron, ...]) -> bool:
+    """Whether b and Sigma carry causal attention's row projectors (read per entry)."""
+    from .symbolic.evaluate import row_labels
+
+    return bool(row_labels(drift)) or any(row_labels(k.X) or row_labels(k.Y)
+                                          or row_labels(k.coef) for k in diffusion)
 
 
 def _factor(F: MatrixExpr) -> str:
@@ -217,15 +234,17 @@ def collected(pieces: list[tuple[sp.Expr, str]]) -> tuple[sp.Expr, list[tuple[sp
     return pre, [(sp.factor_terms(sp.cancel(c / pre)), body) for c, body in pieces]
 
 
-def equation(lhs: str, pieces: list[tuple[sp.Expr, str]], label: str, end: str
-             ) -> list[str]:
-    """Numbered align lines `lhs &= ...` with a label, broken to the line budget."""
+def equation(lhs: str, pieces: list[tuple[sp.Expr, str]], label: str, end: str,
+             entry: str = "") -> list[str]:
+    """Numbered align lines `lhs &= ...` with a label, broken to the line budget.
+
+    `entry` (e.g. "ab"): the right side is that entry of a bracketed matrix sum."""
     pre, inner = collected(pieces)  # pre is 1 unless there are several pieces
     terms = _signed(inner)
-    if pre != 1:
+    if pre != 1 or entry:
         sign, tex = _coef_tex(pre)
         terms[0] = f"{'-' if sign < 0 else ''}{tex}\\Bigl[{terms[0]}"
-        terms[-1] = terms[-1] + r"\Bigr]"
+        terms[-1] = terms[-1] + r"\Bigr]" + (f"^{{{entry}}}" if entry else "")
     out = _rows(lhs, break_lines(terms), f"{end} \\label{{{label}}}")
     return [line + (r" \nonumber" if i < len(out) - 1 else "") for i, line in enumerate(out)]
 
@@ -233,16 +252,18 @@ def equation(lhs: str, pieces: list[tuple[sp.Expr, str]], label: str, end: str
 def matrix_form_latex(name: str, drift: MatrixExpr, diffusion: tuple[Kron, ...],
                       definitions: list[str], header: str) -> str:
     """The paper-style LaTeX file of one block's matrix-form coefficients."""
-    key = name.replace("+", "-")
-    lines = equation("b(V)", drift_terms(drift), f"eq:{key}-drift", ",")
+    key, rows_read = name.replace("+", "-"), per_row(drift, diffusion)
+    lhs = ("b^{ab}(V)", r"\Sigma^{ab,cd}(V)") if rows_read else ("b(V)", r"\Sigma(V)")
+    lines = equation(lhs[0], drift_terms(drift), f"eq:{key}-drift", ",",
+                     "ab" if rows_read else "")
     for d in definitions:  # "f^{ab}(V) &= ..., \quad rho^{ab} = ...": two lines
         for part in d.split(r", \quad "):
             lines.append(("" if "&=" in part else "&\\quad ") + part + r", \nonumber")
-    lines += equation(r"\Sigma(V)", sigma_terms(diffusion), f"eq:{key}-diffusion", ".")
+    lines += equation(lhs[1], sigma_terms(diffusion, rows_read), f"eq:{key}-diffusion", ".")
     rows = " \\\\\n".join(lines)
     return (f"{header}"
-            f"% Block: {name}. P = I - 11^T/m, Dg(X) = I o X, sym(X) = X + X^T, "
-            "t = depth / width;\n"
+            f"% Block: {name}. {ROW_NOTATION if rows_read else 'P = I - 11^T/m, '}"
+            "Dg(X) = I o X, sym(X) = X + X^T, t = depth / width;\n"
             "% (A (x)_s B)^{ab,cd} = (A^{ac} B^{bd} + A^{ad} B^{bc} + B^{ac} A^{bd} + "
             "B^{ad} A^{bc}) / 2.\n"
             f"\\begin{{align}}\n{rows}\n\\end{{align}}\n")

@@ -136,8 +136,6 @@ def test_serial_rejects_bad_parts() -> None:
         serial(block("linear", gamma=0.5), "mlp")
     with pytest.raises(ValueError, match="finite face only"):
         shapedsde.StandardAttentionBlock(gamma=0.5).coefficients()
-    with pytest.raises(ValueError, match="matrix form"):
-        block("attention", gamma=0.5, causal=True).coefficients()
 
 
 def test_serial_solves_and_stays_positive_definite() -> None:

@@ -42,8 +42,9 @@ def _module(block: str, backend: str) -> types.ModuleType:
     from ..registry import derivation
 
     d = derivation(block)  # ValueError naming the derivations there are
-    if not d.has_matrix_form:
-        raise ValueError(f"{block!r} is derived per entry only: it has no kernels for every m")
+    if not d.has_kernels:
+        raise ValueError(f"{block!r} has no kernels printed from a matrix form (it is derived "
+                         "per entry, or read per entry with row projectors)")
     return _built(d, backend)
 
 

@@ -30,7 +30,10 @@ class Derivation:
     heads: the number of iid copies averaged per update (n_H for multi-head attention).
     parts: names of sub-layer derivations applied in sequence; their coefficients add
         at leading order (independent weights; proved on the per-entry composition).
-    entrywise_latex: export b and Sigma per entry for this m (no matrix form derived).
+    rows: the update is read per entry with row projectors P_x, l_x (causal attention:
+        entry (a, b) uses rows a and b, and Sigma's second factor entry (c, d)); such a
+        matrix form gives LaTeX and explicit entries, not printed kernels.
+    entrywise_latex: also export b and Sigma per entry for this m.
     """
 
     name: str
@@ -38,6 +41,7 @@ class Derivation:
     update: Callable[[dict, sp.Expr], MatrixExpr] | None = None
     heads: sp.Expr = sp.Integer(1)
     parts: tuple[str, ...] = ()
+    rows: bool = False
     entrywise_latex: int | None = None
 
     def __post_init__(self) -> None:
@@ -50,5 +54,10 @@ class Derivation:
 
     @property
     def has_matrix_form(self) -> bool:
-        """Whether b and Sigma are derived for every m (kernels are generated from them)."""
+        """Whether b and Sigma are derived for every m."""
         return self.update is not None or bool(self.parts)
+
+    @property
+    def has_kernels(self) -> bool:
+        """Whether kernels are printed from the matrix form (not read per entry)."""
+        return self.has_matrix_form and not self.rows

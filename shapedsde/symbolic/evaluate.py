@@ -1,5 +1,11 @@
 """Explicit evaluation of matrix-form results for a given m (used to prove the
-matrix form equal to the per-entry derivation)."""
+matrix form equal to the per-entry derivation).
+
+An expression with causal attention's row projectors P_x (and lengths l_x), x in
+a, b, c, d, is read per entry: entry (a, b) of b with P_a, P_b the centring
+projectors on the prefixes of tokens a and b, and each factor of Sigma^{ab,cd} with
+the projectors of a, b, c, d.
+"""
 
 from __future__ import annotations
 
@@ -8,15 +14,41 @@ from sympy.matrices.expressions import MatrixExpr
 
 from .entrywise_kernel import Entrywise
 from .kron import Kron
-from .matrixform import M_TOKENS, P, V
+from .matrixform import M_TOKENS, ROW_LENGTHS, ROW_PROJECTORS, P, V
 
 
 def explicit(expr, m: int, Vm: sp.Matrix, **others: sp.Matrix):
     """Evaluate a matrix (or scalar) expression with V -> Vm, P -> I - 11^T/m.
 
-    `others` gives explicit values of further matrix symbols by name.
+    `others` gives explicit values of further matrix symbols by name. A matrix with row
+    projectors P_a, P_b is read per entry (module docstring).
     """
     env = {V.name: Vm, P.name: sp.eye(m) - sp.ones(m, m) / m, **others}
+    labels = row_labels(expr)
+    if not labels:
+        return _eval(expr, m, env)
+    if not isinstance(expr, MatrixExpr) or not set(labels) <= {"a", "b"}:
+        raise ValueError(f"cannot read {expr} per entry: row labels {labels}")
+    return sp.Matrix(m, m, lambda i, j: _at(expr, {"a": i, "b": j}, m, env)[i, j])
+
+
+def prefix_projector(length: int, m: int) -> sp.Matrix:
+    """The centring projector on the first `length` of m coordinates (zero elsewhere)."""
+    out = sp.zeros(m, m)
+    out[:length, :length] = sp.eye(length) - sp.ones(length, length) / length
+    return out
+
+
+def row_labels(expr) -> str:
+    """The labels x whose row projector P_x or prefix length l_x occurs in `expr`."""
+    atoms = sp.sympify(expr).atoms(sp.MatrixSymbol, sp.Symbol)
+    return "".join(x for x in "abcd" if ROW_PROJECTORS[x] in atoms or ROW_LENGTHS[x] in atoms)
+
+
+def _at(expr, rows: dict[str, int], m: int, env: dict):
+    """`expr` with each row label x read at token rows[x] (P_x, l_x = rows[x] + 1)."""
+    expr = sp.sympify(expr).xreplace({ROW_LENGTHS[x]: i + 1 for x, i in rows.items()})
+    env = env | {ROW_PROJECTORS[x].name: prefix_projector(i + 1, m) for x, i in rows.items()}
     return _eval(expr, m, env)
 
 
@@ -59,7 +91,8 @@ def _eval(e, m: int, env: dict):
 
 def explicit_diffusion(terms: tuple[Kron, ...], m: int, Vm: sp.Matrix) -> sp.Array:
     """Sigma^{ab,cd} = sum_k c_k X_k^{..} Y_k^{..} as an explicit (m, m, m, m) array."""
-    mats = [(explicit(k.coef, m, Vm), explicit(k.X, m, Vm), k.xl, explicit(k.Y, m, Vm), k.yl)
+    env = {V.name: Vm, P.name: sp.eye(m) - sp.ones(m, m) / m}
+    mats = [(_reader(k.coef, m, env), _reader(k.X, m, env), k.xl, _reader(k.Y, m, env), k.yl)
             for k in terms]
     out = []
     for a in range(m):
@@ -67,6 +100,19 @@ def explicit_diffusion(terms: tuple[Kron, ...], m: int, Vm: sp.Matrix) -> sp.Arr
             for c in range(m):
                 for d in range(m):
                     idx = {"a": a, "b": b, "c": c, "d": d}
-                    out.append(sum(co * X[idx[xl[0]], idx[xl[1]]] * Y[idx[yl[0]], idx[yl[1]]]
+                    out.append(sum(co(idx) * X(idx)[idx[xl[0]], idx[xl[1]]]
+                                   * Y(idx)[idx[yl[0]], idx[yl[1]]]
                                    for co, X, xl, Y, yl in mats))
     return sp.Array(out, (m, m, m, m))
+
+
+def _reader(expr, m: int, env: dict):
+    """idx -> the value of `expr` with its row labels read at idx, each value computed once."""
+    labels, cache = row_labels(expr), {}
+
+    def read(idx: dict[str, int]):
+        key = tuple(idx[x] for x in labels)
+        if key not in cache:
+            cache[key] = _at(expr, {x: idx[x] for x in labels}, m, env)
+        return cache[key]
+    return read

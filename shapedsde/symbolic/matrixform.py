@@ -11,6 +11,14 @@ expansion A1 = z P / m, A2 = ((z P) o (z P)) P / (2m)
 (P = I - 11^T/m; proved equal to the per-entry Softmax series in the tests).
 Expanding in eps and applying the Wick rules of `kron` term by term gives
 b = E[D2] and Sigma = Cov[D1, D1] as matrix expressions and Kronecker patterns.
+
+Causal attention (`"causal"`) has one centring projector per row: row x of A is row x
+of A_x = I + eps z P_x / l_x + eps^2 ((z P_x) o (z P_x)) P_x / (2 l_x), with P_x the
+centring projector on the prefix of length l_x = x + 1. So entry (a, b) of V' is entry
+(a, b) of the same update with A_a on the left and A_b^T on the right, and the result
+is read per entry: b^{ab} is entry (a, b) of a matrix expression in P_a, P_b, l_a, l_b,
+and the Kronecker factors of Sigma^{ab,cd} carry P_x, l_x for x = a, b, c, d
+(`ROW_PROJECTORS`, `ROW_LENGTHS`; `evaluate.explicit` reads them so).
 """
 
 from __future__ import annotations
@@ -40,7 +48,11 @@ M_TOKENS = sp.Symbol("m", integer=True, positive=True)
 V = sp.MatrixSymbol("V", M_TOKENS, M_TOKENS)
 P = sp.MatrixSymbol("P", M_TOKENS, M_TOKENS)  # centring projector I - 11^T/m
 EPS = sp.Symbol("epsilon", positive=True)
-SYMMETRIC = (V, P)
+#: Causal attention: the centring projector P_x on the prefix of token x (row x of an
+#: entry's reading), and the prefix length l_x = x + 1, for each label x of b^{ab}, Sigma^{ab,cd}.
+ROW_PROJECTORS = {x: sp.MatrixSymbol(f"P_{x}", M_TOKENS, M_TOKENS) for x in "abcd"}
+ROW_LENGTHS = {x: sp.Symbol(f"l_{x}", integer=True, positive=True) for x in "abcd"}
+SYMMETRIC = (V, P, *ROW_PROJECTORS.values())
 
 
 @dataclass(frozen=True)
@@ -61,11 +73,20 @@ def _sources() -> tuple[dict[str, sp.MatrixSymbol], CovarianceTable]:
     return {s: sp.MatrixSymbol(s, M_TOKENS, M_TOKENS) for s in names}, table
 
 
-def attention_expansion(z: MatrixExpr) -> MatrixExpr:
-    """A = I + Softmax(eps z) - 11^T/m to O(eps^2), in matrix form."""
-    m, zP = M_TOKENS, z * P
-    return (sp.Identity(m) + EPS * zP / m
-            + EPS**2 * sp.HadamardProduct(zP, zP) * P / (2 * m))
+def attention_expansion(z: MatrixExpr, projector: MatrixExpr = P,
+                        length: sp.Expr = M_TOKENS) -> MatrixExpr:
+    """A = I + Softmax(eps z) - 11^T/m to O(eps^2), in matrix form.
+
+    With a prefix projector P_x and its length l_x: the matrix whose row x is row x of
+    causal attention's A (the Softmax of row x runs over the prefix of length l_x)."""
+    zP = z * projector
+    return (sp.Identity(M_TOKENS) + EPS * zP / length
+            + EPS**2 * sp.HadamardProduct(zP, zP) * projector / (2 * length))
+
+
+#: Entry (a, b)'s row projectors and lengths -> those of entry (c, d).
+_ROW_RENAME = {row[x]: row[y] for row in (ROW_PROJECTORS, ROW_LENGTHS)
+               for x, y in (("a", "c"), ("b", "d"))}
 
 
 def relu_kernel_correction() -> Entrywise:
@@ -74,22 +95,24 @@ def relu_kernel_correction() -> Entrywise:
 
 
 def residual_update(src: dict[str, sp.MatrixSymbol], heads: sp.Expr = sp.S.One,
-                    mixing: MatrixExpr | None = None, kernel: MatrixExpr | None = None
-                    ) -> MatrixExpr:
-    """V' = lam^2 V + gam^2 A S A^T + lam gam (A M + M^T A^T) of one head's copy, in eps.
+                    mixing: MatrixExpr | None = None, kernel: MatrixExpr | None = None,
+                    right: MatrixExpr | None = None) -> MatrixExpr:
+    """V' = lam^2 V + gam^2 A S B^T + lam gam (A M + M^T B^T) of one head's copy, in eps.
 
-    `mixing`: A to O(eps^2) (None: A = I). `kernel`: the eps^2 term kappa(V) of the value
+    `mixing`: A to O(eps^2) (None: A = I); `right`: B (None: B = A), e.g. causal
+    attention's rows read per entry. `kernel`: the eps^2 term kappa(V) of the value
     step's input Gram (1/n) U U^T = V + eps xi_K + eps^2 kappa(V), for U = sqrt(c) phi(G)
     (None: U = X). With `heads` copies a head's value sums run over n / n_H columns, so
     its value fluctuations carry sqrt(n_H).
     """
     A = sp.Identity(M_TOKENS) if mixing is None else mixing
+    B = A if right is None else right
     scale = sp.sqrt(heads)
     S = V + EPS * scale * src["xi_S"]
     if kernel is not None:
         S = S + EPS * src["xi_K"] + EPS**2 * kernel
     M = EPS * scale * src["xi_M"]
-    return LAM**2 * V + GAMMA**2 * A * S * A.T + LAM * GAMMA * (A * M + M.T * A.T)
+    return LAM**2 * V + GAMMA**2 * A * S * B.T + LAM * GAMMA * (A * M + M.T * B.T)
 
 
 def linear_update(src: dict[str, sp.MatrixSymbol], heads: sp.Expr) -> MatrixExpr:
@@ -100,6 +123,13 @@ def linear_update(src: dict[str, sp.MatrixSymbol], heads: sp.Expr) -> MatrixExpr
 def attention_update(src: dict[str, sp.MatrixSymbol], heads: sp.Expr) -> MatrixExpr:
     """Shaped attention: A = I + Softmax(eps z) - 11^T/m to O(eps^2)."""
     return residual_update(src, heads, mixing=attention_expansion(src["z"]))
+
+
+def causal_update(src: dict[str, sp.MatrixSymbol], heads: sp.Expr) -> MatrixExpr:
+    """Causal attention, read per entry: entry (a, b) of V' with A_a on the left and A_b^T
+    on the right, A_x the expansion with the prefix projector P_x and length l_x."""
+    A, B = (attention_expansion(src["z"], ROW_PROJECTORS[x], ROW_LENGTHS[x]) for x in "ab")
+    return residual_update(src, heads, mixing=A, right=B)
 
 
 def mlp_update(src: dict[str, sp.MatrixSymbol], heads: sp.Expr) -> MatrixExpr:
@@ -213,9 +243,13 @@ def derive_matrix_form(d: Derivation | str) -> MatrixCoefficients:
         if sp.simplify(D0c.subs(LAM, sp.sqrt(1 - GAMMA**2))) not in (zero, 0):
             raise AssertionError(f"update is not the identity at eps = 0: {D0}")
     first = [as_linear(c, f, src) for c, f in orders.get(1, [])]
+    second = first  # the first-order terms of entry (c, d)
+    if d.rows:  # entry (c, d) reads its rows with P_c, P_d
+        second = [as_linear(c, f, src)
+                  for c, f in by_order(d.update(src, d.heads).xreplace(_ROW_RENAME))[1]]
     drift = sum((expectation(c, f, src, table) for c, f in orders.get(2, [])), zero)
     diffusion = [Kron(k.coef / d.heads, k.X, k.xl, k.Y, k.yl)
-                 for t1 in first for t2 in first for k in covariance(t1, t2, table)]
+                 for t1 in first for t2 in second for k in covariance(t1, t2, table)]
     return MatrixCoefficients(d.name, _tidy_matrix(drift), tuple(_collect(diffusion)))
 
 
