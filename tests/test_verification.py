@@ -140,8 +140,9 @@ def test_one_step_estimator_antithetic_pairs_and_linear_block():
 
 
 def test_one_step_rejects_unsupported_block():
-    class Custom(type(ATT)):
-        pass
+    class Custom(type(ATT)):  # its own mixing: the logits' law no longer gives A
+        def branch_mixing(self, X, generator):
+            return 2 * super().branch_mixing(X, generator)
 
     with pytest.raises(ValueError, match="does not support"):
         one_step_estimate(Custom(gamma=0.5, tau0=1.0), V, 16, 10, _gen(0))

@@ -85,7 +85,8 @@ def check_block(label: str, name: str, params: dict, *, widths: list[int], layer
                 device: str = "cpu", workers: int = 1, scheduler: str | None = None
                 ) -> dict[str, Any]:
     blk = make_block(name, **params)
-    wrong = make_block(*linear_control(name, params))
+    wrong_name, wrong_params = linear_control(name, params)
+    wrong = make_block(wrong_name, **wrong_params)
     V = np.array(V_CHECK)
     m = V.shape[0]
     b, S = _coefficients(blk, V)
