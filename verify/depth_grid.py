@@ -14,6 +14,15 @@ cost ratio) and with a wrong SDE (drift scaled) that the statistics must reject.
     python verify/depth_grid.py --table     # the markdown table from results/depth_grid/
     python verify/depth_grid.py --retime --only 0   # re-time the SDE runs of setting 0
     python verify/depth_grid.py --rtols 0.1,0.03 --only 3   # the SDE's P(exit) against rtol
+    python verify/depth_grid.py --study --only 3 --widths 1024,4096 --rtols 0.1,0.03
+
+`--study`: the convergence of one setting in both limits, finite networks at `--widths`
+(seeds keyed by the width, samples cached in results/depth_grid/samples/, so widths can be
+added in later runs) against the SDE at each of `--rtols` (default 0.1): P(exit) by width
+with a weighted least-squares fit in n^{-1/2} over all widths (and with a free exponent),
+P(exit) by rtol, `compare_stopped` of the finite sample against each SDE run, and the KS
+distance and mean of the survivors' tr V / tr V0 at each width against each SDE run.
+Results in results/depth_grid/study/.
 
 Results: one JSON per setting in results/depth_grid/, and table.md there. About 35 minutes
 on one core at the default sizes (`--quick`: a smoke run of a minute).
@@ -38,6 +47,7 @@ from shapedsde.finite import simulate, supports_gram
 from shapedsde.sde import solve
 from shapedsde.verification.common import ScaledDrift, derive_seed
 from shapedsde.verification.depth import V_DEPTH, Stopped, compare_stopped
+from shapedsde.verification.engine import distance
 
 V4 = [[1.0, 0.3, 0.1, 0.0], [0.3, 1.0, 0.2, 0.1], [0.1, 0.2, 1.0, 0.3], [0.0, 0.1, 0.3, 1.0]]
 #: |z| and the KS p-value equivalent of 3 standard errors (two-sided).
@@ -191,6 +201,165 @@ def rtol_check(s: Setting, rtols: list[float]) -> None:
               flush=True)
 
 
+# ----------------------------------------------------------------------------
+# Convergence study of one setting (--study)
+
+
+def _cached(path: Path, make: Any) -> tuple[Stopped, dict]:
+    """A stopped sample (and its metadata) from `path` (.npz), made by `make()` if absent."""
+    if path.exists():
+        z = np.load(path, allow_pickle=False)
+        meta = json.loads(str(z["meta"]))
+        return Stopped(z["V"], z["exit_time"], meta["T"], meta["trace0"]), meta
+    s, meta = make()
+    meta = {**meta, "T": s.T, "trace0": s.trace0}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, V=s.V, exit_time=s.exit_time, meta=json.dumps(meta))
+    return s, meta
+
+
+def study_finite(i: int, s: Setting, n: int, nets: int) -> tuple[Stopped, dict]:
+    """`nets` finite networks of setting i at width n (seed keyed by the width; cached)."""
+    blk = make_block(s.block, **s.params)
+    method = "gram" if supports_gram(blk) else "reduced"
+    seed = derive_seed(ARGS.seed, f"depth_grid/{slug(s)}/n={n}")
+
+    def make() -> tuple[Stopped, dict]:
+        t = time.perf_counter()
+        run = simulate(blk, s.V0, width=n, T=s.T, nets=nets, seed=seed, method=method,
+                       exit_trace=ARGS.R)
+        st = Stopped(run.V.numpy(), run.exit_time.numpy(), s.T, float(np.trace(s.V0)))
+        return st, {"method": method, "seed": seed, "wall_s": time.perf_counter() - t}
+
+    name = f"{i}_{slug(s)}_R{ARGS.R:g}_n{n}_nets{nets}_seed{ARGS.seed}.npz"
+    return _cached(Path(ARGS.out) / "samples" / name, make)
+
+
+def study_sde(i: int, s: Setting, rtol: float, paths: int) -> tuple[Stopped, dict]:
+    """`paths` SDE paths of setting i at step tolerance rtol (seed keyed by rtol; cached)."""
+    blk = make_block(s.block, **s.params)
+    seed = derive_seed(ARGS.seed, f"depth_grid/{slug(s)}/rtol={rtol:g}")
+
+    def make() -> tuple[Stopped, dict]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            res = solve(blk, s.V0, s.T, paths=paths, seed=seed, rtol=rtol, exit_trace=ARGS.R)
+        st = Stopped(res.V.numpy(), res.exit_time.numpy(), s.T, float(np.trace(s.V0)))
+        keep = ("p_exit", "p_exit_se", "steps_mean", "wall_s", "n_nonfinite", "n_exploded")
+        return st, {"seed": seed, **{k: res.meta[k] for k in keep}}
+
+    name = f"{i}_{slug(s)}_R{ARGS.R:g}_rtol{rtol:g}_paths{paths}_seed{ARGS.seed}.npz"
+    return _cached(Path(ARGS.out) / "samples" / name, make)
+
+
+def fit_exit(widths: list[int], p: np.ndarray, se: np.ndarray) -> dict:
+    """P(exit)(n) = p_inf - c n^{-1/2} by weighted least squares over all widths (p_inf,
+    c with SEs, chi^2 and its p-value), and with a free exponent a (p_inf - c n^{-a})."""
+    from scipy.optimize import curve_fit
+    from scipy.stats import chi2
+
+    x = np.asarray(widths, np.float64) ** -0.5
+    A = np.stack([np.ones_like(x), -x], 1) / se[:, None]
+    coef, *_ = np.linalg.lstsq(A, p / se, rcond=None)
+    cov = np.linalg.inv(A.T @ A)
+    resid = (p - (coef[0] - coef[1] * x)) / se
+    dof = len(widths) - 2
+    out: dict[str, Any] = {
+        "half": {"p_inf": coef[0], "p_inf_se": math.sqrt(cov[0, 0]), "c": coef[1],
+                 "c_se": math.sqrt(cov[1, 1]), "chi2": float(resid @ resid), "dof": dof,
+                 "chi2_p": float(chi2.sf(resid @ resid, dof)) if dof > 0 else math.nan}}
+    if len(widths) >= 4:
+        def f(n: np.ndarray, p_inf: float, c: float, a: float) -> np.ndarray:
+            return p_inf - c * n ** -a
+        try:
+            popt, pcov = curve_fit(f, np.asarray(widths, np.float64), p, sigma=se,
+                                   absolute_sigma=True, p0=(coef[0], coef[1], 0.5),
+                                   maxfev=20000)
+            out["free"] = {"p_inf": popt[0], "p_inf_se": math.sqrt(pcov[0, 0]), "c": popt[1],
+                           "a": popt[2], "a_se": math.sqrt(pcov[2, 2])}
+        except RuntimeError as e:  # no convergence: reported, not fatal
+            out["free"] = {"error": str(e)}
+    return {k: {kk: float(vv) if not isinstance(vv, str) else vv for kk, vv in v.items()}
+            for k, v in out.items()}
+
+
+def _survivor_trace(s: Stopped) -> np.ndarray:
+    keep = ~s.exited & np.isfinite(s.V).all(axis=(-2, -1))
+    return np.trace(s.V[keep], axis1=1, axis2=2) / s.trace0
+
+
+def study(i: int) -> dict:
+    s = SETTINGS[i]
+    widths = ARGS.widths or (ARGS.gram_widths if supports_gram(make_block(s.block, **s.params))
+                             else ARGS.reduced_widths)
+    rtols = ARGS.rtols or [0.1]
+    print(f"study {i}: {s.label} {s.params} m={s.m} T={s.T:g}: {ARGS.nets} nets at {widths}, "
+          f"{ARGS.paths} SDE paths at rtol {rtols}", flush=True)
+    finite, fmeta = {}, {}
+    for n in widths:
+        finite[n], fmeta[n] = study_finite(i, s, n, ARGS.nets)
+        pe = finite[n].exited.mean()
+        print(f"  finite n={n} ({fmeta[n]['method']}, seed {fmeta[n]['seed']}): P(exit) "
+              f"{pe:.4f} +- {math.sqrt(pe * (1 - pe) / ARGS.nets):.4f}, "
+              f"{fmeta[n]['wall_s']:.0f} s", flush=True)
+    p = np.array([finite[n].exited.mean() for n in widths])
+    se = np.sqrt(p * (1 - p) / ARGS.nets)
+    fit = fit_exit(widths, p, se)
+    h = fit["half"]
+    print(f"  fit p_inf - c n^-1/2 over {widths}: p_inf {h['p_inf']:.4f} +- {h['p_inf_se']:.4f},"
+          f" c {h['c']:.3f} +- {h['c_se']:.3f}, chi2 {h['chi2']:.2f} / {h['dof']} "
+          f"(p {h['chi2_p']:.2g})", flush=True)
+    if "free" in fit:
+        f = fit["free"]
+        print("  fit p_inf - c n^-a: " + (f"p_inf {f['p_inf']:.4f} +- {f['p_inf_se']:.4f}, "
+                                          f"a {f['a']:.2f} +- {f['a_se']:.2f}" if "a" in f
+                                          else f"no fit ({f['error']})"), flush=True)
+    out: dict[str, Any] = {"setting": i, "label": s.label, "block": s.block, "params": s.params,
+                           "m": s.m, "T": s.T, "R": ARGS.R, "nets": ARGS.nets,
+                           "paths": ARGS.paths, "widths": widths, "finite": {}, "fit": fit,
+                           "sde": {}}
+    for n in widths:
+        out["finite"][n] = {**fmeta[n], "p_exit": float(finite[n].exited.mean())}
+    for rtol in rtols:
+        sde, meta = study_sde(i, s, rtol, ARGS.paths)
+        res = summarise(compare_stopped(finite, sde), finite[max(finite)], sde, s.T)
+        q, sq = meta["p_exit"], meta["p_exit_se"]
+        res.update(meta)
+        res["z_exit_fit"] = (h["p_inf"] - q) / math.hypot(h["p_inf_se"], sq)
+        res["z_exit_top"] = (p[-1] - q) / math.hypot(se[-1], sq)
+        tr_sde = _survivor_trace(sde)
+        res["trace_by_width"] = {}
+        print(f"  SDE rtol={rtol:g} (seed {meta['seed']}): P(exit) {q:.4f} +- {sq:.4f}, "
+              f"{meta['steps_mean']:.0f} steps/path, {meta['wall_s']:.0f} s | z exit: "
+              f"extrapolated (two largest) {res['z_exit']:+.2f}, fit {res['z_exit_fit']:+.2f}, "
+              f"n={widths[-1]} {res['z_exit_top']:+.2f}; z near-singular "
+              f"{res['z_near_singular']:+.2f}; KS p (n={widths[-1]}) "
+              + ", ".join(f"{k} {v['pvalue']:.3g}" for k, v in res["ks"].items()), flush=True)
+        for n in widths:
+            tr = _survivor_trace(finite[n])
+            d = distance(tr, tr_sde)
+            dm = tr.mean() - tr_sde.mean()
+            dm_se = math.hypot(tr.std() / math.sqrt(len(tr)), tr_sde.std() / math.sqrt(len(tr_sde)))
+            res["trace_by_width"][n] = {"ks": d["ks"], "p": d["p"], "crit05": d["ks_crit"],
+                                        "mean_diff": float(dm), "mean_diff_se": dm_se}
+            print(f"    survivors' tr V / tr V0, n={n}: KS {d['ks']:.4f} (5% crit "
+                  f"{d['ks_crit']:.4f}, p {d['p']:.2g}); mean finite - SDE {dm:+.4f} +- "
+                  f"{dm_se:.4f}", flush=True)
+        out["sde"][rtol] = res
+    ref = rtols[0]
+    for rtol in rtols[1:]:
+        a, b = out["sde"][ref], out["sde"][rtol]
+        z = (b["p_exit"] - a["p_exit"]) / math.hypot(a["p_exit_se"], b["p_exit_se"])
+        d = distance(_survivor_trace(study_sde(i, s, ref, ARGS.paths)[0]),
+                     _survivor_trace(study_sde(i, s, rtol, ARGS.paths)[0]))
+        b["vs_first_rtol"] = {"z_exit": z, "ks_trace": d["ks"], "ks_trace_p": d["p"],
+                              "crit05": d["ks_crit"]}
+        print(f"  SDE rtol {rtol:g} - {ref:g}: P(exit) {b['p_exit'] - a['p_exit']:+.4f} "
+              f"(z {z:+.2f}); survivors' tr V KS {d['ks']:.4f} (5% crit {d['ks_crit']:.4f}, "
+              f"p {d['p']:.2g})", flush=True)
+    return out
+
+
 def _setting_name(r: dict) -> str:
     p = ", ".join(f"{k} {v:g}" if not isinstance(v, bool) else k for k, v in r["params"].items())
     return f"{r['block']} ({p}), m = {r['m']}, T = {r['T']:g}"
@@ -239,6 +408,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--table", action="store_true", help="print the table of saved results")
     p.add_argument("--rtols", type=lambda s: [float(x) for x in s.split(",")],
                    help="only the SDE's P(exit) of the --only settings at these rtol")
+    p.add_argument("--study", action="store_true",
+                   help="convergence study of the --only settings (finite at --widths against "
+                   "the SDE at each of --rtols)")
+    p.add_argument("--widths", type=lambda s: [int(x) for x in s.split(",")],
+                   help="finite widths of --study (default: --gram-widths or --reduced-widths)")
     p.add_argument("--retime", action="store_true",
                    help="re-time the SDE runs of the --only settings (saved results)")
     p.add_argument("--out", default="results/depth_grid")
@@ -256,6 +430,13 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(ARGS.out)
     out.mkdir(parents=True, exist_ok=True)
     chosen = ARGS.only if ARGS.only is not None else range(len(SETTINGS))
+    if ARGS.study:
+        (out / "study").mkdir(exist_ok=True)
+        for i in chosen:
+            r = study(i)
+            (out / "study" / f"{i}_{slug(SETTINGS[i])}.json").write_text(
+                json.dumps(r, indent=1, default=float))
+        return
     if ARGS.rtols:
         for i in chosen:
             rtol_check(SETTINGS[i], ARGS.rtols)
