@@ -89,13 +89,13 @@ class Block:
         """
         if check:
             V = val.check_covariance(V)
-        return kernel(self.kernel_name, "drift", V)(V, **self.kernel_params())
+        return kernel(self.derivation(), "drift", V)(V, **self.kernel_params())
 
     def diffusion(self, V: Any, *, check: bool = True) -> Any:
         """Sigma(V), shape (..., m, m, m, m): lim n Cov[dV^{ab}, dV^{cd}]."""
         if check:
             V = val.check_covariance(V)
-        return kernel(self.kernel_name, "diffusion", V)(V, **self.kernel_params())
+        return kernel(self.derivation(), "diffusion", V)(V, **self.kernel_params())
 
     def ito_contraction(self, V: Any, *, check: bool = True) -> Any:
         """K^{ad}(V) = sum_bc Sigma^{ab,cd}(V) (V^{-1})^{bc}, shape (..., m, m), V positive
@@ -103,18 +103,18 @@ class Block:
         Generated from the matrix form (`shapedsde.symbolic.contraction`)."""
         if check:
             V = val.check_covariance(V)
-        return kernel(self.kernel_name, "ito", V)(V, **self.kernel_params())
+        return kernel(self.derivation(), "ito", V)(V, **self.kernel_params())
 
     def trace_variance(self, V: Any, *, check: bool = True) -> Any:
         """s^2(V) = sum_ac Sigma^{aa,cc}(V) = Var[d tr V] / dt, shape (...,)."""
         if check:
             V = val.check_covariance(V)
-        return kernel(self.kernel_name, "trace_variance", V)(V, **self.kernel_params())
+        return kernel(self.derivation(), "trace_variance", V)(V, **self.kernel_params())
 
     @property
     def noise_groups(self) -> int | None:
         """k for `structured_noise` (N has shape (..., k, m, m)), or None without one."""
-        return noise_group_count(self.kernel_name)
+        return noise_group_count(self.derivation())
 
     def structured_noise(self, V: Any, N: Any, *, check: bool = True, factor: Any = None
                          ) -> Any:
@@ -132,7 +132,7 @@ class Block:
                 raise ValueError(f"block {self.name!r} has no structured noise")
             if tuple(N.shape[-3:]) != (k, V.shape[-1], V.shape[-1]):
                 raise ValueError(f"N must have shape (..., {k}, m, m); got {tuple(N.shape)}")
-        return kernel(self.kernel_name, "noise", V)(V, N, **self.kernel_params(), R=factor)
+        return kernel(self.derivation(), "noise", V)(V, N, **self.kernel_params(), R=factor)
 
     def branch_mixing(self, X: torch.Tensor, generator: RandomSource) -> torch.Tensor | None:
         """The token-mixing matrix A of the branch: (B, m, m), (B, H, m, m) with one

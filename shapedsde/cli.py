@@ -593,14 +593,15 @@ def _add_block_args(p: argparse.ArgumentParser, *, finite: bool = False,
                     optional: bool = False) -> None:
     g = p.add_argument_group("block", "the residual sub-layer X' = lam X + gamma Branch(X), "
                              "lam^2 + gamma^2 = 1")
+    blocks = _option_blocks()
     g.add_argument("--block", required=not optional, metavar="NAME",
-                   help=f"block name: one of {', '.join(sorted(_option_blocks()))}; or "
+                   help=f"block name: one of {', '.join(sorted(blocks))}; or "
                         "FILE.py:NAME, a Block (or a function returning one) in your own "
                         "file, which carries its own parameters")
     for prm in _options():
         shown = finite or not prm.finite_only
         g.add_argument(prm.option, dest=prm.name, **prm.cli,
-                       help=_option_help(prm) if shown else argparse.SUPPRESS)
+                       help=_option_help(prm, blocks) if shown else argparse.SUPPRESS)
 
 
 def _option_blocks() -> dict[str, type[Block]]:
@@ -613,11 +614,11 @@ def _options() -> list[Parameter]:
     return [p for p in PARAMETERS if p.cli is not None]
 
 
-def _option_help(prm: Parameter) -> str:
+def _option_help(prm: Parameter, blocks: dict[str, type[Block]]) -> str:
     """The parameter's help, with the blocks that take it (from their definitions)."""
-    takers = [name for name, cls in _option_blocks().items() if prm in declared(cls)]
+    takers = [name for name, cls in blocks.items() if prm in declared(cls)]
     required = " (required with a block name)" if prm.name == "gamma" else ""
-    who = "every block" if len(takers) == len(_option_blocks()) else ", ".join(takers)
+    who = "every block" if len(takers) == len(blocks) else ", ".join(takers)
     return f"{prm.help}{required}; taken by {who}"
 
 

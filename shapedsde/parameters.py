@@ -59,8 +59,18 @@ def parameter(spec: Parameter, default: Any = dataclasses.MISSING) -> Any:
 
 def declared(cls_or_block: Any) -> tuple[Parameter, ...]:
     """The parameters a block class (or block) declares, in field order."""
-    return tuple(f.metadata[METADATA_KEY] for f in dataclasses.fields(cls_or_block)
-                 if METADATA_KEY in f.metadata and f.init)
+    return _declared(cls_or_block if isinstance(cls_or_block, type) else type(cls_or_block))
+
+
+def _declared(cls: type) -> tuple[Parameter, ...]:
+    # Once per class (kernel_params reads it on every kernel call), kept on the class
+    # itself so that no table holds a user's class alive.
+    found = vars(cls).get("_declared_parameters")
+    if found is None:
+        found = tuple(f.metadata[METADATA_KEY] for f in dataclasses.fields(cls)
+                      if METADATA_KEY in f.metadata and f.init)
+        cls._declared_parameters = found
+    return found
 
 
 def _optional(check: Callable[[Any], Any]) -> Callable[[Any], Any]:
@@ -109,13 +119,6 @@ F3 = Parameter("f3", "F'''(0) of the smooth activation", None, derivative_symbol
 #: Every parameter, in the order of kernel arguments and CLI options.
 PARAMETERS: tuple[Parameter, ...] = (GAMMA, TAU0, NK, HEADS, CAUSAL, C_PLUS, C_MINUS, F2, F3,
                                      ACTIVATION, SCALE)
-
-
-def by_name(name: str) -> Parameter:
-    for p in PARAMETERS:
-        if p.name == name:
-            return p
-    raise ValueError(f"no parameter {name!r}; choose one of {[p.name for p in PARAMETERS]}")
 
 
 def symbols() -> dict[str, sp.Symbol]:

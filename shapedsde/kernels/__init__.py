@@ -12,44 +12,44 @@ from __future__ import annotations
 import types
 from collections.abc import Callable
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .._validation import is_torch
 
+if TYPE_CHECKING:
+    from ..symbolic.derivation import Derivation
 
-def kernel(block: str, face: str, V: Any) -> Callable[..., Any]:
-    """The `{block}_{face}` kernel for V's array library (`block`: a derivation name)."""
-    mod = _module(block, "torch" if is_torch(V) else "numpy")
+
+def kernel(d: Derivation, face: str, V: Any) -> Callable[..., Any]:
+    """The `{d.name}_{face}` kernel of derivation `d` for V's array library."""
+    mod = _module(d, "torch" if is_torch(V) else "numpy")
     try:
-        return getattr(mod, f"{block}_{face}")
+        return getattr(mod, f"{d.name}_{face}")
     except AttributeError:
-        raise ValueError(f"no {face} kernel for {block!r}: its derivation gives none") from None
+        raise ValueError(f"no {face} kernel for {d.name!r}: its derivation gives none") from None
 
 
-def noise_group_count(block: str) -> int | None:
-    """How many m x m Gaussian matrices the block's structured noise takes (None: none)."""
-    return getattr(_module(block, "numpy"), f"{block.upper()}_NOISE_GROUPS", None)
+def noise_group_count(d: Derivation) -> int | None:
+    """How many m x m Gaussian matrices the structured noise takes (None: none)."""
+    return getattr(_module(d, "numpy"), f"{d.name.upper()}_NOISE_GROUPS", None)
 
 
-def _module(block: str, backend: str) -> types.ModuleType:
-    """The checked-in module holding `block`'s kernels, or one built in memory."""
+def _module(d: Derivation, backend: str) -> types.ModuleType:
+    """The checked-in module holding d's kernels, or one built in memory."""
     if backend == "torch":
         from . import _generated_torch as generated
     else:
         from . import _generated_numpy as generated
-    if hasattr(generated, f"{block}_drift"):
+    if hasattr(generated, f"{d.name}_drift"):
         return generated
-    from ..registry import derivation
-
-    d = derivation(block)  # ValueError naming the derivations there are
     if not d.has_kernels:
-        raise ValueError(f"{block!r} has no kernels printed from a matrix form (it is derived "
-                         "per entry, or read per entry with row projectors)")
+        raise ValueError(f"{d.name!r} has no kernels printed from a matrix form (it is "
+                         "derived per entry, or read per entry with row projectors)")
     return _built(d, backend)
 
 
 @cache
-def _built(d: Any, backend: str) -> types.ModuleType:
+def _built(d: Derivation, backend: str) -> types.ModuleType:
     """Print and compile the kernels of one derivation (a block outside the package)."""
     from ..codegen import kernel_source
     from ..parameters import PARAMETERS, declared
