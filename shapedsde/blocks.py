@@ -105,6 +105,17 @@ class Block:
             V = val.check_covariance(V)
         return kernel(self.derivation(), "ito", V)(V, **self.kernel_params())
 
+    def drift_and_ito(self, V: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(b(V), K(V)), in one generated kernel that computes their common products once
+        (a solver hook: no checks). Where a subclass overrides `drift` or
+        `ito_contraction` below the class that defines this method, b and K come from
+        those faces instead (baselines; a user's subclass)."""
+        cls = type(self)
+        owner = defining_class(cls, "drift_and_ito")
+        if not all(issubclass(owner, defining_class(cls, f)) for f in ("drift", "ito_contraction")):
+            return self.drift(V, check=False), self.ito_contraction(V, check=False)
+        return kernel(self.derivation(), "drift_ito", V)(V, **self.kernel_params())
+
     def trace_variance(self, V: Any, *, check: bool = True) -> Any:
         """s^2(V) = sum_ac Sigma^{aa,cc}(V) = Var[d tr V] / dt, shape (...,)."""
         if check:
@@ -133,6 +144,16 @@ class Block:
             if tuple(N.shape[-3:]) != (k, V.shape[-1], V.shape[-1]):
                 raise ValueError(f"N must have shape (..., {k}, m, m); got {tuple(N.shape)}")
         return kernel(self.derivation(), "noise", V)(V, N, **self.kernel_params(), R=factor)
+
+    def factor_noise(self, V: torch.Tensor, N: torch.Tensor, L: torch.Tensor,
+                     Linv: torch.Tensor) -> torch.Tensor:
+        """L^{-1} dN L^{-T}, where dN = `structured_noise(V, N, factor=L)`, for the
+        Cholesky factor L of V and Linv = L^{-1}: the noise of the solver's factor step.
+        L^{-1} is taken inside each derived root (L^{-1} V = L^T), so the common roots
+        need no product with it (`codegen._factor_root`); no input checks (a solver hook).
+        """
+        return kernel(self.derivation(), "factor_noise", V)(V, N, L, Linv,
+                                                             **self.kernel_params())
 
     def branch_mixing(self, X: torch.Tensor, generator: RandomSource) -> torch.Tensor | None:
         """The token-mixing matrix A of the branch: (B, m, m), (B, H, m, m) with one
@@ -272,6 +293,11 @@ class AttentionBlock(Block):
             return super().ito_contraction(V, check=check)
         V = val.check_covariance(V) if check else V
         return contract_ito(self.diffusion(V, check=False), V)
+
+    def drift_and_ito(self, V: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.causal:  # no kernels printed (read per entry): its own faces
+            return self.drift(V, check=False), self.ito_contraction(V, check=False)
+        return super().drift_and_ito(V)
 
     def trace_variance(self, V: Any, *, check: bool = True) -> Any:
         if not self.causal:
@@ -551,6 +577,11 @@ def _check_tokens(m: Any) -> int:
     if isinstance(m, bool) or not isinstance(m, int) or m < 2:
         raise ValueError(f"m (number of tokens) must be an int >= 2; got {m!r}")
     return m
+
+
+def defining_class(cls: type, attr: str) -> type:
+    """The class in cls's MRO whose own body defines `attr`."""
+    return next(c for c in cls.__mro__ if attr in c.__dict__)
 
 
 def _check_same_kind(V: Any, N: Any) -> None:

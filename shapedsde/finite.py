@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 
 from . import _validation as val
 from ._linalg import psd_factor
-from .blocks import AttentionBlock, Block
+from .blocks import AttentionBlock, Block, defining_class
 from .weights import RandomSource, WeightSource
 
 # Bytes of random weights the full sampler may hold per batch (per device kind).
@@ -327,15 +327,11 @@ def has_gram_face(block: Block) -> bool:
     """Whether the block's class defines `gram_mixing` and no subclass overrides its
     finite face (`finite`, `branch_mixing`, `logits`) below the class that defines it."""
     cls = type(block)
-    owner = _owner(cls, "gram_mixing")
+    owner = defining_class(cls, "gram_mixing")
     return owner is not Block and all(
-        issubclass(owner, _owner(cls, face))
+        issubclass(owner, defining_class(cls, face))
         for face in ("finite", "branch_mixing", "logits") if hasattr(cls, face))
 
-
-def _owner(cls: type, attr: str) -> type:
-    """The class in cls's MRO whose own body defines `attr`."""
-    return next(c for c in cls.__mro__ if attr in c.__dict__)
 
 
 def gram_mixing(block: Block, L: torch.Tensor, n: int,

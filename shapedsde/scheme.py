@@ -123,9 +123,14 @@ def trace_variance_bound(V: torch.Tensor, Linv: torch.Tensor, K: torch.Tensor
 
 def drift_and_contraction(coefficients: Any, V: torch.Tensor
                           ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(b - K/2, K) at V, each (P, m, m)."""
-    b = coefficients.drift(V, check=False)  # first: a block without an SDE says so here
-    K = ito_contraction(coefficients, V)
+    """(b - K/2, K) at V, each (P, m, m); in one kernel where the coefficients have one
+    (`drift_and_ito`)."""
+    both = getattr(coefficients, "drift_and_ito", None)
+    if callable(both):
+        b, K = both(V)
+    else:
+        b = coefficients.drift(V, check=False)  # first: a block without an SDE says so here
+        K = ito_contraction(coefficients, V)
     return b - 0.5 * K, K
 
 
@@ -142,10 +147,13 @@ def adaptive_dt(Ld_inv: torch.Tensor, corrected: torch.Tensor, K: torch.Tensor, 
 
 
 def step_matrix(Linv: torch.Tensor, corrected: torch.Tensor, noise: torch.Tensor,
-                h: torch.Tensor) -> torch.Tensor:
+                in_factor: bool, h: torch.Tensor) -> torch.Tensor:
     """M = L^{-1} ((b - K/2) h + dN) L^{-T} with dN = sqrt(h) `noise` (`noise`: a draw of
-    Sigma^{1/2} dB_1, linear in dB): one sandwich for the drift and the noise together."""
+    Sigma^{1/2} dB_1, linear in dB). `in_factor`: `noise` is already L^{-1} dN_1 L^{-T}
+    (symmetric; `Block.factor_noise`), else one sandwich takes the drift and the noise."""
     h = h[:, None, None]
+    if in_factor:
+        return sandwich(Linv, corrected * h) + noise * h.sqrt()
     return sandwich(Linv, corrected * h + noise * h.sqrt())
 
 

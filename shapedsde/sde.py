@@ -276,7 +276,7 @@ class _Run:
         corrected, K = scheme.drift_and_contraction(self.coef, V)
         Linv, h = self._inverse_and_dt(V, L, corrected, K, t)
         h = torch.minimum(h, target - t)
-        M = scheme.step_matrix(Linv, corrected, self._draw_noise(V, L), h.to(V.dtype))
+        M = scheme.step_matrix(Linv, corrected, *self._draw_noise(V, L, Linv), h.to(V.dtype))
         L_new = scheme.factor_step(L, M)
         V_new = L_new @ L_new.transpose(-1, -2)
         t_new = torch.where(target - (t + h) <= _SNAP * h, target, t + h)
@@ -308,15 +308,20 @@ class _Run:
         h = scheme.adaptive_dt(Ld_inv, corrected, K, self.rtol, self.dt_max)
         return Linv, h.to(torch.float64)
 
-    def _draw_noise(self, V: torch.Tensor, L: torch.Tensor) -> torch.Tensor:
-        """Sigma(V)^{1/2} dB_1 per path (the step scales it by sqrt(h): it is linear in dB);
-        structured (O(m^3)) where the coefficients offer it."""
+    def _draw_noise(self, V: torch.Tensor, L: torch.Tensor, Linv: torch.Tensor
+                    ) -> tuple[torch.Tensor, bool]:
+        """(Sigma(V)^{1/2} dB_1, False) per path, or (L^{-1} Sigma(V)^{1/2} dB_1 L^{-T},
+        True) where the coefficients offer the structured noise in factor coordinates
+        (the step scales it by sqrt(h): it is linear in dB). Structured (O(m^3)) where the
+        coefficients offer it."""
         k = getattr(self.coef, "noise_groups", None) if self.structured else None
         shape = V.shape if k is None else (V.shape[0], k, *V.shape[1:])
         xi = torch.randn(shape, generator=self.gen, device=V.device, dtype=V.dtype)
         if k is None:
-            return _noise(self.coef, V, xi)
-        return self.coef.structured_noise(V, xi, check=False, factor=L)
+            return _noise(self.coef, V, xi), False
+        if callable(getattr(self.coef, "factor_noise", None)):
+            return self.coef.factor_noise(V, xi, L, Linv), True
+        return self.coef.structured_noise(V, xi, check=False, factor=L), False
 
     def _exits(self, V: torch.Tensor, Linv: torch.Tensor, K: torch.Tensor,
                trace: torch.Tensor, h: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import math
 import operator
 from dataclasses import dataclass, field
@@ -68,6 +69,10 @@ class Serial(Block):
     def trace_variance(self, V: Any, *, check: bool = True) -> Any:
         return self._summed("trace_variance", V, check)
 
+    def drift_and_ito(self, V: Any) -> tuple[Any, Any]:
+        pairs = [p.drift_and_ito(V) for p in self.parts]
+        return sum(b for b, _ in pairs), sum(K for _, K in pairs)
+
     def _summed(self, face: str, V: Any, check: bool) -> Any:
         """The sum over the parts of one coefficient face, V validated once."""
         V = val.check_covariance(V) if check else V
@@ -90,13 +95,19 @@ class Serial(Block):
                 raise ValueError("a part of this serial block has no structured noise")
             if tuple(N.shape[-3:]) != (k, V.shape[-1], V.shape[-1]):
                 raise ValueError(f"N must have shape (..., {k}, m, m); got {tuple(N.shape)}")
-        out, start = None, 0
-        for p in self.parts:
-            g = p.noise_groups
-            draw = p.structured_noise(V, N[..., start:start + g, :, :], check=False,
-                                      factor=factor)
-            out, start = draw if out is None else out + draw, start + g
-        return out
+        return functools.reduce(operator.add, (
+            p.structured_noise(V, Np, check=False, factor=factor) for p, Np in self._split(N)))
+
+    def factor_noise(self, V: Any, N: Any, L: Any, Linv: Any) -> Any:
+        """The parts' `factor_noise` draws, added (N split as in `structured_noise`)."""
+        return functools.reduce(operator.add,
+                                (p.factor_noise(V, Np, L, Linv) for p, Np in self._split(N)))
+
+    def _split(self, N: Any) -> list[tuple[Block, Any]]:
+        """Each part with its own groups of N (..., k, m, m), in order."""
+        ends = list(itertools.accumulate(p.noise_groups for p in self.parts))
+        return [(p, N[..., e - p.noise_groups:e, :, :])
+                for p, e in zip(self.parts, ends, strict=True)]
 
     def check_width(self, n: int) -> int:
         for p in self.parts:

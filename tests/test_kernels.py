@@ -75,3 +75,20 @@ def test_heads_divide_only_the_attention_diffusion() -> None:
     np.testing.assert_allclose(one.drift(V), four.drift(V), rtol=1e-13)
     np.testing.assert_allclose(four.diffusion(V) - lin, (one.diffusion(V) - lin) / 4,
                                rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize(("name", "params"), [
+    ("linear", {}), ("attention", {"heads": 2}), ("mlp", {}), ("transformer", {}),
+    ("mlp", {"activation": "tanh"}), ("attention", {"causal": True})])
+def test_joint_drift_and_ito_kernel_equals_the_separate_ones(name: str, params: dict) -> None:
+    """The solver's `drift_and_ito` (one kernel sharing b's and K's products; causal
+    attention falls back to its own faces) gives b and K exactly as `drift` and
+    `ito_contraction` do, on every block and a serial composition."""
+    blocks = [shapedsde.block(name, gamma=0.8, **params)]
+    if name == "attention" and not params.get("causal"):
+        blocks.append(shapedsde.serial(blocks[0], shapedsde.block("mlp", gamma=0.6)))
+    V = torch.as_tensor(random_cov(4, seed=3))[None].repeat(3, 1, 1)
+    for blk in blocks:
+        b, K = blk.drift_and_ito(V)
+        torch.testing.assert_close(b, blk.drift(V), rtol=1e-13, atol=1e-13)
+        torch.testing.assert_close(K, blk.ito_contraction(V), rtol=1e-13, atol=1e-13)

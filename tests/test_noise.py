@@ -77,3 +77,28 @@ def test_many_tokens_solver_runs_without_the_diffusion_tensor() -> None:
     assert res.meta["noise"] == "structured"
     assert res.V.shape == (4, m, m) and torch.isfinite(res.V).all()
     assert torch.allclose(res.V, res.V.transpose(-1, -2))
+
+
+FACTOR_BLOCKS = [*PARAMS.items(), ("attention", {"gamma": 0.9, "tau0": 0.4, "heads": 2}),
+                 ("mlp", {"gamma": 0.8, "activation": "tanh", "scale": 0.6}), ("serial", {})]
+
+
+@pytest.mark.parametrize(("name", "params"), FACTOR_BLOCKS)
+@pytest.mark.parametrize("m", [2, 5])
+def test_factor_noise_is_the_sandwiched_structured_noise(name: str, params: dict, m: int
+                                                         ) -> None:
+    """The solver's noise in factor coordinates, printed with L^{-1} taken inside each
+    root, equals L^{-1} dN L^{-T} of the structured draw with R = L, for the same N: a
+    wrong simplification (L^{-1} V = L^T) would show here to rounding."""
+    blk = (shapedsde.block(name, **params) if name != "serial" else shapedsde.serial(
+        shapedsde.block("attention", gamma=0.7), shapedsde.block("mlp", gamma=0.5)))
+    g = torch.Generator().manual_seed(m)
+    A = torch.randn(6, m, m, generator=g, dtype=torch.float64)
+    V = A @ A.mT + 0.1 * torch.eye(m, dtype=torch.float64)
+    L = torch.linalg.cholesky(V)
+    Linv = torch.linalg.inv(L)
+    N = torch.randn(6, blk.noise_groups, m, m, generator=g, dtype=torch.float64)
+    want = Linv @ blk.structured_noise(V, N, factor=L) @ Linv.mT
+    got = blk.factor_noise(V, N, L, Linv)
+    assert torch.allclose(got, got.mT, atol=1e-12)
+    torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9)

@@ -211,3 +211,22 @@ def test_every_block_check_runs_and_is_reproducible() -> None:
     assert r["one_step"][0]["width"] == 32 and len(r["law"]) == 1
     again = check_block("mlp", "mlp", {"gamma": 0.9, "c_minus": -1.0}, **kw)
     assert again["one_step"] == r["one_step"] and again["law"] == r["law"]
+
+
+def test_scaled_drift_control_scales_the_solvers_drift() -> None:
+    """The wrong-SDE control scales b in every face the solver reads, the joint
+    `drift_and_ito` hook included (reached through delegation it would be the block's
+    own, unscaled: the control would silently be the true SDE)."""
+    import shapedsde
+    from shapedsde.scheme import drift_and_contraction
+    from shapedsde.verification.common import ScaledDrift
+
+    V = torch.tensor([[1.0, 0.3, 0.1], [0.3, 1.0, 0.2], [0.1, 0.2, 1.0]],
+                     dtype=torch.float64)[None]
+    for blk in (shapedsde.block("attention", gamma=0.9, tau0=0.5),
+                shapedsde.serial(shapedsde.block("attention", gamma=0.8),
+                                 shapedsde.block("mlp", gamma=0.6))):
+        b, K = blk.drift(V), blk.ito_contraction(V)
+        corrected, K2 = drift_and_contraction(ScaledDrift(blk, 0.5), V)
+        torch.testing.assert_close(K2, K)
+        torch.testing.assert_close(corrected, 0.5 * b - 0.5 * K)

@@ -112,11 +112,28 @@ def linear_noise(V, N, gamma, R=None):
     )
 
 
+def linear_factor_noise(V, N, L, Linv, gamma):
+    """L^-1 dN L^-T for the structured noise dN of the linear block drawn with
+    R = L (L L^T = V lower triangular, Linv = L^-1): the noise of the factor step."""
+    m, I, J, P = _setup(V)
+    return (
+        (gamma*sqrt(2 - gamma**2)) * (N[..., 0, :, :] + _T(N[..., 0, :, :])) / 2**0.5
+    )
+
+
 def linear_ito(V, gamma):
     """K^{ad} = Sigma^{ab,cd} (V^-1)^{bc} of the linear block; (..., m, m)."""
     m, I, J, P = _setup(V)
     _e0 = (-gamma**4*m - gamma**4 + 2*gamma**2*m + 2*gamma**2) * (V)
     return _e0
+
+
+def linear_drift_ito(V, gamma):
+    """(b(V), K(V)) of the linear block, computed together."""
+    m, I, J, P = _setup(V)
+    _e0 = 0 * V
+    _e1 = (-gamma**4*m - gamma**4 + 2*gamma**2*m + 2*gamma**2) * (V)
+    return _e0, _e1
 
 
 def linear_trace_variance(V, gamma):
@@ -130,27 +147,30 @@ def linear_trace_variance(V, gamma):
 def attention_drift(V, gamma, tau0, heads):
     """b(V) of the attention block; V (..., m, m) -> (..., m, m)."""
     m, I, J, P = _setup(V)
-    _e1 = _lP(_rP(V) @ V)
-    _e0 = _tr(_e1)
-    _e2 = (_e0*gamma**2/(m**2*tau0**2)) * (V)
-    _e3 = _lP(_rP(V))
-    _e4 = ((1/2)*gamma**2/(m*tau0**2)) * (_lDg(_lJ(_lDg(_lP(V), _e3)), V))
-    _e5 = ((1/2)*gamma**2/(m*tau0**2)) * (_rDg(_rJ(_rDg(_rP(V), _e3)), V))
-    _e6 = _e2 + _e4 + _e5
-    return _e6
+    _e1 = _rP(V) @ V
+    _e2 = _lP(_e1)
+    _e0 = _tr(_e2)
+    _e3 = (_e0*gamma**2/(m**2*tau0**2)) * (V)
+    _e4 = _lP(_rP(V))
+    _e5 = ((1/2)*gamma**2/(m*tau0**2)) * (_lDg(_lJ(_lDg(_lP(V), _e4)), V))
+    _e6 = ((1/2)*gamma**2/(m*tau0**2)) * (_rDg(_rJ(_rDg(_rP(V), _e4)), V))
+    _e7 = _e3 + _e5 + _e6
+    return _e7
 
 
 def attention_diffusion(V, gamma, tau0, heads):
     """Sigma(V) of the attention block; V (..., m, m) -> (..., m, m, m, m)."""
     m, I, J, P = _setup(V)
-    _e0 = _rP(_rP(V) @ V) @ V
+    _e0 = _rP(V) @ V
+    _e1 = _rP(_e0) @ V
+    _e2 = _e1
     return (
         (-gamma**2*(gamma**2 - 2)) * _kron("...ac,...bd->...abcd", V, V)
         + (-gamma**2*(gamma**2 - 2)) * _kron("...ad,...bc->...abcd", V, V)
-        + (gamma**4/(heads*m**2*tau0**2)) * _kron("...ac,...bd->...abcd", _e0, V)
-        + (gamma**4/(heads*m**2*tau0**2)) * _kron("...ad,...bc->...abcd", _e0, V)
-        + (gamma**4/(heads*m**2*tau0**2)) * _kron("...ad,...bc->...abcd", V, _e0)
-        + (gamma**4/(heads*m**2*tau0**2)) * _kron("...ac,...bd->...abcd", V, _e0)
+        + (gamma**4/(heads*m**2*tau0**2)) * _kron("...ac,...bd->...abcd", _e2, V)
+        + (gamma**4/(heads*m**2*tau0**2)) * _kron("...ad,...bc->...abcd", _e2, V)
+        + (gamma**4/(heads*m**2*tau0**2)) * _kron("...ad,...bc->...abcd", V, _e2)
+        + (gamma**4/(heads*m**2*tau0**2)) * _kron("...ac,...bd->...abcd", V, _e2)
     )
 
 
@@ -164,9 +184,24 @@ def attention_noise(V, N, gamma, tau0, heads, R=None):
     m, I, J, P = _setup(V)
     R = _sqrt_psd(V) if R is None else R
     _e0 = _rP(V) @ R
-    _g1 = _e0 @ N[..., 1, :, :] @ _T(R)
+    _e1 = _e0
+    _g1 = _e1 @ N[..., 1, :, :] @ _T(R)
     return (
         (gamma*sqrt(2 - gamma**2)) * (R @ (N[..., 0, :, :] + _T(N[..., 0, :, :])) @ _T(R)) / 2**0.5
+        + (gamma**2/(sqrt(heads)*m*tau0)) * (_g1 + _T(_g1))
+    )
+
+
+def attention_factor_noise(V, N, L, Linv, gamma, tau0, heads):
+    """L^-1 dN L^-T for the structured noise dN of the attention block drawn with
+    R = L (L L^T = V lower triangular, Linv = L^-1): the noise of the factor step."""
+    m, I, J, P = _setup(V)
+    _e0 = _T(L)
+    _e1 = _rP(_e0) @ L
+    _e2 = _e1
+    _g1 = _e2 @ N[..., 1, :, :]
+    return (
+        (gamma*sqrt(2 - gamma**2)) * (N[..., 0, :, :] + _T(N[..., 0, :, :])) / 2**0.5
         + (gamma**2/(sqrt(heads)*m*tau0)) * (_g1 + _T(_g1))
     )
 
@@ -174,24 +209,50 @@ def attention_noise(V, N, gamma, tau0, heads, R=None):
 def attention_ito(V, gamma, tau0, heads):
     """K^{ad} = Sigma^{ab,cd} (V^-1)^{bc} of the attention block; (..., m, m)."""
     m, I, J, P = _setup(V)
-    _e1 = _rP(_rP(V) @ V)
-    _e0 = _tr(_e1)
-    _e2 = (_e0*gamma**4/(heads*m**2*tau0**2) - gamma**4*m - gamma**4 + 2*gamma**2*m + 2*gamma**2) * (V)
-    _e3 = (gamma**4/(heads*m*tau0**2) + 2*gamma**4/(heads*m**2*tau0**2)) * (_rP(_rP(V) @ V) @ V)
-    _e4 = _e2 + _e3
-    return _e4
+    _e1 = _rP(V) @ V
+    _e2 = _rP(_e1)
+    _e0 = _tr(_e2)
+    _e3 = (_e0*gamma**4/(heads*m**2*tau0**2) - gamma**4*m - gamma**4 + 2*gamma**2*m + 2*gamma**2) * (V)
+    _e4 = _rP(_e1) @ V
+    _e5 = (gamma**4/(heads*m*tau0**2) + 2*gamma**4/(heads*m**2*tau0**2)) * (_e4)
+    _e6 = _e3 + _e5
+    return _e6
+
+
+def attention_drift_ito(V, gamma, tau0, heads):
+    """(b(V), K(V)) of the attention block, computed together."""
+    m, I, J, P = _setup(V)
+    _e1 = _rP(V) @ V
+    _e2 = _lP(_e1)
+    _e0 = _tr(_e2)
+    _e3 = (_e0*gamma**2/(m**2*tau0**2)) * (V)
+    _e4 = _lP(_rP(V))
+    _e5 = ((1/2)*gamma**2/(m*tau0**2)) * (_lDg(_lJ(_lDg(_lP(V), _e4)), V))
+    _e6 = ((1/2)*gamma**2/(m*tau0**2)) * (_rDg(_rJ(_rDg(_rP(V), _e4)), V))
+    _e7 = _e3 + _e5 + _e6
+    _e9 = _rP(_e1)
+    _e8 = _tr(_e9)
+    _e10 = (_e8*gamma**4/(heads*m**2*tau0**2) - gamma**4*m - gamma**4 + 2*gamma**2*m + 2*gamma**2) * (V)
+    _e11 = _rP(_e1) @ V
+    _e12 = (gamma**4/(heads*m*tau0**2) + 2*gamma**4/(heads*m**2*tau0**2)) * (_e11)
+    _e13 = _e10 + _e12
+    return _e7, _e13
 
 
 def attention_trace_variance(V, gamma, tau0, heads):
     """Var[tr dV] / dt = sum_ac Sigma^{aa,cc} of the attention block; (...,)."""
     m, I, J, P = _setup(V)
     _e1 = V @ V
-    _e2 = _rP(_rP(_e1) @ V) @ V
-    _e0 = _tr(_e2)
-    _e4 = _rP(_rP(V) @ V) @ _e1
-    _e3 = _tr(_e4)
-    _e5 = _tr(_e1)
-    return (-2*gamma**2*(-_e0*gamma**2 - _e3*gamma**2 + _e5*gamma**2*heads*m**2*tau0**2 - 2*_e5*heads*m**2*tau0**2)/(heads*m**2*tau0**2) + 0 * _tr(V))[..., 0, 0]
+    _e2 = _rP(_e1) @ V
+    _e3 = _rP(_e2) @ V
+    _e4 = _e3
+    _e0 = _tr(_e4)
+    _e6 = _rP(V) @ V
+    _e7 = _rP(_e6) @ _e1
+    _e8 = _e7
+    _e5 = _tr(_e8)
+    _e9 = _tr(_e1)
+    return (-2*gamma**2*(-_e0*gamma**2 - _e5*gamma**2 + _e9*gamma**2*heads*m**2*tau0**2 - 2*_e9*heads*m**2*tau0**2)/(heads*m**2*tau0**2) + 0 * _tr(V))[..., 0, 0]
 
 
 def mlp_drift(V, gamma, c_plus, c_minus):
@@ -225,11 +286,29 @@ def mlp_noise(V, N, gamma, c_plus, c_minus, R=None):
     )
 
 
+def mlp_factor_noise(V, N, L, Linv, gamma, c_plus, c_minus):
+    """L^-1 dN L^-T for the structured noise dN of the mlp block drawn with
+    R = L (L L^T = V lower triangular, Linv = L^-1): the noise of the factor step."""
+    m, I, J, P = _setup(V)
+    return (
+        (sqrt(2)*gamma) * (N[..., 0, :, :] + _T(N[..., 0, :, :])) / 2**0.5
+    )
+
+
 def mlp_ito(V, gamma, c_plus, c_minus):
     """K^{ad} = Sigma^{ab,cd} (V^-1)^{bc} of the mlp block; (..., m, m)."""
     m, I, J, P = _setup(V)
     _e0 = (2*gamma**2*m + 2*gamma**2) * (V)
     return _e0
+
+
+def mlp_drift_ito(V, gamma, c_plus, c_minus):
+    """(b(V), K(V)) of the mlp block, computed together."""
+    m, I, J, P = _setup(V)
+    _e0 = _entrywise(V, lambda Vaa, Vbb, rho: -1/2*(-c_minus + c_plus)**2*(rho*_acos(rho) - _sqrt(1 - rho**2))*_sqrt(Vaa)*_sqrt(Vbb)/pi)
+    _e1 = (gamma**2) * (_e0)
+    _e2 = (2*gamma**2*m + 2*gamma**2) * (V)
+    return _e1, _e2
 
 
 def mlp_trace_variance(V, gamma, c_plus, c_minus):
@@ -277,11 +356,35 @@ def mlp_smooth_noise(V, N, gamma, f2, f3, scale, R=None):
     )
 
 
+def mlp_smooth_factor_noise(V, N, L, Linv, gamma, f2, f3, scale):
+    """L^-1 dN L^-T for the structured noise dN of the mlp_smooth block drawn with
+    R = L (L L^T = V lower triangular, Linv = L^-1): the noise of the factor step."""
+    m, I, J, P = _setup(V)
+    return (
+        (sqrt(2)*gamma) * (N[..., 0, :, :] + _T(N[..., 0, :, :])) / 2**0.5
+    )
+
+
 def mlp_smooth_ito(V, gamma, f2, f3, scale):
     """K^{ad} = Sigma^{ab,cd} (V^-1)^{bc} of the mlp_smooth block; (..., m, m)."""
     m, I, J, P = _setup(V)
     _e0 = (2*gamma**2*m + 2*gamma**2) * (V)
     return _e0
+
+
+def mlp_smooth_drift_ito(V, gamma, f2, f3, scale):
+    """(b(V), K(V)) of the mlp_smooth block, computed together."""
+    m, I, J, P = _setup(V)
+    _e0 = V * V
+    _e1 = ((1/2)*f2**2*gamma**2/scale**2) * (_e0)
+    _e2 = (-3/4*f2**2*gamma**2/scale**2 - f3*gamma**2/scale**2) * (V)
+    _e3 = ((1/2)*f3*gamma**2/scale**2) * (_lDg(V, V))
+    _e4 = ((1/2)*f3*gamma**2/scale**2) * (_rDg(V, V))
+    _e5 = I * V
+    _e6 = ((1/4)*f2**2*gamma**2/scale**2) * (_e5 @ J @ _e5)
+    _e7 = _e1 + _e2 + _e3 + _e4 + _e6
+    _e8 = (2*gamma**2*m + 2*gamma**2) * (V)
+    return _e7, _e8
 
 
 def mlp_smooth_trace_variance(V, gamma, f2, f3, scale):
@@ -297,27 +400,30 @@ def transformer_drift(V, gamma, tau0, heads, c_plus, c_minus):
     m, I, J, P = _setup(V)
     _e0 = _entrywise(V, lambda Vaa, Vbb, rho: -1/2*(-c_minus + c_plus)**2*(rho*_acos(rho) - _sqrt(1 - rho**2))*_sqrt(Vaa)*_sqrt(Vbb)/pi)
     _e1 = (gamma**2) * (_e0)
-    _e3 = _lP(_rP(V) @ V)
-    _e2 = _tr(_e3)
-    _e4 = (_e2*gamma**2/(m**2*tau0**2)) * (V)
-    _e5 = _lP(_rP(V))
-    _e6 = ((1/2)*gamma**2/(m*tau0**2)) * (_lDg(_lJ(_lDg(_lP(V), _e5)), V))
-    _e7 = ((1/2)*gamma**2/(m*tau0**2)) * (_rDg(_rJ(_rDg(_rP(V), _e5)), V))
-    _e8 = _e1 + _e4 + _e6 + _e7
-    return _e8
+    _e3 = _rP(V) @ V
+    _e4 = _lP(_e3)
+    _e2 = _tr(_e4)
+    _e5 = (_e2*gamma**2/(m**2*tau0**2)) * (V)
+    _e6 = _lP(_rP(V))
+    _e7 = ((1/2)*gamma**2/(m*tau0**2)) * (_lDg(_lJ(_lDg(_lP(V), _e6)), V))
+    _e8 = ((1/2)*gamma**2/(m*tau0**2)) * (_rDg(_rJ(_rDg(_rP(V), _e6)), V))
+    _e9 = _e1 + _e5 + _e7 + _e8
+    return _e9
 
 
 def transformer_diffusion(V, gamma, tau0, heads, c_plus, c_minus):
     """Sigma(V) of the transformer block; V (..., m, m) -> (..., m, m, m, m)."""
     m, I, J, P = _setup(V)
-    _e0 = _rP(_rP(V) @ V) @ V
+    _e0 = _rP(V) @ V
+    _e1 = _rP(_e0) @ V
+    _e2 = _e1
     return (
         (-gamma**2*(gamma - 2)*(gamma + 2)) * _kron("...ac,...bd->...abcd", V, V)
         + (-gamma**2*(gamma - 2)*(gamma + 2)) * _kron("...ad,...bc->...abcd", V, V)
-        + (gamma**4/(heads*m**2*tau0**2)) * _kron("...ac,...bd->...abcd", _e0, V)
-        + (gamma**4/(heads*m**2*tau0**2)) * _kron("...ad,...bc->...abcd", _e0, V)
-        + (gamma**4/(heads*m**2*tau0**2)) * _kron("...ad,...bc->...abcd", V, _e0)
-        + (gamma**4/(heads*m**2*tau0**2)) * _kron("...ac,...bd->...abcd", V, _e0)
+        + (gamma**4/(heads*m**2*tau0**2)) * _kron("...ac,...bd->...abcd", _e2, V)
+        + (gamma**4/(heads*m**2*tau0**2)) * _kron("...ad,...bc->...abcd", _e2, V)
+        + (gamma**4/(heads*m**2*tau0**2)) * _kron("...ad,...bc->...abcd", V, _e2)
+        + (gamma**4/(heads*m**2*tau0**2)) * _kron("...ac,...bd->...abcd", V, _e2)
     )
 
 
@@ -331,9 +437,24 @@ def transformer_noise(V, N, gamma, tau0, heads, c_plus, c_minus, R=None):
     m, I, J, P = _setup(V)
     R = _sqrt_psd(V) if R is None else R
     _e0 = _rP(V) @ R
-    _g1 = _e0 @ N[..., 1, :, :] @ _T(R)
+    _e1 = _e0
+    _g1 = _e1 @ N[..., 1, :, :] @ _T(R)
     return (
         (gamma*sqrt(2 - gamma)*sqrt(gamma + 2)) * (R @ (N[..., 0, :, :] + _T(N[..., 0, :, :])) @ _T(R)) / 2**0.5
+        + (gamma**2/(sqrt(heads)*m*tau0)) * (_g1 + _T(_g1))
+    )
+
+
+def transformer_factor_noise(V, N, L, Linv, gamma, tau0, heads, c_plus, c_minus):
+    """L^-1 dN L^-T for the structured noise dN of the transformer block drawn with
+    R = L (L L^T = V lower triangular, Linv = L^-1): the noise of the factor step."""
+    m, I, J, P = _setup(V)
+    _e0 = _T(L)
+    _e1 = _rP(_e0) @ L
+    _e2 = _e1
+    _g1 = _e2 @ N[..., 1, :, :]
+    return (
+        (gamma*sqrt(2 - gamma)*sqrt(gamma + 2)) * (N[..., 0, :, :] + _T(N[..., 0, :, :])) / 2**0.5
         + (gamma**2/(sqrt(heads)*m*tau0)) * (_g1 + _T(_g1))
     )
 
@@ -341,21 +462,49 @@ def transformer_noise(V, N, gamma, tau0, heads, c_plus, c_minus, R=None):
 def transformer_ito(V, gamma, tau0, heads, c_plus, c_minus):
     """K^{ad} = Sigma^{ab,cd} (V^-1)^{bc} of the transformer block; (..., m, m)."""
     m, I, J, P = _setup(V)
-    _e1 = _rP(_rP(V) @ V)
-    _e0 = _tr(_e1)
-    _e2 = (_e0*gamma**4/(heads*m**2*tau0**2) - gamma**4*m - gamma**4 + 4*gamma**2*m + 4*gamma**2) * (V)
-    _e3 = (gamma**4/(heads*m*tau0**2) + 2*gamma**4/(heads*m**2*tau0**2)) * (_rP(_rP(V) @ V) @ V)
-    _e4 = _e2 + _e3
-    return _e4
+    _e1 = _rP(V) @ V
+    _e2 = _rP(_e1)
+    _e0 = _tr(_e2)
+    _e3 = (_e0*gamma**4/(heads*m**2*tau0**2) - gamma**4*m - gamma**4 + 4*gamma**2*m + 4*gamma**2) * (V)
+    _e4 = _rP(_e1) @ V
+    _e5 = (gamma**4/(heads*m*tau0**2) + 2*gamma**4/(heads*m**2*tau0**2)) * (_e4)
+    _e6 = _e3 + _e5
+    return _e6
+
+
+def transformer_drift_ito(V, gamma, tau0, heads, c_plus, c_minus):
+    """(b(V), K(V)) of the transformer block, computed together."""
+    m, I, J, P = _setup(V)
+    _e0 = _entrywise(V, lambda Vaa, Vbb, rho: -1/2*(-c_minus + c_plus)**2*(rho*_acos(rho) - _sqrt(1 - rho**2))*_sqrt(Vaa)*_sqrt(Vbb)/pi)
+    _e1 = (gamma**2) * (_e0)
+    _e3 = _rP(V) @ V
+    _e4 = _lP(_e3)
+    _e2 = _tr(_e4)
+    _e5 = (_e2*gamma**2/(m**2*tau0**2)) * (V)
+    _e6 = _lP(_rP(V))
+    _e7 = ((1/2)*gamma**2/(m*tau0**2)) * (_lDg(_lJ(_lDg(_lP(V), _e6)), V))
+    _e8 = ((1/2)*gamma**2/(m*tau0**2)) * (_rDg(_rJ(_rDg(_rP(V), _e6)), V))
+    _e9 = _e1 + _e5 + _e7 + _e8
+    _e11 = _rP(_e3)
+    _e10 = _tr(_e11)
+    _e12 = (_e10*gamma**4/(heads*m**2*tau0**2) - gamma**4*m - gamma**4 + 4*gamma**2*m + 4*gamma**2) * (V)
+    _e13 = _rP(_e3) @ V
+    _e14 = (gamma**4/(heads*m*tau0**2) + 2*gamma**4/(heads*m**2*tau0**2)) * (_e13)
+    _e15 = _e12 + _e14
+    return _e9, _e15
 
 
 def transformer_trace_variance(V, gamma, tau0, heads, c_plus, c_minus):
     """Var[tr dV] / dt = sum_ac Sigma^{aa,cc} of the transformer block; (...,)."""
     m, I, J, P = _setup(V)
     _e1 = V @ V
-    _e2 = _rP(_rP(_e1) @ V) @ V
-    _e0 = _tr(_e2)
-    _e4 = _rP(_rP(V) @ V) @ _e1
-    _e3 = _tr(_e4)
-    _e5 = _tr(_e1)
-    return (-2*gamma**2*(-_e0*gamma**2 - _e3*gamma**2 + _e5*gamma**2*heads*m**2*tau0**2 - 4*_e5*heads*m**2*tau0**2)/(heads*m**2*tau0**2) + 0 * _tr(V))[..., 0, 0]
+    _e2 = _rP(_e1) @ V
+    _e3 = _rP(_e2) @ V
+    _e4 = _e3
+    _e0 = _tr(_e4)
+    _e6 = _rP(V) @ V
+    _e7 = _rP(_e6) @ _e1
+    _e8 = _e7
+    _e5 = _tr(_e8)
+    _e9 = _tr(_e1)
+    return (-2*gamma**2*(-_e0*gamma**2 - _e5*gamma**2 + _e9*gamma**2*heads*m**2*tau0**2 - 4*_e9*heads*m**2*tau0**2)/(heads*m**2*tau0**2) + 0 * _tr(V))[..., 0, 0]

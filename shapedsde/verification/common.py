@@ -10,6 +10,7 @@ import numpy as np
 import torch
 from scipy.stats import norm
 
+from ..scheme import ito_contraction
 from ..seeds import child_seed
 
 # Family-wise false-alarm rate of one comparison (`Comparison.agrees`): k entries
@@ -130,6 +131,14 @@ class ScaledDrift:
 
     def drift(self, V, *, check: bool = True):
         return self.factor * self.base.drift(V, check=check)
+
+    def drift_and_ito(self, V):
+        """The solver's joint hook, defined here so that the base's (unscaled) one is
+        never reached through `__getattr__`."""
+        both = getattr(self.base, "drift_and_ito", None)
+        b, K = both(V) if callable(both) else (self.base.drift(V, check=False),
+                                               ito_contraction(self.base, V))
+        return self.factor * b, K
 
     def __getattr__(self, attr: str) -> Any:
         if attr == "base":  # not set yet (e.g. while unpickling): no recursion
