@@ -10,6 +10,7 @@ non-batched `torch.tensor` literals for Torch (see docs/derivation.md).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import sympy as sp
@@ -381,28 +382,19 @@ def _root(X: MatrixExpr, R: sp.MatrixSymbol) -> MatrixExpr | None:
 
 def _noise_source(name: str, c: MatrixCoefficients, args: str,
                   params: tuple[Parameter, ...]) -> list[str]:
-    """`<block>_noise(V, N, ...)`: a draw with covariance Sigma(V) from N (..., k, m, m)."""
+    """`<block>_noise(V, N, ...)`: a draw with covariance Sigma(V) from N (..., k, m, m),
+    and its factor-coordinate face (`_factor_noise_source`)."""
     groups = noise_groups(c)
     if groups is None:
         return []
     pr, R = _KernelPrinter(params), sp.MatrixSymbol("R", M_TOKENS, M_TOKENS)
     pr.lines.append("    R = _sqrt_psd(V) if R is None else R")
-    terms = []
-    for i, g in enumerate(groups):
-        roots = []
-        for X in (g.X, g.Y):
-            if X is None:
-                continue
-            r = _root(X, R)
-            roots.append(pr.matrix(r) if r is not None else f"_sqrt_psd({pr.matrix(X)})")
-        scale = pr.scalar(sp.sqrt(g.coef))
-        Ni = f"N[..., {i}, :, :]"
-        if g.Y is None:
-            A = roots[0]
-            terms.append(f"({scale}) * ({A} @ ({Ni} + _T({Ni})) @ _T({A})) / 2**0.5")
-        else:
-            pr.lines.append(f"    _g{i} = {roots[0]} @ {Ni} @ _T({roots[1]})")
-            terms.append(f"({scale}) * (_g{i} + _T(_g{i}))")
+
+    def root(X: MatrixExpr) -> str:
+        r = _root(X, R)
+        return pr.matrix(r) if r is not None else f"_sqrt_psd({pr.matrix(X)})"
+
+    terms = _noise_terms(pr, groups, root)
     return ["", f"{name.upper()}_NOISE_GROUPS = {len(groups)}", "", "",
             f"def {name}_noise(V, N, {args}, R=None):",
             f'    """Structured noise of the {name} block: N (..., {len(groups)}, m, m) iid',
@@ -411,6 +403,28 @@ def _noise_source(name: str, c: MatrixCoefficients, args: str,
             "    m, I, J, P = _setup(V)", *pr.lines,
             "    return (\n        " + "\n        + ".join(terms) + "\n    )", ""] \
         + _factor_noise_source(name, groups, args, params)
+
+
+def _noise_terms(pr: _KernelPrinter, groups: tuple[NoiseGroup, ...],
+                 root: Callable[[MatrixExpr], str | None]) -> list[str]:
+    """The printed terms of the structured draw, one per group: A (N + N^T) A^T / sqrt(2)
+    or A N B^T + (A N B^T)^T, scaled, with the roots A, B printed by `root` (None: the
+    identity, no product); the cross products are added to `pr.lines`."""
+    terms = []
+    for i, g in enumerate(groups):
+        roots = [root(X) for X in (g.X, g.Y) if X is not None]
+        scale = pr.scalar(sp.sqrt(g.coef))
+        Ni = f"N[..., {i}, :, :]"
+        if g.Y is None:
+            A, sym = roots[0], f"{Ni} + _T({Ni})"
+            body = sym if A is None else f"{A} @ ({sym}) @ _T({A})"
+            terms.append(f"({scale}) * ({body}) / 2**0.5")
+        else:
+            left = Ni if roots[0] is None else f"{roots[0]} @ {Ni}"
+            right = "" if roots[1] is None else f" @ _T({roots[1]})"
+            pr.lines.append(f"    _g{i} = {left}{right}")
+            terms.append(f"({scale}) * (_g{i} + _T(_g{i}))")
+    return terms
 
 
 def _factor_root(r: MatrixExpr, R: sp.MatrixSymbol, L: sp.MatrixSymbol,
@@ -433,30 +447,15 @@ def _factor_noise_source(name: str, groups: tuple[NoiseGroup, ...], args: str,
     each root (`_factor_root`): no product with L^{-1} is left for the common roots."""
     pr = _KernelPrinter(params)
     R, L, Linv = (sp.MatrixSymbol(s, M_TOKENS, M_TOKENS) for s in ("R", "L", "Linv"))
-    terms = []
-    for i, g in enumerate(groups):
-        roots = []
-        for X in (g.X, g.Y):
-            if X is None:
-                continue
-            r = _root(X, R)
-            if r is None:
-                roots.append(f"Linv @ _sqrt_psd({pr.matrix(X)})")
-                continue
-            r = _factor_root(r, R, L, Linv)
-            roots.append(None if r is None else pr.matrix(r))
-        scale = pr.scalar(sp.sqrt(g.coef))
-        Ni = f"N[..., {i}, :, :]"
-        if g.Y is None:
-            A = roots[0]
-            sym = f"{Ni} + _T({Ni})"
-            body = sym if A is None else f"{A} @ ({sym}) @ _T({A})"
-            terms.append(f"({scale}) * ({body}) / 2**0.5")
-        else:
-            left = Ni if roots[0] is None else f"{roots[0]} @ {Ni}"
-            right = "" if roots[1] is None else f" @ _T({roots[1]})"
-            pr.lines.append(f"    _g{i} = {left}{right}")
-            terms.append(f"({scale}) * (_g{i} + _T(_g{i}))")
+
+    def root(X: MatrixExpr) -> str | None:
+        r = _root(X, R)
+        if r is None:
+            return f"Linv @ _sqrt_psd({pr.matrix(X)})"
+        r = _factor_root(r, R, L, Linv)
+        return None if r is None else pr.matrix(r)
+
+    terms = _noise_terms(pr, groups, root)
     return ["", f"def {name}_factor_noise(V, N, L, Linv, {args}):",
             f'    """L^-1 dN L^-T for the structured noise dN of the {name} block drawn with',
             '    R = L (L L^T = V lower triangular, Linv = L^-1): the noise of the factor step."""',

@@ -333,7 +333,6 @@ def has_gram_face(block: Block) -> bool:
         for face in ("finite", "branch_mixing", "logits") if hasattr(cls, face))
 
 
-
 def gram_mixing(block: Block, L: torch.Tensor, n: int,
                 generator: torch.Generator) -> torch.Tensor | None:
     """The token-mixing matrix A (B, m, m) given V = L L^T, or None (A = I)."""

@@ -121,16 +121,20 @@ def trace_variance_bound(V: torch.Tensor, Linv: torch.Tensor, K: torch.Tensor
     return (V * V).sum((-2, -1)) * ((Linv @ K) * Linv).sum((-2, -1))
 
 
-def drift_and_contraction(coefficients: Any, V: torch.Tensor
-                          ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(b - K/2, K) at V, each (P, m, m); in one kernel where the coefficients have one
-    (`drift_and_ito`)."""
+def drift_and_ito(coefficients: Any, V: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(b, K) at V: from the coefficients' joint kernel (`drift_and_ito`) where they have
+    one, else from `drift` and `ito_contraction`."""
     both = getattr(coefficients, "drift_and_ito", None)
     if callable(both):
-        b, K = both(V)
-    else:
-        b = coefficients.drift(V, check=False)  # first: a block without an SDE says so here
-        K = ito_contraction(coefficients, V)
+        return both(V)
+    b = coefficients.drift(V, check=False)  # first: a block without an SDE says so here
+    return b, ito_contraction(coefficients, V)
+
+
+def drift_and_contraction(coefficients: Any, V: torch.Tensor
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(b - K/2, K) at V, each (P, m, m)."""
+    b, K = drift_and_ito(coefficients, V)
     return b - 0.5 * K, K
 
 

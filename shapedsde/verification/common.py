@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from scipy.stats import norm
 
-from ..scheme import ito_contraction
+from ..scheme import drift_and_ito
 from ..seeds import child_seed
 
 # Family-wise false-alarm rate of one comparison (`Comparison.agrees`): k entries
@@ -135,9 +135,7 @@ class ScaledDrift:
     def drift_and_ito(self, V):
         """The solver's joint hook, defined here so that the base's (unscaled) one is
         never reached through `__getattr__`."""
-        both = getattr(self.base, "drift_and_ito", None)
-        b, K = both(V) if callable(both) else (self.base.drift(V, check=False),
-                                               ito_contraction(self.base, V))
+        b, K = drift_and_ito(self.base, V)
         return self.factor * b, K
 
     def __getattr__(self, attr: str) -> Any:
