@@ -3,7 +3,8 @@
 For dV = b(V) dt + Sigma(V)^{1/2} dB (Ito) the solver carries the Cholesky factor L of
 V = L L^T and steps it multiplicatively:
 
-    M  = L^{-1} [ (b(V) - K(V)/2) h + dN ] L^{-T},      dN = Sigma(V)^{1/2} dB_h,
+    X  = D h + W,  D h = L^{-1} (b(V) - K(V)/2) L^{-T} h,  W = L^{-1} dN L^{-T},
+    M  = X - excess(D h, W),                            dN = Sigma(V)^{1/2} dB_h,
     C  = E^4,  E = I + M/4 + (M/4)^2 / 2,               C = U U^T (Cholesky),
     L' = L U,                                           V' = L' L'^T,
 
@@ -17,9 +18,16 @@ with K^{ad} = sum_bc Sigma^{ab,cd} (V^{-1})^{bc} (the Ito contraction, derived i
   reached, as for the true SDE. C = I + M + M^2/2 + M^3/8 + ... matches exp(M) to second
   order, with third-order error M^3/96 (the plain Taylor polynomial I + M + M^2/2 has
   M^3/6 and measurably heavier bias in the upper tail: docs/solver.md).
-- E[M^2] = L^{-1} K L^{-T} h + O(h^2), so E[C] = I + L^{-1} b L^{-T} h + O(h^2) and
-  Cov[C] = Cov[M] + O(h^2): the step's first two moments match the SDE's to O(h^2),
-  i.e. weak order 1 (measured in tests/test_solver_pd.py). For the linear block, where
+- E[W^2] = L^{-1} K L^{-T} h, so E[C] = I + L^{-1} b L^{-T} h + O(h^2) and
+  Cov[C] = Cov[W] + O(h^2): the step's first two moments match the SDE's to O(h^2),
+  i.e. weak order 1 (measured in tests/test_solver_pd.py).
+- excess (`mean_excess`) is the O(h^2) part of E^4 at X (grading W ~ h^{1/2}, derived
+  by `shapedsde.symbolic.step_map`). Its mean grows like (k m h)^2 (W's eigenvalues
+  spread over ~ 2 (k m h)^{1/2}), which made the uncorrected step's E[V] low by
+  (m + 2)(m - 1) k^2 h / 24 per unit time for the linear block: 5% at m = 16, T = 0.5
+  at 50 steps (measured, docs/solver.md). Subtracting it leaves no O(h^2) term in the
+  step, so E[C] = I + L^{-1} b L^{-T} h + O(h^3), the Euler step's mean, while C stays
+  positive definite. For the linear block, where
   Sigma is congruence-invariant, the step is affine-equivariant: it commutes with
   V -> A V A^T in law, as the SDE does.
 - L U is lower triangular, so L' is again a Cholesky factor, computed without forming V'
@@ -54,12 +62,16 @@ from .blocks import contract_ito, contract_trace
 WEAK_ORDER = 1.0
 NAME = ("positive-definite multiplicative Euler on the Cholesky factor: "
         "L' = L chol(exp(M)), exp by squaring its 2nd-order Taylor twice, "
-        "M = L^-1 ((b - K/2) h + dN) L^-T")
+        "M = X - excess(X), X = L^-1 ((b - K/2) h + dN) L^-T, "
+        "excess: the map's O(h^2) mean, removed")
 #: Relative eigenvalue floor of the step-size metric (see the module docstring); the
 #: near-singular statistic the verifier checks is lambda_min / tr V < 1e-3, ten times above.
 REGULARISATION = 1e-4
 #: exp(M) is computed as E^(2^SQUARINGS), E = I + M/2^s + (M/2^s)^2/2.
 SQUARINGS = 2
+#: Coefficients of the s^4 part of exp_+ with SQUARINGS = 2, derived by
+#: `shapedsde.symbolic.step_map.mean_excess_coefficients(2)` (tests/test_step_map.py).
+EXCESS_DD, EXCESS_DWW, EXCESS_WWWW = 1 / 2, 5 / 32, 17 / 512
 
 
 def triangular_inverse(L: torch.Tensor) -> torch.Tensor:
@@ -152,13 +164,32 @@ def adaptive_dt(Ld_inv: torch.Tensor, corrected: torch.Tensor, K: torch.Tensor, 
 
 def step_matrix(Linv: torch.Tensor, corrected: torch.Tensor, noise: torch.Tensor,
                 in_factor: bool, h: torch.Tensor) -> torch.Tensor:
-    """M = L^{-1} ((b - K/2) h + dN) L^{-T} with dN = sqrt(h) `noise` (`noise`: a draw of
-    Sigma^{1/2} dB_1, linear in dB). `in_factor`: `noise` is already L^{-1} dN_1 L^{-T}
-    (symmetric; `Block.factor_noise`), else one sandwich takes the drift and the noise."""
+    """M = X - excess(D h, W), X = D h + W, D h = L^{-1} (b - K/2) L^{-T} h and
+    W = L^{-1} dN L^{-T}, dN = sqrt(h) `noise` (`noise`: a draw of Sigma^{1/2} dB_1, linear
+    in dB). `in_factor`: `noise` is already L^{-1} dN_1 L^{-T} (symmetric;
+    `Block.factor_noise`), else one batched sandwich takes the drift and the noise."""
     h = h[:, None, None]
     if in_factor:
-        return sandwich(Linv, corrected * h) + noise * h.sqrt()
-    return sandwich(Linv, corrected * h + noise * h.sqrt())
+        Dh, W = sandwich(Linv, corrected * h), noise * h.sqrt()
+    else:
+        both = sandwich(Linv, torch.stack((corrected * h, noise * h.sqrt()), dim=1))
+        Dh, W = both[:, 0], both[:, 1]
+    return Dh + W - mean_excess(Dh, W)
+
+
+def mean_excess(Dh: torch.Tensor, W: torch.Tensor) -> torch.Tensor:
+    """The s^4 part of exp_+(Dh + W) (W ~ s, Dh ~ s^2; `shapedsde.symbolic.step_map`):
+    c_dd Dh^2 + c_dww (W^2 Dh + W Dh W + Dh W^2) + c_wwww W^4, symmetric, O(h^2).
+
+    Subtracting it from the argument removes every s^4 term of the step, so that
+    E[exp_+(M)] = I + L^{-1} b L^{-T} h + O(h^3): without it the step's mean is low by
+    about (m + 2)(m - 1) k^2 h^2 / 24 (linear block), a bias that grows like m^2."""
+    W2 = W @ W
+    WD = W @ Dh
+    W2D = W @ WD
+    out = torch.baddbmm(W2 @ W2, Dh, Dh, beta=EXCESS_WWWW, alpha=EXCESS_DD)
+    out += EXCESS_DWW * (W2D + W2D.transpose(-1, -2) + WD @ W)
+    return out
 
 
 def positive_exp(M: torch.Tensor) -> torch.Tensor:
