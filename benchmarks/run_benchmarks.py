@@ -133,11 +133,13 @@ def bench_depth(paths: int, device: str) -> dict:
                                 device=device)) / steps
 
         def arithmetic(V: torch.Tensor = V, L: torch.Tensor = L) -> None:
-            for _ in range(14):  # products of drift, K, noise, sandwiches, exp_+, L U
+            # A fixed step of attention: b and K (2 products), the noise in factor
+            # coordinates (2), the drift's sandwich (2), the mean correction (6), exp_+ (3),
+            # L U and L L^T (2); one Cholesky (of exp_+) and one triangular solve (L^-1).
+            for _ in range(17):
                 V @ V
-            for _ in range(2):
-                torch.linalg.cholesky_ex(V)
-                torch.linalg.solve_triangular(L, V, upper=False)
+            torch.linalg.cholesky_ex(V)
+            torch.linalg.solve_triangular(L, V, upper=False)
 
         t_floor = timed(arithmetic)
         floor.append({"m": m, "paths": P, "step_s": t_solve, "floor_s": t_floor,
