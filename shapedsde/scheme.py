@@ -72,6 +72,9 @@ SQUARINGS = 2
 #: Coefficients of the s^4 part of exp_+ with SQUARINGS = 2, derived by
 #: `shapedsde.symbolic.step_map.mean_excess_coefficients(2)` (tests/test_step_map.py).
 EXCESS_DD, EXCESS_DWW, EXCESS_WWWW = 1 / 2, 5 / 32, 17 / 512
+#: The correction is applied where |X|_inf <= EXCESS_RADIUS (an upper bound on X's spectral
+#: radius): beyond it the series it truncates is no guide (`step_matrix`).
+EXCESS_RADIUS = 1.0
 
 
 def triangular_inverse(L: torch.Tensor) -> torch.Tensor:
@@ -163,18 +166,25 @@ def adaptive_dt(Ld_inv: torch.Tensor, corrected: torch.Tensor, K: torch.Tensor, 
 
 
 def step_matrix(Linv: torch.Tensor, corrected: torch.Tensor, noise: torch.Tensor,
-                in_factor: bool, h: torch.Tensor) -> torch.Tensor:
-    """M = X - excess(D h, W), X = D h + W, D h = L^{-1} (b - K/2) L^{-T} h and
-    W = L^{-1} dN L^{-T}, dN = sqrt(h) `noise` (`noise`: a draw of Sigma^{1/2} dB_1, linear
-    in dB). `in_factor`: `noise` is already L^{-1} dN_1 L^{-T} (symmetric;
-    `Block.factor_noise`), else one batched sandwich takes the drift and the noise."""
+                in_factor: bool, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(M, corrected): M = X - excess(D h, W), X = D h + W, D h = L^{-1} (b - K/2) L^{-T} h
+    and W = L^{-1} dN L^{-T}, dN = sqrt(h) `noise` (`noise`: a draw of Sigma^{1/2} dB_1,
+    linear in dB). `in_factor`: `noise` is already L^{-1} dN_1 L^{-T} (symmetric;
+    `Block.factor_noise`), else one batched sandwich takes the drift and the noise.
+
+    The correction is a term of a series in X: on paths where |X|_inf > EXCESS_RADIUS
+    (near blow-up, where the step bounds D only in the regularised metric, D h can be
+    large in a nearly singular direction of L) it is not applied, and `corrected`
+    (P,) bool says so; the solver counts those steps."""
     h = h[:, None, None]
     if in_factor:
         Dh, W = sandwich(Linv, corrected * h), noise * h.sqrt()
     else:
         both = sandwich(Linv, torch.stack((corrected * h, noise * h.sqrt()), dim=1))
         Dh, W = both[:, 0], both[:, 1]
-    return Dh + W - mean_excess(Dh, W)
+    X = Dh + W
+    small = X.abs().sum(-1).amax(-1) <= EXCESS_RADIUS
+    return torch.where(small[:, None, None], X - mean_excess(Dh, W), X), small
 
 
 def mean_excess(Dh: torch.Tensor, W: torch.Tensor) -> torch.Tensor:

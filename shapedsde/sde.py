@@ -247,6 +247,7 @@ class _Run:
         self.saved = torch.full((len(grid), P, m, m), math.nan, dtype=V.dtype, device=dev)
         self._record(torch.arange(P, device=dev))
         self.iterations = 0
+        self.n_uncorrected = 0  # path-steps without the mean correction (scheme.step_matrix)
 
     @property
     def uses_structured(self) -> bool:
@@ -276,7 +277,9 @@ class _Run:
         corrected, K = scheme.drift_and_contraction(self.coef, V)
         Linv, h = self._inverse_and_dt(V, L, corrected, K, t)
         h = torch.minimum(h, target - t)
-        M = scheme.step_matrix(Linv, corrected, *self._draw_noise(V, L, Linv), h.to(V.dtype))
+        M, small = scheme.step_matrix(Linv, corrected, *self._draw_noise(V, L, Linv),
+                                      h.to(V.dtype))
+        self.n_uncorrected += int((~small).sum())
         L_new = scheme.factor_step(L, M)
         V_new = L_new @ L_new.transpose(-1, -2)
         t_new = torch.where(target - (t + h) <= _SNAP * h, target, t + h)
@@ -391,6 +394,7 @@ class _Run:
                     dt_max=None if self.fixed else self.dt_max,
                     **exit_summary(self.exit_time.cpu(), self.exit_trace), blowup=self.blowup,
                     n_exploded=int(self.exploded.sum()),
+                    n_uncorrected_steps=self.n_uncorrected,
                     n_nonfinite=int((~self.alive).sum()),
                     first_nonfinite_step=self.first_nonfinite_step)
 

@@ -71,3 +71,33 @@ def test_trace_mean_is_kept_at_many_tokens(monkeypatch: pytest.MonkeyPatch) -> N
     predicted = -(m + 2) * (m - 1) * k**2 * (T / steps) * T / 24
     assert abs(plain - predicted) < 3 * se_plain
     assert plain < -4 * se_plain
+
+
+def test_correction_is_skipped_where_the_increment_is_large() -> None:
+    """The correction truncates a series in X: where |X|_inf > EXCESS_RADIUS it is not
+    applied (M = X) and the path is reported as uncorrected."""
+    m = 4
+    eye = torch.eye(m, dtype=torch.float64).expand(2, m, m)
+    drift = torch.stack([0.01 * torch.eye(m), 50.0 * torch.eye(m)]).to(torch.float64)
+    noise = torch.zeros(2, m, m, dtype=torch.float64)
+    h = torch.full((2,), 0.1, dtype=torch.float64)
+    M, corrected = scheme.step_matrix(eye, drift, noise, True, h)
+    assert corrected.tolist() == [True, False]
+    X = drift * 0.1
+    torch.testing.assert_close(M[1], X[1])
+    torch.testing.assert_close(M[0], X[0] - 0.5 * X[0] @ X[0])
+
+
+def test_uncorrected_steps_are_counted_near_blow_up(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Strong attention to blow-up: paths explode (flagged), none turns non-finite, and
+    the meta data count the path-steps that went without the correction. Control: with
+    the correction applied everywhere, paths turn non-finite (8 of 50 when measured)."""
+    def run() -> dict:
+        return solve(shapedsde.block("attention", gamma=0.9, tau0=0.3), np.eye(4) + 0.2,
+                     2.0, paths=50, seed=1, nonfinite="warn").meta
+    meta = run()
+    assert meta["n_nonfinite"] == 0 and meta["n_exploded"] > 0
+    assert meta["n_uncorrected_steps"] > 0
+    monkeypatch.setattr(scheme, "EXCESS_RADIUS", float("inf"))
+    with pytest.warns(RuntimeWarning, match="non-finite"):
+        assert run()["n_nonfinite"] > 0
