@@ -72,9 +72,11 @@ SQUARINGS = 2
 #: Coefficients of the s^4 part of exp_+ with SQUARINGS = 2, derived by
 #: `shapedsde.symbolic.step_map.mean_excess_coefficients(2)` (tests/test_step_map.py).
 EXCESS_DD, EXCESS_DWW, EXCESS_WWWW = 1 / 2, 5 / 32, 17 / 512
-#: The correction is applied where |X|_inf <= EXCESS_RADIUS (an upper bound on X's spectral
-#: radius): beyond it the series it truncates is no guide (`step_matrix`).
-EXCESS_RADIUS = 1.0
+#: The correction is applied where |excess|_F <= EXCESS_RATIO |X|_F: beyond, the series it
+#: truncates is no guide (`step_matrix`).
+EXCESS_RATIO = 0.5
+#: ... and where |excess|_inf <= EXCESS_BOUND (it moves no eigenvalue by more).
+EXCESS_BOUND = 0.5
 
 
 def triangular_inverse(L: torch.Tensor) -> torch.Tensor:
@@ -172,10 +174,15 @@ def step_matrix(Linv: torch.Tensor, corrected: torch.Tensor, noise: torch.Tensor
     linear in dB). `in_factor`: `noise` is already L^{-1} dN_1 L^{-T} (symmetric;
     `Block.factor_noise`), else one batched sandwich takes the drift and the noise.
 
-    The correction is a term of a series in X: on paths where |X|_inf > EXCESS_RADIUS
-    (near blow-up, where the step bounds D only in the regularised metric, D h can be
-    large in a nearly singular direction of L) it is not applied, and `corrected`
-    (P,) bool says so; the solver counts those steps."""
+    The correction is the second term of a series in X: on paths where it is not small
+    against the first, |excess|_F > EXCESS_RATIO |X|_F, or where it could move an
+    eigenvalue by more than EXCESS_BOUND (|excess|_inf, a row-sum bound; exp_+ follows
+    exp only for eigenvalues above -4), it is not applied, and `corrected` (P,) bool says
+    so; the solver counts those steps. Both fail near blow-up, where the step bounds D only
+    in the regularised metric and D h can be large in a nearly singular direction of L.
+    (|excess|_F / |X|_F is about half X's spectral norm for a small random X, and excess is
+    close to its mean, a multiple of I for isotropic noise: neither test grows with the
+    tokens as a row-sum bound on X would, like m^{1/2}.)"""
     h = h[:, None, None]
     if in_factor:
         Dh, W = sandwich(Linv, corrected * h), noise * h.sqrt()
@@ -183,8 +190,10 @@ def step_matrix(Linv: torch.Tensor, corrected: torch.Tensor, noise: torch.Tensor
         both = sandwich(Linv, torch.stack((corrected * h, noise * h.sqrt()), dim=1))
         Dh, W = both[:, 0], both[:, 1]
     X = Dh + W
-    small = X.abs().sum(-1).amax(-1) <= EXCESS_RADIUS
-    return torch.where(small[:, None, None], X - mean_excess(Dh, W), X), small
+    excess = mean_excess(Dh, W)
+    ratio = (excess * excess).sum((-2, -1)) / (X * X).sum((-2, -1)).clamp_min(1e-300)
+    small = (ratio <= EXCESS_RATIO**2) & (excess.abs().sum(-1).amax(-1) <= EXCESS_BOUND)
+    return torch.where(small[:, None, None], X - excess, X), small
 
 
 def mean_excess(Dh: torch.Tensor, W: torch.Tensor) -> torch.Tensor:

@@ -74,8 +74,8 @@ def test_trace_mean_is_kept_at_many_tokens(monkeypatch: pytest.MonkeyPatch) -> N
 
 
 def test_correction_is_skipped_where_the_increment_is_large() -> None:
-    """The correction truncates a series in X: where |X|_inf > EXCESS_RADIUS it is not
-    applied (M = X) and the path is reported as uncorrected."""
+    """The correction truncates a series in X: where it is not small (`step_matrix`) it
+    is not applied (M = X) and the path is reported as uncorrected."""
     m = 4
     eye = torch.eye(m, dtype=torch.float64).expand(2, m, m)
     drift = torch.stack([0.01 * torch.eye(m), 50.0 * torch.eye(m)]).to(torch.float64)
@@ -98,6 +98,7 @@ def test_uncorrected_steps_are_counted_near_blow_up(monkeypatch: pytest.MonkeyPa
     meta = run()
     assert meta["n_nonfinite"] == 0 and meta["n_exploded"] > 0
     assert meta["n_uncorrected_steps"] > 0
-    monkeypatch.setattr(scheme, "EXCESS_RADIUS", float("inf"))
+    monkeypatch.setattr(scheme, "EXCESS_RATIO", float("inf"))
+    monkeypatch.setattr(scheme, "EXCESS_BOUND", float("inf"))
     with pytest.warns(RuntimeWarning, match="non-finite"):
         assert run()["n_nonfinite"] > 0
