@@ -100,6 +100,97 @@ def test_weak_order_one() -> None:
     assert 0.5 < order < 1.5, (errs, ses, order)
 
 
+def test_affine_invariance_in_law() -> None:
+    """Linear block: A V_T A^T from V0 has the law of V_T from A V0 A^T."""
+    rng = np.random.default_rng(0)
+    A = rng.standard_normal((3, 3)) + 2 * np.eye(3)
+    blk = shapedsde.block("linear", gamma=0.9)
+    paths, T = 5000, 0.5
+    left = torch.as_tensor(A) @ solve(blk, V0_3, T, paths=paths, seed=1).V @ torch.as_tensor(A.T)
+    right = solve(blk, A @ V0_3 @ A.T, T, paths=paths, seed=2).V
+    ctrl = solve(shapedsde.block("linear", gamma=0.7), A @ V0_3 @ A.T, T, paths=paths, seed=3).V
+    for a, b in ((0, 0), (0, 1), (2, 2)):
+        x, y, z = (np.log(np.abs(v[:, a, b].numpy())) for v in (left, right, ctrl))
+        assert scipy.stats.ks_2samp(x, y).pvalue > ALPHA
+    # Control: a different gamma is rejected on the log of the (0, 0) entry.
+    x = np.log(left[:, 0, 0].numpy())
+    assert scipy.stats.ks_2samp(x, np.log(ctrl[:, 0, 0].numpy())).pvalue < 1e-6
+
+
+def dyson_log_gap(u0: float, k: float, T: float, paths: int, seed: int,
+                  repulsion: float = 1.0) -> np.ndarray:
+    """u_T for du = 2 sqrt(k) dW + repulsion * k coth(u/2) dt (reflected at 0), fine Euler."""
+    rng = np.random.default_rng(seed)
+    steps = 4000
+    h = T / steps
+    u = np.full(paths, u0)
+    for _ in range(steps):
+        u = np.abs(u + repulsion * k / np.tanh(u / 2) * h
+                   + 2 * math.sqrt(k * h) * rng.standard_normal(paths))
+    return u
+
+
+def test_eigenvalues_follow_geometric_dyson() -> None:
+    """m = 2, linear block: log(lam_max / lam_min) at T has the law of the Dyson gap SDE."""
+    gamma, T, paths = 1.0, 0.5, 6000
+    k = linear_k(gamma)
+    V0 = np.diag([2.0, 0.5])
+    lam = torch.linalg.eigvalsh(solve(shapedsde.block("linear", gamma=gamma), V0, T,
+                                      paths=paths, seed=7).V).numpy()
+    u_sde = np.log(lam[:, 1] / lam[:, 0])
+    u0 = math.log(4.0)
+    assert scipy.stats.ks_2samp(u_sde, dyson_log_gap(u0, k, T, paths, 8)).pvalue > ALPHA
+    # Control: half the repulsion is rejected.
+    assert scipy.stats.ks_2samp(u_sde, dyson_log_gap(u0, k, T, paths, 9, 0.5)).pvalue < 1e-6
+
+
+class ScalarGBM:
+    """dV = mu V dt + sigma V dW (one scalar W): V_t = x_t V0, x a geometric BM.
+
+    Sigma^{ab,cd} = sigma^2 V^ab V^cd; K = sigma^2 V V^{-1} V = sigma^2 V; Var[d tr V] / dt
+    = sigma^2 (tr V)^2. The solver's generic noise path factorises this rank-one Sigma.
+    """
+
+    name = "scalar-gbm"
+
+    def __init__(self, mu: float, sigma: float) -> None:
+        self.mu, self.sigma = mu, sigma
+
+    def drift(self, V, check=False):
+        return self.mu * V
+
+    def diffusion(self, V, check=False):
+        return self.sigma**2 * torch.einsum("...ab,...cd->...abcd", V, V)
+
+
+def gbm_exit_probability(mu: float, sigma: float, R: float, T: float) -> float:
+    """P(max_{t <= T} x_t >= R), x_0 = 1: reflection principle for BM with drift."""
+    nu, a, s = mu - sigma**2 / 2, math.log(R), sigma * math.sqrt(T)
+    Phi = scipy.stats.norm.cdf
+    return float(1 - Phi((a - nu * T) / s) + math.exp(2 * nu * a / sigma**2)
+                 * Phi((-a - nu * T) / s))
+
+
+def test_exit_probability_matches_reflection_principle() -> None:
+    """P(exit) of the stopped process is exact at coarse steps (Brownian-bridge test);
+    reading the exit off the steps alone (discrete monitoring) is biased low: control."""
+    mu, sigma, R, T, paths = 0.1, 0.6, 1.8, 1.0, 20_000
+    exact = gbm_exit_probability(mu, sigma, R, T)
+    res = solve(ScalarGBM(mu, sigma), V0_2, T, paths=paths, seed=5, steps=10,
+                exit_trace=R, save_every=1)
+    p = float(res.exited.double().mean())
+    se = math.sqrt(exact * (1 - exact) / paths)
+    assert abs(p - exact) < 4 * se, (p, exact)
+    trace = torch.diagonal(res.trajectory, 0, -2, -1).sum(-1)  # (k, paths)
+    discrete = float((trace >= R * np.trace(V0_2) * (1 - 1e-12)).any(0).double().mean())
+    assert exact - discrete > 6 * se  # the bridge correction is what makes it exact
+    # Stopped process: exited paths are frozen at their exit state, times in (0, T].
+    t = res.exit_time[res.exited]
+    assert bool(((t > 0) & (t <= T)).all())
+    S, S_se = res.survival([0.0, 0.5, 1.0])
+    assert S[0] == 1.0 and abs(S[2] - (1 - p)) < 1e-12 and S_se[2] > 0
+
+
 class CubicODE:
     """dV = a (tr V / tr V0)^2 V dt, no noise: tr V = x tr V0 with x' = a x^3, blow-up at
     t* = 1 / (2 a)."""
