@@ -223,6 +223,20 @@ def test_explosion_is_flagged_at_the_right_time(rtol: float) -> None:
     assert int(res.steps.max()) < 60 / rtol  # finitely many steps: x grows geometrically
 
 
+def test_attention_blow_up_at_many_tokens_is_flagged_as_explosion() -> None:
+    """m = 16, strong attention to T = 1: most paths blow up, and every one of them is
+    flagged as exploded at the default level (none as a numerical failure). With the
+    level at 1e10 tr V0 some exploding states reached lambda_min / tr V ~ 1e-17 first and
+    failed their factorisation (4 of 400 here, measured): sde.BLOWUP says why 1e6."""
+    G = np.random.default_rng(0).normal(size=(16, 32))
+    V0 = G @ G.T / 32
+    res = solve(shapedsde.block("attention", gamma=0.9, tau0=0.7), V0, 1.0, paths=400,
+                seed=0)
+    assert res.meta["n_nonfinite"] == 0 and bool(res.finite.all())
+    assert res.meta["n_exploded"] > 300
+    assert bool(torch.isfinite(res.explosion_time[res.exploded]).all())
+
+
 def test_positive_definite_by_construction_at_strong_attention() -> None:
     """Every saved state of a strong-attention run (m = 4) and of a many-token run (m = 16)
     has a Cholesky factor: no path ever lands on the singular set."""

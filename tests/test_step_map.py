@@ -91,10 +91,12 @@ def test_correction_is_skipped_where_the_increment_is_large() -> None:
 def test_uncorrected_steps_are_counted_near_blow_up(monkeypatch: pytest.MonkeyPatch) -> None:
     """Strong attention to blow-up: paths explode (flagged), none turns non-finite, and
     the meta data count the path-steps that went without the correction. Control: with
-    the correction applied everywhere, paths turn non-finite (8 of 50 when measured)."""
+    the correction applied everywhere, paths turn non-finite (8 of 50 when measured).
+    Both run up to tr V = 1e10 tr V0, beyond the default blow-up level, where the unguarded
+    correction fails."""
     def run() -> dict:
         return solve(shapedsde.block("attention", gamma=0.9, tau0=0.3), np.eye(4) + 0.2,
-                     2.0, paths=50, seed=1, nonfinite="warn").meta
+                     2.0, paths=50, seed=1, nonfinite="warn", blowup=1e10).meta
     meta = run()
     assert meta["n_nonfinite"] == 0 and meta["n_exploded"] > 0
     assert meta["n_uncorrected_steps"] > 0
