@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 import shapedsde
+from shapedsde._io import write_files
 from shapedsde.finite import simulate
 from shapedsde.sde import default_steps, solve
 from shapedsde.verification.engine import distance, rho01
@@ -124,12 +125,12 @@ def bench_depth(paths: int, device: str) -> dict:
     floor = []
     for m in (2, 4, 8, 16, 32, 64, 128):
         P = max(8, 8192 // m)
-        A = torch.randn(P, m, m, dtype=torch.float64)
-        V = A @ A.transpose(-1, -2) / m + 0.1 * torch.eye(m, dtype=torch.float64)
+        A = torch.randn(P, m, m, dtype=torch.float64, device=device)
+        V = A @ A.transpose(-1, -2) / m + 0.1 * torch.eye(m, dtype=torch.float64, device=device)
         L = torch.linalg.cholesky(V)
         steps = 10
         t_solve = timed(partial(solve, shapedsde.block("attention", gamma=0.9, tau0=0.5),
-                                V.numpy()[0], 0.01 * steps, paths=P, seed=0, steps=steps,
+                                V[0].cpu().numpy(), 0.01 * steps, paths=P, seed=0, steps=steps,
                                 device=device)) / steps
 
         def arithmetic(V: torch.Tensor = V, L: torch.Tensor = L) -> None:
@@ -325,32 +326,36 @@ def main(argv: list[str] | None = None) -> int:
                     "threads": torch.get_num_threads(), "platform": platform.platform()}
     if args.device == "cuda":
         report["gpu"] = torch.cuda.get_device_name()
-    if "a" not in skip:
-        report["sde"] = bench_sde([2, 4, 8, 16, 32, 64], paths=200 if q else 1000,
-                                  steps=5 if q else 20, device=args.device)
-        report["sde_m64"] = bench_m64(args.device, paths=1000)
-    if "b" not in skip:
-        report["finite"] = bench_finite([256, 512, 1024] if q else [256, 512, 1024, 2048],
-                                        m=4, nets=16, device=args.device)
-        report["finite_accumulation"] = bench_accumulation(
-            512 if q else 1024, m=4, nets=1000 if q else 4000, device=args.device)
-    if "c" not in skip:
-        report["accuracy"] = bench_accuracy([256, 1024], T=0.2, nets=500 if q else 2000,
-                                            device=args.device, full_nets=2 if q else 4)
-    if "d" not in skip:
-        report["derivation"] = bench_derivation()
-    if "f" not in skip:
-        report["depth"] = bench_depth(paths=2000 if q else 8000, device=args.device)
-    report["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    if args.device == "cuda":
-        report["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
-    print(f"(e) peak resident memory {report['peak_rss_mib']:.0f} MiB")
+    report["peak_rss_mib"] = 0.0
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     path = out / f"{args.device}{'-quick' if q else ''}.json"
-    if path.exists():  # a run of some parts updates those parts only
-        report = {**json.loads(path.read_text()), **report}
-    path.write_text(json.dumps(report, indent=2))
+    previous = json.loads(path.read_text()) if path.exists() else {}
+    parts = {
+        "a": lambda: {"sde": bench_sde([2, 4, 8, 16, 32, 64], paths=200 if q else 1000,
+                                       steps=5 if q else 20, device=args.device),
+                      "sde_m64": bench_m64(args.device, paths=1000)},
+        "b": lambda: {"finite": bench_finite([256, 512, 1024] if q else [256, 512, 1024, 2048],
+                                             m=4, nets=16, device=args.device),
+                      "finite_accumulation": bench_accumulation(
+                          512 if q else 1024, m=4, nets=1000 if q else 4000,
+                          device=args.device)},
+        "c": lambda: {"accuracy": bench_accuracy([256, 1024], T=0.2, nets=500 if q else 2000,
+                                                 device=args.device, full_nets=2 if q else 4)},
+        "d": lambda: {"derivation": bench_derivation()},
+        "f": lambda: {"depth": bench_depth(paths=2000 if q else 8000, device=args.device)},
+    }
+    for name, run in parts.items():
+        if name in skip:
+            continue
+        report.update(run())
+        report["peak_rss_mib"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        if args.device == "cuda":
+            report["peak_cuda_mib"] = torch.cuda.max_memory_allocated() / 2**20
+        # written after every part (a run of some parts updates those parts only), so a run
+        # that is cut short keeps what it measured
+        write_files({path: json.dumps({**previous, **report}, indent=2).encode()})
+    print(f"(e) peak resident memory {report['peak_rss_mib']:.0f} MiB")
     print(f"wrote {path}")
     return 0
 
