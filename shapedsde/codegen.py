@@ -203,6 +203,9 @@ class _KernelPrinter:
         code = self._node(e)
         if isinstance(e, (sp.MatrixSymbol, sp.Identity, sp.OneMatrix)):
             return code
+        if code.startswith("_e") and code.isidentifier():  # a temporary already: no alias
+            self.names[e] = code
+            return code
         name = f"_e{len(self.names)}"
         self.lines.append(f"    {name} = {code}")
         self.names[e] = name
@@ -235,20 +238,26 @@ class _KernelPrinter:
         g = generic[0]
         acc = self.matrix(factors[g])
         for j in range(g + 1, len(factors)):
-            f, prefix = factors[j], ("chain", tuple(factors[g:j + 1]))
-            if prefix in self.names:  # the same product computed before: reuse it
-                acc = self.names[prefix]
-                continue
+            f = factors[j]
             kind = _structured(f)
-            acc = (f"{acc} @ {self.matrix(f)}" if kind is None
-                   else _apply(kind, self.diag_arg(f), acc, right=True))
-            if kind is None:  # name each product, for reuse by later expressions
-                self.names[prefix] = name = f"_e{len(self.names)}"
-                self.lines.append(f"    {name} = {acc}")
-                acc = name
-        for f in reversed(factors[:g]):
-            acc = _apply(_structured(f), self.diag_arg(f), acc, right=False)
+            acc = self._named(("chain", tuple(factors[g:j + 1])), lambda a=acc, f=f, k=kind: (
+                f"{a} @ {self.matrix(f)}" if k is None
+                else _apply(k, self.diag_arg(f), a, right=True)))
+        for i in range(g - 1, -1, -1):
+            f = factors[i]
+            acc = self._named(("chain", tuple(factors[i:])), lambda a=acc, f=f: _apply(
+                _structured(f), self.diag_arg(f), a, right=False))
         return acc
+
+    def _named(self, key: object, code: Callable[[], str]) -> str:
+        """The temporary holding `key`, printing code() into a new one the first time: every
+        partial product is named, the O(m^2) projections and scalings too, so that a later
+        expression that repeats it (e.g. (V P) in V P V and in P V P) reads it instead of
+        computing it again."""
+        if key not in self.names:
+            self.names[key] = name = f"_e{len(self.names)}"
+            self.lines.append(f"    {name} = {code()}")
+        return self.names[key]
 
     def diag_arg(self, f: MatrixExpr) -> str:
         """The matrix whose diagonal Dg(.) takes (empty for P and 11^T)."""

@@ -147,30 +147,39 @@ def linear_trace_variance(V, gamma):
 def attention_drift(V, gamma, tau0, heads):
     """b(V) of the attention block; V (..., m, m) -> (..., m, m)."""
     m, I, J, P = _setup(V)
-    _e1 = _rP(V) @ V
-    _e2 = _lP(_e1)
-    _e0 = _tr(_e2)
-    _e3 = (_e0*gamma**2/(m**2*tau0**2)) * (V)
-    _e4 = _lP(_rP(V))
-    _e5 = ((1/2)*gamma**2/(m*tau0**2)) * (_lDg(_lJ(_lDg(_lP(V), _e4)), V))
-    _e6 = ((1/2)*gamma**2/(m*tau0**2)) * (_rDg(_rJ(_rDg(_rP(V), _e4)), V))
-    _e7 = _e3 + _e5 + _e6
-    return _e7
+    _e1 = _rP(V)
+    _e2 = _e1 @ V
+    _e3 = _lP(_e2)
+    _e0 = _tr(_e3)
+    _e5 = (_e0*gamma**2/(m**2*tau0**2)) * (V)
+    _e6 = _lP(V)
+    _e8 = _lP(_e1)
+    _e7 = _lDg(_e6, _e8)
+    _e10 = _lJ(_e7)
+    _e11 = _lDg(_e10, V)
+    _e12 = ((1/2)*gamma**2/(m*tau0**2)) * (_e11)
+    _e13 = _rDg(_e1, _e8)
+    _e14 = _rJ(_e13)
+    _e15 = _rDg(_e14, V)
+    _e16 = ((1/2)*gamma**2/(m*tau0**2)) * (_e15)
+    _e17 = _e5 + _e12 + _e16
+    return _e17
 
 
 def attention_diffusion(V, gamma, tau0, heads):
     """Sigma(V) of the attention block; V (..., m, m) -> (..., m, m, m, m)."""
     m, I, J, P = _setup(V)
-    _e0 = _rP(V) @ V
-    _e1 = _rP(_e0) @ V
-    _e2 = _e1
+    _e0 = _rP(V)
+    _e1 = _e0 @ V
+    _e2 = _rP(_e1)
+    _e3 = _e2 @ V
     return (
         (-gamma**2*(gamma**2 - 2)) * _kron("...ac,...bd->...abcd", V, V)
         + (-gamma**2*(gamma**2 - 2)) * _kron("...ad,...bc->...abcd", V, V)
-        + (gamma**4/(heads*m**2*tau0**2)) * _kron("...ac,...bd->...abcd", _e2, V)
-        + (gamma**4/(heads*m**2*tau0**2)) * _kron("...ad,...bc->...abcd", _e2, V)
-        + (gamma**4/(heads*m**2*tau0**2)) * _kron("...ad,...bc->...abcd", V, _e2)
-        + (gamma**4/(heads*m**2*tau0**2)) * _kron("...ac,...bd->...abcd", V, _e2)
+        + (gamma**4/(heads*m**2*tau0**2)) * _kron("...ac,...bd->...abcd", _e3, V)
+        + (gamma**4/(heads*m**2*tau0**2)) * _kron("...ad,...bc->...abcd", _e3, V)
+        + (gamma**4/(heads*m**2*tau0**2)) * _kron("...ad,...bc->...abcd", V, _e3)
+        + (gamma**4/(heads*m**2*tau0**2)) * _kron("...ac,...bd->...abcd", V, _e3)
     )
 
 
@@ -183,8 +192,8 @@ def attention_noise(V, N, gamma, tau0, heads, R=None):
     R: a factor with R R^T = V if the caller has one (else computed)."""
     m, I, J, P = _setup(V)
     R = _sqrt_psd(V) if R is None else R
-    _e0 = _rP(V) @ R
-    _e1 = _e0
+    _e0 = _rP(V)
+    _e1 = _e0 @ R
     _g1 = _e1 @ N[..., 1, :, :] @ _T(R)
     return (
         (gamma*sqrt(2 - gamma**2)) * (R @ (N[..., 0, :, :] + _T(N[..., 0, :, :])) @ _T(R)) / 2**0.5
@@ -197,8 +206,8 @@ def attention_factor_noise(V, N, L, Linv, gamma, tau0, heads):
     R = L (L L^T = V lower triangular, Linv = L^-1): the noise of the factor step."""
     m, I, J, P = _setup(V)
     _e0 = _T(L)
-    _e1 = _rP(_e0) @ L
-    _e2 = _e1
+    _e1 = _rP(_e0)
+    _e2 = _e1 @ L
     _g1 = _e2 @ N[..., 1, :, :]
     return (
         (gamma*sqrt(2 - gamma**2)) * (N[..., 0, :, :] + _T(N[..., 0, :, :])) / 2**0.5
@@ -209,50 +218,61 @@ def attention_factor_noise(V, N, L, Linv, gamma, tau0, heads):
 def attention_ito(V, gamma, tau0, heads):
     """K^{ad} = Sigma^{ab,cd} (V^-1)^{bc} of the attention block; (..., m, m)."""
     m, I, J, P = _setup(V)
-    _e1 = _rP(V) @ V
-    _e2 = _rP(_e1)
-    _e0 = _tr(_e2)
-    _e3 = (_e0*gamma**4/(heads*m**2*tau0**2) - gamma**4*m - gamma**4 + 2*gamma**2*m + 2*gamma**2) * (V)
-    _e4 = _rP(_e1) @ V
-    _e5 = (gamma**4/(heads*m*tau0**2) + 2*gamma**4/(heads*m**2*tau0**2)) * (_e4)
-    _e6 = _e3 + _e5
-    return _e6
+    _e1 = _rP(V)
+    _e2 = _e1 @ V
+    _e3 = _rP(_e2)
+    _e0 = _tr(_e3)
+    _e5 = (_e0*gamma**4/(heads*m**2*tau0**2) - gamma**4*m - gamma**4 + 2*gamma**2*m + 2*gamma**2) * (V)
+    _e6 = _e3 @ V
+    _e7 = (gamma**4/(heads*m*tau0**2) + 2*gamma**4/(heads*m**2*tau0**2)) * (_e6)
+    _e8 = _e5 + _e7
+    return _e8
 
 
 def attention_drift_ito(V, gamma, tau0, heads):
     """(b(V), K(V)) of the attention block, computed together."""
     m, I, J, P = _setup(V)
-    _e1 = _rP(V) @ V
-    _e2 = _lP(_e1)
-    _e0 = _tr(_e2)
-    _e3 = (_e0*gamma**2/(m**2*tau0**2)) * (V)
-    _e4 = _lP(_rP(V))
-    _e5 = ((1/2)*gamma**2/(m*tau0**2)) * (_lDg(_lJ(_lDg(_lP(V), _e4)), V))
-    _e6 = ((1/2)*gamma**2/(m*tau0**2)) * (_rDg(_rJ(_rDg(_rP(V), _e4)), V))
-    _e7 = _e3 + _e5 + _e6
-    _e9 = _rP(_e1)
-    _e8 = _tr(_e9)
-    _e10 = (_e8*gamma**4/(heads*m**2*tau0**2) - gamma**4*m - gamma**4 + 2*gamma**2*m + 2*gamma**2) * (V)
-    _e11 = _rP(_e1) @ V
-    _e12 = (gamma**4/(heads*m*tau0**2) + 2*gamma**4/(heads*m**2*tau0**2)) * (_e11)
-    _e13 = _e10 + _e12
-    return _e7, _e13
+    _e1 = _rP(V)
+    _e2 = _e1 @ V
+    _e3 = _lP(_e2)
+    _e0 = _tr(_e3)
+    _e5 = (_e0*gamma**2/(m**2*tau0**2)) * (V)
+    _e6 = _lP(V)
+    _e8 = _lP(_e1)
+    _e7 = _lDg(_e6, _e8)
+    _e10 = _lJ(_e7)
+    _e11 = _lDg(_e10, V)
+    _e12 = ((1/2)*gamma**2/(m*tau0**2)) * (_e11)
+    _e13 = _rDg(_e1, _e8)
+    _e14 = _rJ(_e13)
+    _e15 = _rDg(_e14, V)
+    _e16 = ((1/2)*gamma**2/(m*tau0**2)) * (_e15)
+    _e17 = _e5 + _e12 + _e16
+    _e19 = _rP(_e2)
+    _e18 = _tr(_e19)
+    _e21 = (_e18*gamma**4/(heads*m**2*tau0**2) - gamma**4*m - gamma**4 + 2*gamma**2*m + 2*gamma**2) * (V)
+    _e22 = _e19 @ V
+    _e23 = (gamma**4/(heads*m*tau0**2) + 2*gamma**4/(heads*m**2*tau0**2)) * (_e22)
+    _e24 = _e21 + _e23
+    return _e17, _e24
 
 
 def attention_trace_variance(V, gamma, tau0, heads):
     """Var[tr dV] / dt = sum_ac Sigma^{aa,cc} of the attention block; (...,)."""
     m, I, J, P = _setup(V)
     _e1 = V @ V
-    _e2 = _rP(_e1) @ V
-    _e3 = _rP(_e2) @ V
-    _e4 = _e3
-    _e0 = _tr(_e4)
-    _e6 = _rP(V) @ V
-    _e7 = _rP(_e6) @ _e1
-    _e8 = _e7
-    _e5 = _tr(_e8)
-    _e9 = _tr(_e1)
-    return (-2*gamma**2*(-_e0*gamma**2 - _e5*gamma**2 + _e9*gamma**2*heads*m**2*tau0**2 - 2*_e9*heads*m**2*tau0**2)/(heads*m**2*tau0**2) + 0 * _tr(V))[..., 0, 0]
+    _e2 = _rP(_e1)
+    _e3 = _e2 @ V
+    _e4 = _rP(_e3)
+    _e5 = _e4 @ V
+    _e0 = _tr(_e5)
+    _e8 = _rP(V)
+    _e9 = _e8 @ V
+    _e10 = _rP(_e9)
+    _e11 = _e10 @ _e1
+    _e7 = _tr(_e11)
+    _e13 = _tr(_e1)
+    return (-2*gamma**2*(-_e0*gamma**2 + _e13*gamma**2*heads*m**2*tau0**2 - 2*_e13*heads*m**2*tau0**2 - _e7*gamma**2)/(heads*m**2*tau0**2) + 0 * _tr(V))[..., 0, 0]
 
 
 def mlp_drift(V, gamma, c_plus, c_minus):
@@ -325,12 +345,14 @@ def mlp_smooth_drift(V, gamma, f2, f3, scale):
     _e0 = V * V
     _e1 = ((1/2)*f2**2*gamma**2/scale**2) * (_e0)
     _e2 = (-3/4*f2**2*gamma**2/scale**2 - f3*gamma**2/scale**2) * (V)
-    _e3 = ((1/2)*f3*gamma**2/scale**2) * (_lDg(V, V))
-    _e4 = ((1/2)*f3*gamma**2/scale**2) * (_rDg(V, V))
-    _e5 = I * V
-    _e6 = ((1/4)*f2**2*gamma**2/scale**2) * (_e5 @ J @ _e5)
-    _e7 = _e1 + _e2 + _e3 + _e4 + _e6
-    return _e7
+    _e3 = _lDg(V, V)
+    _e4 = ((1/2)*f3*gamma**2/scale**2) * (_e3)
+    _e5 = _rDg(V, V)
+    _e6 = ((1/2)*f3*gamma**2/scale**2) * (_e5)
+    _e7 = I * V
+    _e8 = ((1/4)*f2**2*gamma**2/scale**2) * (_e7 @ J @ _e7)
+    _e9 = _e1 + _e2 + _e4 + _e6 + _e8
+    return _e9
 
 
 def mlp_smooth_diffusion(V, gamma, f2, f3, scale):
@@ -378,13 +400,15 @@ def mlp_smooth_drift_ito(V, gamma, f2, f3, scale):
     _e0 = V * V
     _e1 = ((1/2)*f2**2*gamma**2/scale**2) * (_e0)
     _e2 = (-3/4*f2**2*gamma**2/scale**2 - f3*gamma**2/scale**2) * (V)
-    _e3 = ((1/2)*f3*gamma**2/scale**2) * (_lDg(V, V))
-    _e4 = ((1/2)*f3*gamma**2/scale**2) * (_rDg(V, V))
-    _e5 = I * V
-    _e6 = ((1/4)*f2**2*gamma**2/scale**2) * (_e5 @ J @ _e5)
-    _e7 = _e1 + _e2 + _e3 + _e4 + _e6
-    _e8 = (2*gamma**2*m + 2*gamma**2) * (V)
-    return _e7, _e8
+    _e3 = _lDg(V, V)
+    _e4 = ((1/2)*f3*gamma**2/scale**2) * (_e3)
+    _e5 = _rDg(V, V)
+    _e6 = ((1/2)*f3*gamma**2/scale**2) * (_e5)
+    _e7 = I * V
+    _e8 = ((1/4)*f2**2*gamma**2/scale**2) * (_e7 @ J @ _e7)
+    _e9 = _e1 + _e2 + _e4 + _e6 + _e8
+    _e10 = (2*gamma**2*m + 2*gamma**2) * (V)
+    return _e9, _e10
 
 
 def mlp_smooth_trace_variance(V, gamma, f2, f3, scale):
@@ -400,30 +424,39 @@ def transformer_drift(V, gamma, tau0, heads, c_plus, c_minus):
     m, I, J, P = _setup(V)
     _e0 = _entrywise(V, lambda Vaa, Vbb, rho: -1/2*(-c_minus + c_plus)**2*(rho*_acos(rho) - _sqrt(1 - rho**2))*_sqrt(Vaa)*_sqrt(Vbb)/pi)
     _e1 = (gamma**2) * (_e0)
-    _e3 = _rP(V) @ V
-    _e4 = _lP(_e3)
-    _e2 = _tr(_e4)
-    _e5 = (_e2*gamma**2/(m**2*tau0**2)) * (V)
-    _e6 = _lP(_rP(V))
-    _e7 = ((1/2)*gamma**2/(m*tau0**2)) * (_lDg(_lJ(_lDg(_lP(V), _e6)), V))
-    _e8 = ((1/2)*gamma**2/(m*tau0**2)) * (_rDg(_rJ(_rDg(_rP(V), _e6)), V))
-    _e9 = _e1 + _e5 + _e7 + _e8
-    return _e9
+    _e3 = _rP(V)
+    _e4 = _e3 @ V
+    _e5 = _lP(_e4)
+    _e2 = _tr(_e5)
+    _e7 = (_e2*gamma**2/(m**2*tau0**2)) * (V)
+    _e8 = _lP(V)
+    _e10 = _lP(_e3)
+    _e9 = _lDg(_e8, _e10)
+    _e12 = _lJ(_e9)
+    _e13 = _lDg(_e12, V)
+    _e14 = ((1/2)*gamma**2/(m*tau0**2)) * (_e13)
+    _e15 = _rDg(_e3, _e10)
+    _e16 = _rJ(_e15)
+    _e17 = _rDg(_e16, V)
+    _e18 = ((1/2)*gamma**2/(m*tau0**2)) * (_e17)
+    _e19 = _e1 + _e7 + _e14 + _e18
+    return _e19
 
 
 def transformer_diffusion(V, gamma, tau0, heads, c_plus, c_minus):
     """Sigma(V) of the transformer block; V (..., m, m) -> (..., m, m, m, m)."""
     m, I, J, P = _setup(V)
-    _e0 = _rP(V) @ V
-    _e1 = _rP(_e0) @ V
-    _e2 = _e1
+    _e0 = _rP(V)
+    _e1 = _e0 @ V
+    _e2 = _rP(_e1)
+    _e3 = _e2 @ V
     return (
         (-gamma**2*(gamma - 2)*(gamma + 2)) * _kron("...ac,...bd->...abcd", V, V)
         + (-gamma**2*(gamma - 2)*(gamma + 2)) * _kron("...ad,...bc->...abcd", V, V)
-        + (gamma**4/(heads*m**2*tau0**2)) * _kron("...ac,...bd->...abcd", _e2, V)
-        + (gamma**4/(heads*m**2*tau0**2)) * _kron("...ad,...bc->...abcd", _e2, V)
-        + (gamma**4/(heads*m**2*tau0**2)) * _kron("...ad,...bc->...abcd", V, _e2)
-        + (gamma**4/(heads*m**2*tau0**2)) * _kron("...ac,...bd->...abcd", V, _e2)
+        + (gamma**4/(heads*m**2*tau0**2)) * _kron("...ac,...bd->...abcd", _e3, V)
+        + (gamma**4/(heads*m**2*tau0**2)) * _kron("...ad,...bc->...abcd", _e3, V)
+        + (gamma**4/(heads*m**2*tau0**2)) * _kron("...ad,...bc->...abcd", V, _e3)
+        + (gamma**4/(heads*m**2*tau0**2)) * _kron("...ac,...bd->...abcd", V, _e3)
     )
 
 
@@ -436,8 +469,8 @@ def transformer_noise(V, N, gamma, tau0, heads, c_plus, c_minus, R=None):
     R: a factor with R R^T = V if the caller has one (else computed)."""
     m, I, J, P = _setup(V)
     R = _sqrt_psd(V) if R is None else R
-    _e0 = _rP(V) @ R
-    _e1 = _e0
+    _e0 = _rP(V)
+    _e1 = _e0 @ R
     _g1 = _e1 @ N[..., 1, :, :] @ _T(R)
     return (
         (gamma*sqrt(2 - gamma)*sqrt(gamma + 2)) * (R @ (N[..., 0, :, :] + _T(N[..., 0, :, :])) @ _T(R)) / 2**0.5
@@ -450,8 +483,8 @@ def transformer_factor_noise(V, N, L, Linv, gamma, tau0, heads, c_plus, c_minus)
     R = L (L L^T = V lower triangular, Linv = L^-1): the noise of the factor step."""
     m, I, J, P = _setup(V)
     _e0 = _T(L)
-    _e1 = _rP(_e0) @ L
-    _e2 = _e1
+    _e1 = _rP(_e0)
+    _e2 = _e1 @ L
     _g1 = _e2 @ N[..., 1, :, :]
     return (
         (gamma*sqrt(2 - gamma)*sqrt(gamma + 2)) * (N[..., 0, :, :] + _T(N[..., 0, :, :])) / 2**0.5
@@ -462,14 +495,15 @@ def transformer_factor_noise(V, N, L, Linv, gamma, tau0, heads, c_plus, c_minus)
 def transformer_ito(V, gamma, tau0, heads, c_plus, c_minus):
     """K^{ad} = Sigma^{ab,cd} (V^-1)^{bc} of the transformer block; (..., m, m)."""
     m, I, J, P = _setup(V)
-    _e1 = _rP(V) @ V
-    _e2 = _rP(_e1)
-    _e0 = _tr(_e2)
-    _e3 = (_e0*gamma**4/(heads*m**2*tau0**2) - gamma**4*m - gamma**4 + 4*gamma**2*m + 4*gamma**2) * (V)
-    _e4 = _rP(_e1) @ V
-    _e5 = (gamma**4/(heads*m*tau0**2) + 2*gamma**4/(heads*m**2*tau0**2)) * (_e4)
-    _e6 = _e3 + _e5
-    return _e6
+    _e1 = _rP(V)
+    _e2 = _e1 @ V
+    _e3 = _rP(_e2)
+    _e0 = _tr(_e3)
+    _e5 = (_e0*gamma**4/(heads*m**2*tau0**2) - gamma**4*m - gamma**4 + 4*gamma**2*m + 4*gamma**2) * (V)
+    _e6 = _e3 @ V
+    _e7 = (gamma**4/(heads*m*tau0**2) + 2*gamma**4/(heads*m**2*tau0**2)) * (_e6)
+    _e8 = _e5 + _e7
+    return _e8
 
 
 def transformer_drift_ito(V, gamma, tau0, heads, c_plus, c_minus):
@@ -477,34 +511,44 @@ def transformer_drift_ito(V, gamma, tau0, heads, c_plus, c_minus):
     m, I, J, P = _setup(V)
     _e0 = _entrywise(V, lambda Vaa, Vbb, rho: -1/2*(-c_minus + c_plus)**2*(rho*_acos(rho) - _sqrt(1 - rho**2))*_sqrt(Vaa)*_sqrt(Vbb)/pi)
     _e1 = (gamma**2) * (_e0)
-    _e3 = _rP(V) @ V
-    _e4 = _lP(_e3)
-    _e2 = _tr(_e4)
-    _e5 = (_e2*gamma**2/(m**2*tau0**2)) * (V)
-    _e6 = _lP(_rP(V))
-    _e7 = ((1/2)*gamma**2/(m*tau0**2)) * (_lDg(_lJ(_lDg(_lP(V), _e6)), V))
-    _e8 = ((1/2)*gamma**2/(m*tau0**2)) * (_rDg(_rJ(_rDg(_rP(V), _e6)), V))
-    _e9 = _e1 + _e5 + _e7 + _e8
-    _e11 = _rP(_e3)
-    _e10 = _tr(_e11)
-    _e12 = (_e10*gamma**4/(heads*m**2*tau0**2) - gamma**4*m - gamma**4 + 4*gamma**2*m + 4*gamma**2) * (V)
-    _e13 = _rP(_e3) @ V
-    _e14 = (gamma**4/(heads*m*tau0**2) + 2*gamma**4/(heads*m**2*tau0**2)) * (_e13)
-    _e15 = _e12 + _e14
-    return _e9, _e15
+    _e3 = _rP(V)
+    _e4 = _e3 @ V
+    _e5 = _lP(_e4)
+    _e2 = _tr(_e5)
+    _e7 = (_e2*gamma**2/(m**2*tau0**2)) * (V)
+    _e8 = _lP(V)
+    _e10 = _lP(_e3)
+    _e9 = _lDg(_e8, _e10)
+    _e12 = _lJ(_e9)
+    _e13 = _lDg(_e12, V)
+    _e14 = ((1/2)*gamma**2/(m*tau0**2)) * (_e13)
+    _e15 = _rDg(_e3, _e10)
+    _e16 = _rJ(_e15)
+    _e17 = _rDg(_e16, V)
+    _e18 = ((1/2)*gamma**2/(m*tau0**2)) * (_e17)
+    _e19 = _e1 + _e7 + _e14 + _e18
+    _e21 = _rP(_e4)
+    _e20 = _tr(_e21)
+    _e23 = (_e20*gamma**4/(heads*m**2*tau0**2) - gamma**4*m - gamma**4 + 4*gamma**2*m + 4*gamma**2) * (V)
+    _e24 = _e21 @ V
+    _e25 = (gamma**4/(heads*m*tau0**2) + 2*gamma**4/(heads*m**2*tau0**2)) * (_e24)
+    _e26 = _e23 + _e25
+    return _e19, _e26
 
 
 def transformer_trace_variance(V, gamma, tau0, heads, c_plus, c_minus):
     """Var[tr dV] / dt = sum_ac Sigma^{aa,cc} of the transformer block; (...,)."""
     m, I, J, P = _setup(V)
     _e1 = V @ V
-    _e2 = _rP(_e1) @ V
-    _e3 = _rP(_e2) @ V
-    _e4 = _e3
-    _e0 = _tr(_e4)
-    _e6 = _rP(V) @ V
-    _e7 = _rP(_e6) @ _e1
-    _e8 = _e7
-    _e5 = _tr(_e8)
-    _e9 = _tr(_e1)
-    return (-2*gamma**2*(-_e0*gamma**2 - _e5*gamma**2 + _e9*gamma**2*heads*m**2*tau0**2 - 4*_e9*heads*m**2*tau0**2)/(heads*m**2*tau0**2) + 0 * _tr(V))[..., 0, 0]
+    _e2 = _rP(_e1)
+    _e3 = _e2 @ V
+    _e4 = _rP(_e3)
+    _e5 = _e4 @ V
+    _e0 = _tr(_e5)
+    _e8 = _rP(V)
+    _e9 = _e8 @ V
+    _e10 = _rP(_e9)
+    _e11 = _e10 @ _e1
+    _e7 = _tr(_e11)
+    _e13 = _tr(_e1)
+    return (-2*gamma**2*(-_e0*gamma**2 + _e13*gamma**2*heads*m**2*tau0**2 - 4*_e13*heads*m**2*tau0**2 - _e7*gamma**2)/(heads*m**2*tau0**2) + 0 * _tr(V))[..., 0, 0]
