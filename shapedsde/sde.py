@@ -52,6 +52,11 @@ DT_MAX = 0.01
 #: rank one, and at m = 16-64 some reached lambda_min / tr V ~ 1e-17 past 1e9 tr V_0 and
 #: failed their factorisation (counted as non-finite, not exploded: docs/solver.md).
 BLOWUP = 1e6
+#: A step's arithmetic runs on chunks of paths whose (paths, m, m) arrays hold at most this
+#: many numbers (2 MiB in float64): beyond the cache, each elementwise pass over a batch
+#: costs several times more per path (`_Run.step`). Measured best of 2^15 ... 2^22 at
+#: m = 8, 16 and 64 (docs/benchmarks.md, part f).
+CHUNK_ELEMENTS = 2**18
 #: Most steps any one path may take before the run is stopped with an error.
 MAX_STEPS = 10**6
 #: Saved times closer than this (relative to the step) to a step's end are landed on.
@@ -275,15 +280,32 @@ class _Run:
             bar.close()
 
     def step(self, k: int) -> None:
+        """One step of every running path. The step's random numbers are drawn first, for
+        all of them at once; the arithmetic then runs in chunks of at most CHUNK_ELEMENTS
+        numbers per (paths, m, m) array, so that a large batch stays in cache (at m = 16,
+        16384 paths in one batch ran 2.4x slower per path-step than in chunks of 1024),
+        with the same draws, hence the same result, as one batch."""
         idx = (~self.done).nonzero()[:, 0]
-        everyone = idx.numel() == self.done.numel()  # then no gather or scatter of states
-        L, V = (self.L, self.V) if everyone else (self.L[idx], self.V[idx])
+        n, m = idx.numel(), self.V.shape[-1]
+        xi = self._gaussians(n)
+        u = None if self.exit_level is None else torch.rand(
+            n, generator=self.gen, device=idx.device, dtype=torch.float64)
+        size = max(1, CHUNK_ELEMENTS // m**2)
+        whole = n == self.done.numel() and n <= size  # no gather or scatter of states
+        for s in range(0, n, size):
+            self._advance(k, idx[s:s + size], xi[s:s + size],
+                          None if u is None else u[s:s + size], whole)
+
+    def _advance(self, k: int, idx: torch.Tensor, xi: torch.Tensor, u: torch.Tensor | None,
+                 whole: bool) -> None:
+        """Step paths `idx` with their Gaussians `xi` and exit uniforms `u`."""
+        L, V = (self.L, self.V) if whole else (self.L[idx], self.V[idx])
         t = self.t[idx]
         target = self.grid[self.next_save[idx]]  # the next saved time, never stepped over
         corrected, K = scheme.drift_and_contraction(self.coef, V)
         Linv, h = self._inverse_and_dt(V, L, corrected, K, t)
         h = torch.minimum(h, target - t)
-        M, small = scheme.step_matrix(Linv, corrected, *self._draw_noise(V, L, Linv),
+        M, small = scheme.step_matrix(Linv, corrected, *self._noise(xi, V, L, Linv),
                                       h.to(V.dtype))
         self.n_uncorrected += int((~small).sum())
         L_new = scheme.factor_step(L, M)
@@ -293,9 +315,9 @@ class _Run:
         self._kill(idx[~ok], k)
         trace = torch.diagonal(V_new, 0, -2, -1).sum(-1).to(torch.float64)
         blown = ok & (trace >= self.blow_level[idx])
-        exits = ok & ~blown & self._exits(V, Linv, K, trace, h, idx)
+        exits = ok & ~blown & self._exits(V, Linv, K, trace, h, idx, u)
         keep = ok & ~blown
-        if everyone and bool(keep.all()):
+        if whole and bool(keep.all()):
             self.L, self.V = L_new, V_new
         else:
             self.L[idx[keep]], self.V[idx[keep]] = L_new[keep], V_new[keep]
@@ -320,35 +342,40 @@ class _Run:
         h = scheme.adaptive_dt(Ld_inv, corrected, K, self.rtol, self.dt_max)
         return Linv, h.to(torch.float64)
 
-    def _draw_noise(self, V: torch.Tensor, L: torch.Tensor, Linv: torch.Tensor
-                    ) -> tuple[torch.Tensor, bool]:
-        """(Sigma(V)^{1/2} dB_1, False) per path, or (L^{-1} Sigma(V)^{1/2} dB_1 L^{-T},
-        True) where the coefficients offer the structured noise in factor coordinates
-        (the step scales it by sqrt(h): it is linear in dB). Structured (O(m^3)) where the
-        coefficients offer it."""
+    def _gaussians(self, n: int) -> torch.Tensor:
+        """The standard Gaussians of one step for n paths: (n, groups, m, m) for the
+        structured noise, else (n, m, m)."""
+        m = self.V.shape[-1]
         k = getattr(self.coef, "noise_groups", None) if self.structured else None
-        shape = V.shape if k is None else (V.shape[0], k, *V.shape[1:])
+        shape = (n, m, m) if k is None else (n, k, m, m)
         # Drawn in float32 whatever the state's precision: a float64 Gaussian costs about 4x
         # more on the CPU (at m = 64 a fifth of the step), and the draw's rounding (2^-24
         # relative) and tail (|xi| <= 5.7) are far below the scheme's O(h) weak error.
-        xi = torch.randn(shape, generator=self.gen, device=V.device,
-                         dtype=torch.float32).to(V.dtype)
-        if k is None:
+        return torch.randn(shape, generator=self.gen, device=self.V.device,
+                           dtype=torch.float32).to(self.V.dtype)
+
+    def _noise(self, xi: torch.Tensor, V: torch.Tensor, L: torch.Tensor, Linv: torch.Tensor
+               ) -> tuple[torch.Tensor, bool]:
+        """(Sigma(V)^{1/2} dB_1, False) per path, or (L^{-1} Sigma(V)^{1/2} dB_1 L^{-T},
+        True) where the coefficients offer the structured noise in factor coordinates
+        (the step scales it by sqrt(h): it is linear in dB), from the Gaussians `xi`.
+        Structured (O(m^3)) where the coefficients offer it."""
+        if xi.ndim == V.ndim:
             return _noise(self.coef, V, xi), False
         if callable(getattr(self.coef, "factor_noise", None)):
             return self.coef.factor_noise(V, xi, L, Linv), True
         return self.coef.structured_noise(V, xi, check=False, factor=L), False
 
     def _exits(self, V: torch.Tensor, Linv: torch.Tensor, K: torch.Tensor,
-               trace: torch.Tensor, h: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
-        """Paths that reached the exit level during the step (Brownian-bridge test)."""
-        if self.exit_level is None:
+               trace: torch.Tensor, h: torch.Tensor, idx: torch.Tensor,
+               u: torch.Tensor | None) -> torch.Tensor:
+        """Paths that reached the exit level during the step (Brownian-bridge test with the
+        uniforms `u`)."""
+        if self.exit_level is None or u is None:
             return torch.zeros_like(trace, dtype=torch.bool)
         level = self.exit_level[idx]
         x0 = torch.diagonal(V, 0, -2, -1).sum(-1).to(torch.float64)
         gap = 2.0 * (level - x0).clamp_min(0) * (level - trace).clamp_min(0)
-        u = torch.rand(trace.shape, generator=self.gen, device=trace.device,
-                       dtype=torch.float64)
         # P(a Brownian bridge from x0 to x1 with variance s2 h crosses the level) is
         # exp(-gap / (s2 h)), increasing in s2: a path that does not cross with s2 replaced
         # by an upper bound (twice |V|_F^2 tr(V^-1 K), a margin for rounding) cannot cross,
