@@ -52,10 +52,10 @@ DT_MAX = 0.01
 #: rank one, and at m = 16-64 some reached lambda_min / tr V ~ 1e-17 past 1e9 tr V_0 and
 #: failed their factorisation (counted as non-finite, not exploded: docs/solver.md).
 BLOWUP = 1e6
-#: A step's arithmetic runs on chunks of paths whose (paths, m, m) arrays hold at most this
-#: many numbers (2 MiB in float64): beyond the cache, each elementwise pass over a batch
-#: costs several times more per path (`_Run.step`). Measured best of 2^15 ... 2^22 at
-#: m = 8, 16 and 64 (docs/benchmarks.md, part f).
+#: On the CPU a step's arithmetic runs on chunks of paths whose (paths, m, m) arrays hold at
+#: most this many numbers (2 MiB in float64): beyond the cache, each elementwise pass over
+#: a batch costs several times more per path (`_Run.step`). Measured best of 2^15 ... 2^22
+#: at m = 8, 16 and 64 (docs/benchmarks.md, part f). On a GPU: one batch.
 CHUNK_ELEMENTS = 2**18
 #: Most steps any one path may take before the run is stopped with an error.
 MAX_STEPS = 10**6
@@ -281,16 +281,18 @@ class _Run:
 
     def step(self, k: int) -> None:
         """One step of every running path. The step's random numbers are drawn first, for
-        all of them at once; the arithmetic then runs in chunks of at most CHUNK_ELEMENTS
-        numbers per (paths, m, m) array, so that a large batch stays in cache (at m = 16,
-        16384 paths in one batch ran 2.4x slower per path-step than in chunks of 1024),
-        with the same draws, hence the same result, as one batch."""
+        all of them at once; the arithmetic then runs (on the CPU) in chunks of at most
+        CHUNK_ELEMENTS numbers per (paths, m, m) array, so that a large batch stays in
+        cache (at m = 16, 16384 paths in one batch ran 2.4x slower per path-step than in
+        chunks of 1024), with the same draws, hence the same result, as one batch."""
         idx = (~self.done).nonzero()[:, 0]
         n, m = idx.numel(), self.V.shape[-1]
         xi = self._gaussians(n)
         u = None if self.exit_level is None else torch.rand(
             n, generator=self.gen, device=idx.device, dtype=torch.float64)
-        size = max(1, CHUNK_ELEMENTS // m**2)
+        # On a GPU one batch: its step is latency-bound (about 4 ms whatever m, docs/
+        # benchmarks.md), so chunks would multiply the time.
+        size = n if self.V.is_cuda else max(1, CHUNK_ELEMENTS // m**2)
         whole = n == self.done.numel() and n <= size  # no gather or scatter of states
         for s in range(0, n, size):
             self._advance(k, idx[s:s + size], xi[s:s + size],
