@@ -348,8 +348,7 @@ class _Run:
         """The standard Gaussians of one step for n paths: (n, groups, m, m) for the
         structured noise, else (n, m, m)."""
         m = self.V.shape[-1]
-        k = getattr(self.coef, "noise_groups", None) if self.structured else None
-        shape = (n, m, m) if k is None else (n, k, m, m)
+        shape = (n, self.coef.noise_groups, m, m) if self.uses_structured else (n, m, m)
         # Drawn in float32 whatever the state's precision: a float64 Gaussian costs about 4x
         # more on the CPU (at m = 64 a fifth of the step), and the draw's rounding (2^-24
         # relative) and tail (|xi| <= 5.7) are far below the scheme's O(h) weak error.
@@ -362,7 +361,7 @@ class _Run:
         True) where the coefficients offer the structured noise in factor coordinates
         (the step scales it by sqrt(h): it is linear in dB), from the Gaussians `xi`.
         Structured (O(m^3)) where the coefficients offer it."""
-        if xi.ndim == V.ndim:
+        if not self.uses_structured:
             return _noise(self.coef, V, xi), False
         if callable(getattr(self.coef, "factor_noise", None)):
             return self.coef.factor_noise(V, xi, L, Linv), True
@@ -372,8 +371,8 @@ class _Run:
                trace: torch.Tensor, h: torch.Tensor, idx: torch.Tensor,
                u: torch.Tensor | None) -> torch.Tensor:
         """Paths that reached the exit level during the step (Brownian-bridge test with the
-        uniforms `u`)."""
-        if self.exit_level is None or u is None:
+        uniforms `u`, drawn by `step` only where there is an exit level)."""
+        if u is None:
             return torch.zeros_like(trace, dtype=torch.bool)
         level = self.exit_level[idx]
         x0 = torch.diagonal(V, 0, -2, -1).sum(-1).to(torch.float64)
