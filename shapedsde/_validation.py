@@ -21,9 +21,10 @@ except ImportError:  # pragma: no cover
 SYMMETRY_RTOL = 1e-8
 PSD_RTOL = 1e-8
 
-#: tau0 must lie in [TAU0_MIN, TAU0_MAX]: the kernels divide by tau0^2, which under-
-#: or overflows float64 outside (1e-154, 1e154); the bounds leave a margin.
-TAU0_MIN, TAU0_MAX = 1e-150, 1e150
+#: tau0 must lie in [TAU0_MIN, TAU0_MAX]: the coefficients scale as tau0^-2, so at
+#: tau0 = 1e-150 they are 1e300 |V|^2 and a solver step overflows (every path non-finite);
+#: from 1e-100 they stay below 1e200 |V|^2, where a blow-up is seen as one.
+TAU0_MIN, TAU0_MAX = 1e-100, 1e150
 #: |c_plus|, |c_minus| <= C_MAX: the kernels square c_+ - c_- (and the finite face
 #: squares 1 + c / sqrt(n)), so much larger shifts overflow or lose all precision.
 C_MAX = 1e6
@@ -50,7 +51,7 @@ def check_tau0(tau0: float) -> float:
         raise ValueError(f"tau0 must be > 0 (temperature tau = tau0 sqrt(n nk)); got {t}")
     if not TAU0_MIN <= t <= TAU0_MAX:
         raise ValueError(f"tau0 must lie in [{TAU0_MIN:g}, {TAU0_MAX:g}] (the coefficients "
-                         f"divide by tau0^2, which leaves float64 outside); got {t:g}")
+                         f"scale as tau0^-2: beyond, a step leaves float64); got {t:g}")
     return t
 
 
@@ -90,7 +91,35 @@ def check_time(T: float) -> float:
     t = _finite_scalar("T", T)
     if t < 0.0:
         raise ValueError(f"T (depth-to-width ratio) must be >= 0; got {t}")
-    return t
+    return t + 0.0  # -0.0 becomes 0.0 (printed "T=0", not "T=-0")
+
+
+def check_blowup(blowup: Any) -> float:
+    """The explosion level R_blow > 1 (a path with tr V >= R_blow tr V0 has exploded)."""
+    b = _finite_scalar("blowup", blowup)
+    if not b > 1.0:
+        raise ValueError(f"blowup must be > 1 (a path has exploded at tr V >= blowup tr V0, "
+                         f"which every path starts below); got {b:g}")
+    return b
+
+
+def check_device(device: Any) -> Any:
+    """`device` as a torch.device; ValueError if unknown or if CUDA is asked for but absent."""
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        dev = None
+    if dev is None or dev.type not in ("cpu", "cuda"):
+        raise ValueError(f"unknown device {device!r}; use 'cpu' or 'cuda'")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' requested but CUDA is not available here; use 'cpu'")
+    return dev
+
+
+def fmt_level(R: float) -> str:
+    """A level R as text that never rounds it onto a different number (1.0000000001 is not
+    printed as 1): the shortest repr that reads back as R."""
+    return f"{R:g}" if float(f"{R:g}") == R else repr(float(R))
 
 
 def check_float_dtype(dtype: Any) -> Any:
@@ -128,6 +157,12 @@ def check_covariance(V: Any, *, psd: bool = True, name: str = "V") -> Any:
     Vn = V.detach().cpu().double().numpy() if is_torch(V) else V
     if not np.all(np.isfinite(Vn)):
         raise ValueError(f"{name} contains NaN or inf")
+    tiny = np.finfo(np.float64).tiny
+    sub = (Vn != 0) & (np.abs(Vn) < tiny)
+    if np.any(sub):
+        raise ValueError(f"{name} has subnormal entries (0 < |{name}^ab| < {tiny:.3g}, e.g. "
+                         f"{float(Vn[sub].flat[0]):.3g}), which carry too few bits for the "
+                         f"coefficients; rescale {name} towards O(1)")
     # Compare in units of the largest entry, so the checks neither over- nor underflow.
     scale = float(np.max(np.abs(Vn)))
     if scale == 0.0:

@@ -52,6 +52,12 @@ GRAM_BATCH_NETS = 1 << 17  # the gram sampler holds O(m^2) numbers per network
 # Below this many degrees of freedom a Wishart / Gaussian product is drawn
 # directly from Gaussians (cheap, and Bartlett's chi-squares need df >= m).
 _DIRECT_DF = 64
+#: Most sub-layers one network may run (depth = round(T * width)): far beyond any run
+#: that ends (a billion sub-layers of the smallest network is hours), and exact as an int.
+MAX_DEPTH = 10**9
+#: Most bytes one network's weights and states may take (the full and reduced samplers
+#: draw at least one network at a time): beyond, no batch fits.
+MAX_NET_BYTES = 8 * 2**30
 
 
 @dataclass(frozen=True)
@@ -175,8 +181,18 @@ def simulate(
     m = V0.shape[0]
     if n < m:
         raise ValueError(f"width {n} must be >= m = {m}")
-    depth = int(round(T * n))
-    dev = torch.device(device)
+    depth = check_depth(T, n)
+    dev = val.check_device(device)
+    if method != "gram":
+        need = net_bytes(method, m, n, getattr(block, "nk", None), getattr(block, "heads", 1),
+                         dtype)
+        if need > MAX_NET_BYTES:
+            raise ValueError(f"one network of method {method!r} at width {n}"
+                             f"{'' if getattr(block, 'nk', None) is None else f', nk {block.nk}'}"
+                             f" needs about {need / 2**30:.3g} GiB of weights and states, over "
+                             f"{MAX_NET_BYTES / 2**30:g} GiB"
+                             + ("; use method='gram' (O(m^2) numbers per network)"
+                                if supports_gram(block) else "; lower the width or nk"))
     if batch_size is None:
         batch_size = _default_batch(method, m, n, getattr(block, "nk", None),
                                     getattr(block, "heads", 1), dev, dtype)
@@ -206,6 +222,15 @@ def simulate(
                      T=T, method=method, seed=int(seed),
                      exit_time=None if exit_trace is None else exit_layer / n,
                      exit_trace=exit_trace)
+
+
+def check_depth(T: float, width: int) -> int:
+    """depth = round(T * width) sub-layers, ValueError over MAX_DEPTH (before any work)."""
+    d = T * width
+    if not d <= MAX_DEPTH:
+        raise ValueError(f"T * width = {T:g} * {width} = {d:.3g} sub-layers, over the limit of "
+                         f"{MAX_DEPTH:.0e}; lower T or the width")
+    return int(round(d))
 
 
 def gram_matrix(X: torch.Tensor) -> torch.Tensor:
@@ -423,15 +448,19 @@ def _record_depths(depth: int, every: int | None) -> list[int]:
     return depths
 
 
+def net_bytes(method: str, m: int, n: int, nk: int | None, heads: int,
+              dtype: torch.dtype) -> int:
+    """Bytes one network holds per sub-layer with the full or reduced sampler."""
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    if method == "reduced":  # (m, n) states and (m, c) draws only
+        return itemsize * (8 + 4 * heads) * m * max(n, nk or n)
+    # per network and sub-layer: W^V (n, n), W^Q and W^K (heads, n, nk), a few (m, n) states
+    return itemsize * (n * n + 2 * heads * n * (nk or n) + 8 * m * n)
+
+
 def _default_batch(method: str, m: int, n: int, nk: int | None, heads: int,
                    device: torch.device, dtype: torch.dtype) -> int:
     if method == "gram":
         return GRAM_BATCH_NETS
-    itemsize = torch.empty((), dtype=dtype).element_size()
-    if method == "reduced":  # (m, n) states and (m, c) draws only
-        return max(1, FULL_BATCH_BYTES.get(device.type, FULL_BATCH_BYTES["cpu"])
-                   // (itemsize * (8 + 4 * heads) * m * max(n, nk or n)))
-    # per network and sub-layer: W^V (n, n), W^Q and W^K (heads, n, nk), a few (m, n) states
-    per_net = itemsize * (n * n + 2 * heads * n * (nk or n) + 8 * m * n)
     budget = FULL_BATCH_BYTES.get(device.type, FULL_BATCH_BYTES["cpu"])
-    return max(1, budget // per_net)
+    return max(1, budget // net_bytes(method, m, n, nk, heads, dtype))

@@ -59,11 +59,20 @@ BLOWUP = 1e6
 CHUNK_ELEMENTS = 2**18
 #: Most steps any one path may take before the run is stopped with an error.
 MAX_STEPS = 10**6
+#: A fixed step is refused where dt |L^-1 b(V0) L^-T| (the factor increment of the first
+#: step) is over this: exp(50) = 5e21, a few such steps overflow.
+MAX_FIXED_INCREMENT = 50.0
 #: Saved times closer than this (relative to the step) to a step's end are landed on.
 _SNAP = 1e-6
 
 SCHEME = scheme.NAME
 NONFINITE_POLICIES = ("warn", "raise")
+check_device = val.check_device
+
+
+class WorkLimitError(ValueError, RuntimeError):
+    """A run that would take (or took) more steps than its limit `max_steps`: a
+    ValueError for callers that validate inputs, a RuntimeError as it was before."""
 
 
 def exit_summary(exit_time: Any, exit_trace: float | None) -> dict[str, Any]:
@@ -134,12 +143,14 @@ class SDEResult:
         line = (f"SDE {d['coefficients']}: {d['paths']} paths, m={d['m']}, T={d['T']:g}, "
                 f"{steps}, seed {d['seed']}, {d['device']} {d['dtype']}")
         if d["exit_trace"] is not None:
-            line += (f" | exit at tr V >= {d['exit_trace']:g} tr V0: {d['n_exits']} paths, "
+            line += (f" | exit at tr V >= {val.fmt_level(d['exit_trace'])} tr V0: "
+                     f"{d['n_exits']} paths, "
                      f"P(exit) = {d['p_exit']:.4f} +- {d['p_exit_se']:.4f}")
         line += f" | exploded {d['n_exploded']}, non-finite {d['n_nonfinite']}"
         line += f" | {d['wall_s']:.2f} s"
         if d["n_exploded"]:
-            line += (f" | NOTE: {d['n_exploded']} paths blew up (tr V >= {d['blowup']:g} tr V0) "
+            line += (f" | NOTE: {d['n_exploded']} paths blew up (tr V >= "
+                     f"{val.fmt_level(d['blowup'])} tr V0) "
                      "before T; their V is NaN (result.exploded, result.explosion_time); "
                      "pass exit_trace to study the stopped process")
         if d["n_nonfinite"]:
@@ -175,7 +186,9 @@ def solve(coefficients: Any, V0: Any, T: float, *, paths: int, seed: int,
     device, dtype: where and in what precision to compute (float32 or float64).
     progress: a tqdm bar on stderr. nonfinite: "warn" or "raise" (module docstring).
     noise: "auto" (structured O(m^3) noise where the coefficients offer it) or "generic".
-    max_steps: most steps one path may take (RuntimeError beyond).
+    max_steps: most steps one path may take: a run that needs more (fixed steps, or
+        T / dt_max) is refused up front, and an adaptive run that reaches it stops with a
+        WorkLimitError (a ValueError and RuntimeError).
 
     Raises ValueError for invalid inputs.
     """
@@ -186,12 +199,13 @@ def solve(coefficients: Any, V0: Any, T: float, *, paths: int, seed: int,
     steps = None if steps is None else val.check_positive_int("steps", steps)
     rtol = _check_positive("rtol", rtol)
     dt_max = _check_positive("dt_max", dt_max)
-    blowup = _check_positive("blowup", blowup)
+    blowup = val.check_blowup(blowup)
+    max_steps = val.check_positive_int("max_steps", max_steps)
+    check_step_count(T, steps, dt_max, max_steps)
     if exit_trace is not None:
         exit_trace = _check_positive("exit_trace", exit_trace)
         if not 1.0 < exit_trace < blowup:
             raise ValueError(f"exit_trace must lie in (1, blowup = {blowup:g}); got {exit_trace}")
-    max_steps = val.check_positive_int("max_steps", max_steps)
     if nonfinite not in NONFINITE_POLICIES:
         raise ValueError(f"nonfinite must be one of {NONFINITE_POLICIES}; got {nonfinite!r}")
     if noise not in ("auto", "generic"):
@@ -199,7 +213,17 @@ def solve(coefficients: Any, V0: Any, T: float, *, paths: int, seed: int,
     device, dtype = check_device(device), val.check_float_dtype(dtype)
     keep = save_every is not None or save_times is not None
     grid = _save_grid(T, steps, save_every, save_times)
+    if len(grid) > max_steps:  # every saved time ends a step
+        raise WorkLimitError(f"{len(grid)} saved times would take at least as many steps, over "
+                             f"max_steps = {max_steps:.3g}; save fewer times")
     V = _initial_state(V0, paths, device, dtype)
+    rate = _probe(coefficients, V[:1])
+    if steps is not None and T / steps * rate > MAX_FIXED_INCREMENT:
+        need = T / MAX_FIXED_INCREMENT * rate
+        raise ValueError(f"a fixed step dt = T / steps = {T / steps:.3g} is too coarse for this "
+                         f"SDE at V0 (its factor increment would be {T / steps * rate:.3g}, "
+                         f"which the scheme's exponential turns into overflow); give steps >= "
+                         f"{need:.3g} or leave steps out for the adaptive default")
 
     start = time.perf_counter()
     run = _Run(coefficients, V, T, steps, rtol, dt_max, exit_trace, blowup, grid,
@@ -254,7 +278,8 @@ class _Run:
         self.grid = torch.as_tensor(grid, **f64)  # saved times, always ending at T
         self.next_save = torch.zeros(P, dtype=torch.int64, device=dev)
         self.saved = torch.full((len(grid), P, m, m), math.nan, dtype=V.dtype, device=dev)
-        self._record(torch.arange(P, device=dev))
+        for _ in range(int((grid <= 0.0).sum())):  # t = 0, as often as it is asked for
+            self._record(torch.arange(P, device=dev))
         self.iterations = 0
         self.n_uncorrected = 0  # path-steps without the mean correction (scheme.step_matrix)
 
@@ -267,7 +292,7 @@ class _Run:
         try:
             while not bool(self.done.all()):
                 if self.iterations >= max_steps:
-                    raise RuntimeError(
+                    raise WorkLimitError(
                         f"{int((~self.done).sum())} paths did not reach T = {self.T:g} in "
                         f"{max_steps} steps (smallest step {self.dt_min:.3g}); raise max_steps "
                         "or rtol, or pass exit_trace to stop paths near blow-up")
@@ -457,7 +482,13 @@ def _save_grid(T: float, steps: int | None, save_every: int | None, save_times: 
     if np.ndim(save_times) == 0:
         k = val.check_positive_int("save_times", save_times)
         return np.linspace(0.0, T, k + 1)
-    grid = np.asarray(save_times, dtype=np.float64)
+    try:
+        grid = np.asarray(save_times, dtype=np.float64)
+    except (TypeError, ValueError):
+        raise ValueError(f"save_times must be an int or a sequence of times; got "
+                         f"{save_times!r}") from None
+    if grid.size == 0:  # no times besides 0 and T
+        return np.array([0.0, T])
     if grid.ndim != 1 or not np.all(np.isfinite(grid)) or np.any(np.diff(grid) <= 0) \
             or grid[0] < 0 or grid[-1] > T:
         raise ValueError("save_times must be increasing finite times in [0, T]")
@@ -512,7 +543,10 @@ def _zero_where(mask: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
 
 
 def _initial_state(V0: Any, paths: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    V0 = torch.as_tensor(val.check_covariance(V0, name="V0")).to(device=device, dtype=dtype)
+    V0 = val.check_covariance(V0, name="V0")
+    if val.is_torch(V0):  # the solver computes no gradients: V0's graph is not followed
+        V0 = V0.detach()
+    V0 = torch.as_tensor(V0).to(device=device, dtype=dtype)
     if V0.ndim == 3 and V0.shape[0] != paths:
         raise ValueError(f"V0 of shape (P, m, m) needs P = paths = {paths}; got {tuple(V0.shape)}")
     if V0.ndim > 3:
@@ -521,24 +555,66 @@ def _initial_state(V0: Any, paths: int, device: torch.device, dtype: torch.dtype
     return 0.5 * (V + V.transpose(-1, -2))
 
 
+def check_step_count(T: float, steps: int | None, dt_max: float, max_steps: int) -> int:
+    """The fewest steps a run to T takes (`steps`, or T / dt_max for adaptive steps);
+    WorkLimitError when that is over `max_steps`, before any work."""
+    least = steps if steps is not None else T / dt_max
+    if least > max_steps:
+        how = (f"steps = {steps:.3g}" if steps is not None
+               else f"at least T / dt_max = {T:g} / {dt_max:g} = {least:.3g} steps")
+        raise WorkLimitError(f"the run to T = {T:g} would take {how}, over the limit of "
+                             f"max_steps = {max_steps:.3g}; lower T (or steps), or raise "
+                             "max_steps")
+    return math.ceil(least)
+
+
+def _probe(coefficients: Any, V: torch.Tensor) -> float:
+    """Evaluate the drift (with its Ito contraction) once at V (1, m, m) before any work:
+    a coefficient object whose faces return something else than (1, m, m) arrays, or
+    raise, fails here with its name instead of deep inside a step. Returns the rate
+    max |L^-1 (b - K/2) L^-T| + max |L^-1 K L^-T| (V = L L^T) at V, inf where not finite."""
+    shape = tuple(V.shape)
+    try:
+        out = scheme.drift_and_ito(coefficients, V)
+    except (ValueError, KeyboardInterrupt):
+        raise
+    except Exception as err:
+        raise ValueError(f"the coefficients {_describe(coefficients)} failed at V0: "
+                         f"{type(err).__name__}: {err}") from err
+    names = ("drift", "Ito contraction")
+    if not (isinstance(out, tuple) and len(out) == 2):
+        raise ValueError(f"the coefficients {_describe(coefficients)} returned "
+                         f"{type(out).__name__} for (drift, Ito contraction), not a pair")
+    for name, x in zip(names, out, strict=True):
+        if not isinstance(x, torch.Tensor) or tuple(x.shape) != shape:
+            got = (f"shape {tuple(x.shape)}" if isinstance(x, torch.Tensor)
+                   else type(x).__name__)
+            raise ValueError(f"the {name} of {_describe(coefficients)} must be a Torch tensor "
+                             f"of shape {shape} (like V); got {got}")
+    b, K = (x.to(torch.float64) for x in out)
+    L, info = torch.linalg.cholesky_ex(V.to(torch.float64))
+    if bool((info != 0).any()):
+        return math.inf  # _initial_factor says why
+
+    def sandwich(X: torch.Tensor) -> float:
+        Y = torch.linalg.solve_triangular(L, X, upper=False)
+        Y = torch.linalg.solve_triangular(L, Y.transpose(-1, -2), upper=False)
+        r = float(Y.abs().max())
+        return r if math.isfinite(r) else math.inf
+
+    with torch.no_grad():
+        return sandwich(b - 0.5 * K) + sandwich(K)
+
+
 def _check_coefficients(obj: Any) -> None:
+    if isinstance(obj, type):
+        raise ValueError(f"coefficients must be an instance, not the class {obj.__name__}; "
+                         f"build one, e.g. {obj.__name__}(gamma=0.5) or "
+                         "shapedsde.block(name, ...)")
     for name in ("drift", "diffusion"):
         if not callable(getattr(obj, name, None)):
             raise ValueError(f"coefficients must have a callable .{name}(V, check=False); "
                              f"got {type(obj).__name__}")
-
-
-def check_device(device: str | torch.device) -> torch.device:
-    """`device` as a torch.device; ValueError if unknown or if CUDA is asked for but absent."""
-    try:
-        dev = torch.device(device)
-    except (RuntimeError, TypeError):
-        dev = None
-    if dev is None or dev.type not in ("cpu", "cuda"):
-        raise ValueError(f"unknown device {device!r}; use 'cpu' or 'cuda'")
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' requested but CUDA is not available here; use 'cpu'")
-    return dev
 
 
 def _describe(coefficients: Any) -> str:

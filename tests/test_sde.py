@@ -271,11 +271,12 @@ def test_diffusion_prod_hook_is_used_and_has_the_right_law() -> None:
 class _PoisonPathZero:
     """Linear coefficients whose drift is NaN after the first step on the path that starts
     at 3 V0 (path 0 of `POISON_V0`; recognised by its trace, as the solver passes only the
-    paths still running)."""
+    paths still running). The solver's first call is its check of the coefficients at V0,
+    before any step."""
 
     def __init__(self) -> None:
         self.inner = shapedsde.block("linear", gamma=0.5)
-        self.step = 0
+        self.step = -1
 
     def drift(self, V: torch.Tensor, check: bool = False) -> torch.Tensor:
         self.step += 1
