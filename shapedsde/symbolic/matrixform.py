@@ -223,6 +223,18 @@ def expectation(coef: sp.Expr, factors: list[MatrixExpr], src: dict,
     raise NotImplementedError(f"term with {len(rnd)} random factors: {factors}")
 
 
+def _updated(d: Derivation, src: dict) -> sp.MatrixExpr:
+    """d.update(src, heads), checked to be an m x m matrix expression (the update may be
+    a user's function: ValueError naming the derivation, not an error deep in SymPy)."""
+    out = d.update(src, d.heads)
+    if not isinstance(out, sp.MatrixExpr) or tuple(out.shape) != (M_TOKENS, M_TOKENS):
+        what = (f"a {tuple(out.shape)} matrix" if isinstance(out, sp.MatrixExpr)
+                else type(out).__name__)
+        raise ValueError(f"derivation {d.name!r}: its update rule must return V' as an m x m "
+                         f"SymPy matrix expression (matrixform.residual_update); got {what}")
+    return out
+
+
 def derive_matrix_form(d: Derivation | str) -> MatrixCoefficients:
     """b(V) and Sigma(V) of a block's derivation (or its name) in matrix form."""
     d = _find(d)
@@ -235,7 +247,7 @@ def derive_matrix_form(d: Derivation | str) -> MatrixCoefficients:
         raise ValueError(f"{d.name!r} has no matrix-form update rule: it is derived per "
                          "entry only (pass m)")
     src, table = _sources()
-    orders = by_order(d.update(src, d.heads))
+    orders = by_order(_updated(d, src))
     zero = sp.ZeroMatrix(M_TOKENS, M_TOKENS)
     D0 = sum((c * _product(f) for c, f in orders.get(0, [])), zero)
     if sp.simplify(sp.expand((D0 - V).doit())) not in (zero, 0):
@@ -246,7 +258,7 @@ def derive_matrix_form(d: Derivation | str) -> MatrixCoefficients:
     second = first  # the first-order terms of entry (c, d)
     if d.rows:  # entry (c, d) reads its rows with P_c, P_d
         second = [as_linear(c, f, src)
-                  for c, f in by_order(d.update(src, d.heads).xreplace(_ROW_RENAME))[1]]
+                  for c, f in by_order(_updated(d, src).xreplace(_ROW_RENAME))[1]]
     drift = sum((expectation(c, f, src, table) for c, f in orders.get(2, [])), zero)
     diffusion = [Kron(k.coef / d.heads, k.X, k.xl, k.Y, k.yl)
                  for t1 in first for t2 in second for k in covariance(t1, t2, table)]
