@@ -15,9 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import shapedsde
-from shapedsde import _io, cli
+from shapedsde import _io, block, cli
 from shapedsde import _validation as val
-from shapedsde.blocks import block
 from shapedsde.cli import main
 
 V2 = np.array([[1.0, 0.2], [0.2, 1.0]])

@@ -13,9 +13,9 @@ import numpy as np
 import torch
 
 from .. import _validation as val
-from ..blocks import Block, block
+from ..blocks import Block
 from ..parameters import PARAMETERS, Parameter, declared
-from ..registry import block_classes
+from ..registry import block, block_classes
 from ..sde import check_device
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2

@@ -7,7 +7,7 @@ from typing import Any
 
 from .. import _io
 from .. import _validation as val
-from ..codegen import regenerate
+from ..artifacts import regenerate
 from .common import EXIT_FAIL, EXIT_OK, block_from_args
 from .options import add_block_args
 

@@ -25,6 +25,7 @@ import torch
 
 from .. import _io
 from .. import _validation as val
+from ..sde import default_steps
 from ..seeds import check_root, child_seed
 from . import stability_stats as vt
 from ._common import pyplot, save_plot, stem
@@ -246,8 +247,6 @@ def stability_map(block_name: str, gammas: Any, tau0s: Any, *, T: float, V0: Any
     c_plus/c_minus (transformer). Seeds: see the module doc.
     """
     from tqdm.auto import tqdm
-
-    from ..sde import default_steps
 
     gammas, tau0s = check_grid("gammas", gammas, upper=1.0), check_grid("tau0s", tau0s)
     T = val.check_time(T)

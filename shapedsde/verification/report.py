@@ -40,8 +40,10 @@ from .. import __version__, _io
 from .._io import write_files
 from .._validation import check_seed
 from ..blocks import Block
-from ..blocks import block as make_block
+from ..registry import block as make_block
+from .all_blocks import every_block as run_every_block
 from .common import LINE_ALPHA, derive_seed, z_crit
+from .depth import depth_checks
 from .figures import render_figures
 from .html import render_html
 from .law import STATISTICS, LawSetting, gram_vs_full_check, law_check
@@ -272,8 +274,6 @@ def run_verification(*, quick: bool = True, out_dir: str | Path = "results/verif
                 log(v["line"])
 
     if every_block:
-        from .all_blocks import every_block as run_every_block
-
         with prog.stage("every_block"):
             checks["every_block"] = run_every_block(
                 quick=quick, seed=seed_of("every-block"), device=device, workers=workers,
@@ -282,8 +282,6 @@ def run_verification(*, quick: bool = True, out_dir: str | Path = "results/verif
                 log(r["line"])
 
     if depth:
-        from .depth import depth_checks
-
         with prog.stage("depth"):
             checks["depth"] = depth_checks(quick=quick, seed=seed_of("depth"), device=device)
             for r in checks["depth"]:
