@@ -20,6 +20,8 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from .progress import progress_bar
+
 
 def run_tasks(fn: Callable[..., Any], tasks: Sequence[dict[str, Any]], *, workers: int = 1,
               scheduler: str | None = None, progress: bool = False) -> list[Any]:
@@ -52,6 +54,4 @@ def run_tasks(fn: Callable[..., Any], tasks: Sequence[dict[str, Any]], *, worker
 def _progress(it, enabled: bool, total: int | None = None):
     if not enabled:
         return it
-    from tqdm import tqdm
-
-    return tqdm(it, total=total, desc="tasks")
+    return progress_bar(it, total=total, desc="tasks")

@@ -36,7 +36,6 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from . import _validation as val
 from ._linalg import psd_factor
@@ -44,6 +43,7 @@ from ._linalg import psd_factor
 # gram_logits and gaussian_product: the laws the samplers draw from, re-exported here.
 from .blocks import Block, defining_class
 from .blocks import gram_logits as gram_logits
+from .progress import progress_bar
 from .weights import DIRECT_DF, RandomSource, WeightSource, bartlett_factor, standard_normal
 from .weights import gaussian_product as gaussian_product
 
@@ -191,8 +191,8 @@ def simulate(
     level = None if exit_trace is None else exit_trace * float(torch.trace(V0))
     outs: list[torch.Tensor] = []
     exits: list[torch.Tensor] = []
-    bar = tqdm(total=nets * depth, disable=not progress, unit="layer",
-               desc=f"finite {block.name} n={n} d={depth} ({method})")
+    bar = progress_bar(total=nets * depth, enabled=progress, unit="layer",
+                       desc=f"finite {block.name} n={n} d={depth} ({method})")
     for start in range(0, nets, batch_size):
         B = min(batch_size, nets - start)
         traj_b, exit_b = step(block, X0, B, depth, record, gen, bar, level)

@@ -40,6 +40,7 @@ from .. import __version__, _io
 from .._io import write_files
 from .._validation import check_seed
 from ..blocks import Block
+from ..progress import progress_bar
 from ..registry import block as make_block
 from .all_blocks import every_block as run_every_block
 from .common import LINE_ALPHA, derive_seed, z_crit
@@ -343,8 +344,8 @@ class Progress:
 
     def items(self, seq: list, unit: str) -> Any:
         """`seq` with a bar on stderr (drawn only on a terminal)."""
-        return tqdm(seq, unit=unit[:-1] if unit.endswith("s") else unit, leave=False,
-                    file=sys.stderr, disable=None if self.enabled else True, dynamic_ncols=True)
+        return progress_bar(seq, unit=unit[:-1] if unit.endswith("s") else unit, leave=False,
+                            enabled=self.enabled, terminal_only=True, dynamic_ncols=True)
 
     def write(self, line: str) -> None:
         if self.enabled:
