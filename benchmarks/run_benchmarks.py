@@ -295,7 +295,7 @@ def _derive(name: str, m: int) -> None:
 
 def bench_derivation() -> list[dict]:
     """(d) per-entry derivation time (m = 2, 3, 4) and matrix form + codegen time."""
-    from shapedsde import codegen
+    from shapedsde import artifacts
     from shapedsde.symbolic.matrixform import derive_matrix_form
 
     rows = []
@@ -307,7 +307,7 @@ def bench_derivation() -> list[dict]:
         rows.append(row)
         print("(d) " + ", ".join(f"{k}={v:.2f}" if isinstance(v, float) else f"{k}={v}"
                                  for k, v in row.items()), flush=True)
-    t = timed(lambda: codegen.artifacts())
+    t = timed(lambda: artifacts.artifacts())
     rows.append({"block": "all", "codegen_s": t})
     print(f"(d) kernel + LaTeX generation (all blocks, cached derivations): {t:.2f} s")
     return rows

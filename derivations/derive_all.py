@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.entrywise:
         import sympy as sp
 
-        from shapedsde.codegen import package_coefficients
+        from shapedsde.artifacts import package_coefficients
         from shapedsde.symbolic.entrywise import derive_block
 
         for name in package_coefficients():

@@ -1,14 +1,14 @@
 """shapedsde: the covariance SDE of shaped Transformers, derived, solved and verified."""
 
+# Importing the modules that define blocks registers them (`shapedsde.registry`).
 from .blocks import (
     AttentionBlock,
     Block,
     LinearBlock,
     MlpBlock,
     TransformerBlock,
-    block,
 )
-from .registry import block_classes
+from .registry import block, block_classes
 from .serial import Serial, serial
 
 __all__ = ["AttentionBlock", "block_classes", "Block", "LinearBlock", "MlpBlock", "Serial",

@@ -51,8 +51,9 @@ import torch
 
 from . import _validation as val
 from .blocks import AttentionBlock, Block
+from .finite import simulate
 from .parameters import GAMMA, NK, TAU0, parameter
-from .weights import RandomSource, weight_source
+from .weights import RandomSource, gaussian_product, weight_source
 
 __all__ = [
     "UnshapedAttentionBlock", "StandardAttentionBlock", "StandardNoResidualBlock",
@@ -115,8 +116,6 @@ class UnshapedAttentionBlock(Block):
         X = sqrt(n) L Omega with Omega orthonormal rows, so X W / sqrt(n) = L G with
         G = Omega W iid N(0, 1): Y = L_in (G_Q G_K^T) L_in^T, L_in = diag(s) L.
         """
-        from .finite import gaussian_product
-
         B, m, _ = L.shape
         nk = self.nk or n
         s = self._gram_scale(L)
@@ -370,8 +369,6 @@ def rank_collapse_summary(
     seed + i; `method="auto"` uses the exact-in-law V chain where available). A network
     has collapsed when every pairwise correlation exceeds `threshold` at the last layer.
     """
-    from .finite import simulate
-
     blocks = baseline_blocks() if blocks is None else dict(blocks)
     if not blocks:
         raise ValueError("blocks must name at least one block")

@@ -23,6 +23,7 @@ lam^2 + gam^2 = 1; `gamma` is gam.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any, ClassVar
 
@@ -31,6 +32,7 @@ import torch
 
 from . import _validation as val
 from .causal import causal_diffusion, causal_drift
+from .coefficients import from_parameters
 from .kernels import kernel, noise_group_count
 from .parameters import (
     ACTIVATION,
@@ -42,6 +44,7 @@ from .parameters import (
     NK,
     SCALE,
     TAU0,
+    Parameter,
     declared,
     parameter,
 )
@@ -50,7 +53,8 @@ from .smooth_activation import resolve as resolve_activation
 from .symbolic import layers
 from .symbolic import matrixform as mx
 from .symbolic.derivation import Derivation
-from .weights import RandomSource, weight_source
+from .symbolic.entrywise import derive
+from .weights import RandomSource, gaussian_product, weight_source
 
 
 @dataclass(frozen=True)
@@ -89,13 +93,13 @@ class Block:
         """
         if check:
             V = val.check_covariance(V)
-        return kernel(self.derivation(), "drift", V)(V, **self.kernel_params())
+        return self._kernel("drift", V)(V, **self.kernel_params())
 
     def diffusion(self, V: Any, *, check: bool = True) -> Any:
         """Sigma(V), shape (..., m, m, m, m): lim n Cov[dV^{ab}, dV^{cd}]."""
         if check:
             V = val.check_covariance(V)
-        return kernel(self.derivation(), "diffusion", V)(V, **self.kernel_params())
+        return self._kernel("diffusion", V)(V, **self.kernel_params())
 
     def ito_contraction(self, V: Any, *, check: bool = True) -> Any:
         """K^{ad}(V) = sum_bc Sigma^{ab,cd}(V) (V^{-1})^{bc}, shape (..., m, m), V positive
@@ -103,7 +107,7 @@ class Block:
         Generated from the matrix form (`shapedsde.symbolic.contraction`)."""
         if check:
             V = val.check_covariance(V)
-        return kernel(self.derivation(), "ito", V)(V, **self.kernel_params())
+        return self._kernel("ito", V)(V, **self.kernel_params())
 
     def drift_and_ito(self, V: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(b(V), K(V)), in one generated kernel that computes their common products once
@@ -114,18 +118,18 @@ class Block:
         owner = defining_class(cls, "drift_and_ito")
         if not all(issubclass(owner, defining_class(cls, f)) for f in ("drift", "ito_contraction")):
             return self.drift(V, check=False), self.ito_contraction(V, check=False)
-        return kernel(self.derivation(), "drift_ito", V)(V, **self.kernel_params())
+        return self._kernel("drift_ito", V)(V, **self.kernel_params())
 
     def trace_variance(self, V: Any, *, check: bool = True) -> Any:
         """s^2(V) = sum_ac Sigma^{aa,cc}(V) = Var[d tr V] / dt, shape (...,)."""
         if check:
             V = val.check_covariance(V)
-        return kernel(self.derivation(), "trace_variance", V)(V, **self.kernel_params())
+        return self._kernel("trace_variance", V)(V, **self.kernel_params())
 
     @property
     def noise_groups(self) -> int | None:
         """k for `structured_noise` (N has shape (..., k, m, m)), or None without one."""
-        return noise_group_count(self.derivation())
+        return noise_group_count(self.derivation(), self._declared_with_derivations())
 
     def structured_noise(self, V: Any, N: Any, *, check: bool = True, factor: Any = None
                          ) -> Any:
@@ -143,7 +147,7 @@ class Block:
                 raise ValueError(f"block {self.name!r} has no structured noise")
             if tuple(N.shape[-3:]) != (k, V.shape[-1], V.shape[-1]):
                 raise ValueError(f"N must have shape (..., {k}, m, m); got {tuple(N.shape)}")
-        return kernel(self.derivation(), "noise", V)(V, N, **self.kernel_params(), R=factor)
+        return self._kernel("noise", V)(V, N, **self.kernel_params(), R=factor)
 
     def factor_noise(self, V: torch.Tensor, N: torch.Tensor, L: torch.Tensor,
                      Linv: torch.Tensor) -> torch.Tensor:
@@ -152,8 +156,7 @@ class Block:
         L^{-1} is taken inside each derived root (L^{-1} V = L^T), so the common roots
         need no product with it (`codegen._factor_root`); no input checks (a solver hook).
         """
-        return kernel(self.derivation(), "factor_noise", V)(V, N, L, Linv,
-                                                             **self.kernel_params())
+        return self._kernel("factor_noise", V)(V, N, L, Linv, **self.kernel_params())
 
     def branch_mixing(self, X: torch.Tensor, generator: RandomSource) -> torch.Tensor | None:
         """The token-mixing matrix A of the branch: (B, m, m), (B, H, m, m) with one
@@ -195,16 +198,13 @@ class Block:
         return d.entries(_check_tokens(m))
 
     def coefficients(self, m: int | None = None):
-        """b(V) and Sigma(V) as SymPy objects (`shapedsde.symbolic.coefficients`).
+        """b(V) and Sigma(V) as SymPy objects (`shapedsde.coefficients`).
 
         m None: the matrix form, valid for every number of tokens; m = 2, 3, ...: the
         explicit entries for m tokens (derived per entry where no matrix form is).
         Parameters are symbols; `.params` holds this block's values and
         `.with_values()` substitutes them.
         """
-        from .symbolic.coefficients import from_parameters
-        from .symbolic.entrywise import derive
-
         d = self.derivation()
         if not d.has_matrix_form:
             if m is None:
@@ -221,6 +221,15 @@ class Block:
     def latex(self, m: int | None = None) -> str:
         """b and Sigma as a LaTeX fragment (matrix form, or entries for m tokens)."""
         return self.coefficients(m).latex()
+
+    def _kernel(self, face: str, V: Any) -> Callable[..., Any]:
+        """The generated kernel `face` of this block's derivation for V's array library."""
+        return kernel(self.derivation(), face, V, self._declared_with_derivations())
+
+    def _declared_with_derivations(self) -> tuple[Parameter, ...]:
+        """The parameters of the class that declares this block's derivations: those
+        its kernels can take (a subclass's additions are not in the derivation)."""
+        return declared(next(c for c in type(self).__mro__ if "derivations" in c.__dict__))
 
     def derivation(self) -> Derivation:
         """The symbolic face this block uses (`kernel_name`); finite-only blocks have none."""
@@ -326,8 +335,6 @@ class AttentionBlock(Block):
                     ) -> torch.Tensor:
         """A from the logits' exact law given V = L L^T (one head; the causal mask acts
         on the logits only, so causal attention has the chain too)."""
-        from .finite import gram_logits
-
         return shaped_mixing(gram_logits(self, L, n, generator), causal=self.causal)
 
 
@@ -516,19 +523,6 @@ def shaped_mixing(Z: torch.Tensor, causal: bool = False) -> torch.Tensor:
     return eye + torch.softmax(Z.masked_fill(~mask, float("-inf")), dim=-1) - C
 
 
-def block(name: str, **params: Any) -> Block:
-    """Build a block by name: `block("attention", gamma=0.8, tau0=1.0)`;
-    `block("serial", parts=[("attention", {...}), ("mlp", {...})])` for a composition.
-    The names are those of the block classes defined (`shapedsde.registry`)."""
-    from .registry import block_class
-
-    cls = block_class(name)
-    try:
-        return cls(**params)
-    except TypeError as err:
-        raise ValueError(f"bad parameters for block {name!r}: {err}") from None
-
-
 def attention_logits(X: torch.Tensor, generator: RandomSource, tau0: float,
                      nk: int | None = None, heads: int = 1) -> torch.Tensor:
     """Shaped-attention logits Z = (X W^Q / sqrt(n)) (X W^K / sqrt(n))^T / (tau0 sqrt(n nk)),
@@ -591,3 +585,15 @@ def _check_same_kind(V: Any, N: Any) -> None:
         raise ValueError(f"V and N must be of the same kind (both NumPy arrays or both Torch "
                          f"tensors); got {kinds[0]} and {kinds[1]}: convert one with "
                          "torch.as_tensor(...) or .numpy()")
+
+
+def gram_logits(block: AttentionBlock, L: torch.Tensor, n: int,
+                generator: torch.Generator) -> torch.Tensor:
+    """Logits Z (B, m, m) of the attention block given V = L L^T, exact in law.
+
+    Z = Q K^T / (tau0 sqrt(n nk)) with Q = L G_Q, K = L G_K (columns iid N(0, V)).
+    """
+    B, m, _ = L.shape
+    nk = block.nk or n
+    prod = gaussian_product(B, m, nk, generator, L)  # law of G_Q G_K^T
+    return L @ prod @ L.transpose(-1, -2) / (block.tau0 * math.sqrt(n * nk))

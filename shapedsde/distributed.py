@@ -20,7 +20,7 @@ import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import numpy as np
+from .progress import progress_bar
 
 
 def run_tasks(fn: Callable[..., Any], tasks: Sequence[dict[str, Any]], *, workers: int = 1,
@@ -51,32 +51,7 @@ def run_tasks(fn: Callable[..., Any], tasks: Sequence[dict[str, Any]], *, worker
             cluster.close()
 
 
-def sample_finite(block: str, params: dict[str, Any], V0: Any, *, width: int, T: float,
-                  nets: int, seed: int, device: str = "cpu", method: str = "full"
-                  ) -> np.ndarray:
-    """A task: V at depth round(T width) of `nets` finite networks (nets, m, m);
-    `method` as in `shapedsde.finite.simulate`."""
-    from .blocks import block as make_block
-    from .finite import simulate
-
-    blk = make_block(block, **params)
-    return simulate(blk, np.asarray(V0), width=width, T=T, nets=nets, seed=seed,
-                    device=device, method=method).cpu().numpy()
-
-
-def sample_sde(block: str, params: dict[str, Any], V0: Any, *, T: float, paths: int,
-               seed: int, device: str = "cpu") -> np.ndarray:
-    """A task: V_T of `paths` SDE paths (paths, m, m); NaN rows: paths that blew up."""
-    from .blocks import block as make_block
-    from .verification.engine import solve_quiet
-
-    return solve_quiet(make_block(block, **params), np.asarray(V0), T, paths=paths, seed=seed,
-                       device=device).V.cpu().numpy()
-
-
 def _progress(it, enabled: bool, total: int | None = None):
     if not enabled:
         return it
-    from tqdm import tqdm
-
-    return tqdm(it, total=total, desc="tasks")
+    return progress_bar(it, total=total, desc="tasks")

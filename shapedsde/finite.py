@@ -36,12 +36,16 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from . import _validation as val
 from ._linalg import psd_factor
-from .blocks import AttentionBlock, Block, defining_class
-from .weights import RandomSource, WeightSource
+
+# gram_logits and gaussian_product: the laws the samplers draw from, re-exported here.
+from .blocks import Block, defining_class
+from .blocks import gram_logits as gram_logits
+from .progress import progress_bar
+from .weights import DIRECT_DF, RandomSource, WeightSource, bartlett_factor, standard_normal
+from .weights import gaussian_product as gaussian_product
 
 # Bytes of random weights the full sampler may hold per batch (per device kind).
 # Fixed, not read from free memory, so the default batch size (and hence the
@@ -49,9 +53,6 @@ from .weights import RandomSource, WeightSource
 FULL_BATCH_BYTES = {"cpu": 256 * 2**20, "cuda": 4 * 2**30}
 METHODS = ("full", "reduced", "gram", "auto")
 GRAM_BATCH_NETS = 1 << 17  # the gram sampler holds O(m^2) numbers per network
-# Below this many degrees of freedom a Wishart / Gaussian product is drawn
-# directly from Gaussians (cheap, and Bartlett's chi-squares need df >= m).
-_DIRECT_DF = 64
 #: Most sub-layers one network may run (depth = round(T * width)): far beyond any run
 #: that ends (a billion sub-layers of the smallest network is hours), and exact as an int.
 MAX_DEPTH = 10**9
@@ -206,8 +207,8 @@ def simulate(
     level = None if exit_trace is None else exit_trace * float(torch.trace(V0))
     outs: list[torch.Tensor] = []
     exits: list[torch.Tensor] = []
-    bar = tqdm(total=nets * depth, disable=not progress, unit="layer",
-               desc=f"finite {block.name} n={n} d={depth} ({method})")
+    bar = progress_bar(total=nets * depth, enabled=progress, unit="layer",
+                       desc=f"finite {block.name} n={n} d={depth} ({method})")
     for start in range(0, nets, batch_size):
         B = min(batch_size, nets - start)
         traj_b, exit_b = step(block, X0, B, depth, record, gen, bar, level)
@@ -315,24 +316,12 @@ def gram_step(block: Block, V: torch.Tensor, n: int, generator: torch.Generator)
     L = psd_factor(V)
     A = gram_mixing(block, L, n, generator)
     AL = L if A is None else A @ L
-    H = _randn(generator, V, B, m, m)
+    H = standard_normal(generator, V, B, m, m)
     cross = AL @ H @ L.transpose(-1, -2)
     wish = H @ H.transpose(-1, -2) + wishart_identity(B, m, n - m, generator, V)
     Vn = (block.lam**2 * V + block.lam * block.gamma * (cross + cross.transpose(-1, -2))
           / math.sqrt(n) + block.gamma**2 * AL @ wish @ AL.transpose(-1, -2) / n)
     return 0.5 * (Vn + Vn.transpose(-1, -2))  # keep exact symmetry over many layers
-
-
-def gram_logits(block: AttentionBlock, L: torch.Tensor, n: int,
-                generator: torch.Generator) -> torch.Tensor:
-    """Logits Z (B, m, m) of the attention block given V = L L^T, exact in law.
-
-    Z = Q K^T / (tau0 sqrt(n nk)) with Q = L G_Q, K = L G_K (columns iid N(0, V)).
-    """
-    B, m, _ = L.shape
-    nk = block.nk or n
-    prod = gaussian_product(B, m, nk, generator, L)  # law of G_Q G_K^T
-    return L @ prod @ L.transpose(-1, -2) / (block.tau0 * math.sqrt(n * nk))
 
 
 def supports_gram(block: Block) -> bool:
@@ -372,49 +361,15 @@ def wishart_identity(B: int, m: int, df: int, generator: torch.Generator,
     """S ~ Wishart_m(df, I), shape (B, m, m): the law of G G^T, G (m, df) iid N(0, 1)."""
     if df <= 0:
         return torch.zeros(B, m, m, dtype=like.dtype, device=like.device)
-    if df < _DIRECT_DF:
-        G = _randn(generator, like, B, m, df)
+    if df < DIRECT_DF:
+        G = standard_normal(generator, like, B, m, df)
         return G @ G.transpose(-1, -2)
     Tl = bartlett_factor(B, m, df, generator, like)
     return Tl @ Tl.transpose(-1, -2)
 
 
-def gaussian_product(B: int, m: int, df: int, generator: torch.Generator,
-                     like: torch.Tensor) -> torch.Tensor:
-    """The law of G1 G2^T, G1, G2 (m, df) independent iid N(0, 1); shape (B, m, m).
-
-    Given G2, the rows of G1 G2^T are iid N(0, S) with S = G2 G2^T ~ Wishart(df),
-    so G1 G2^T = H T^T with H iid N(0, 1) and T the Bartlett factor of S.
-    """
-    if df < _DIRECT_DF:
-        G1 = _randn(generator, like, B, m, df)
-        G2 = _randn(generator, like, B, m, df)
-        return G1 @ G2.transpose(-1, -2)
-    Tl = bartlett_factor(B, m, df, generator, like)
-    return _randn(generator, like, B, m, m) @ Tl.transpose(-1, -2)
-
-
-def bartlett_factor(B: int, m: int, df: int, generator: torch.Generator,
-                    like: torch.Tensor) -> torch.Tensor:
-    """Lower-triangular T (B, m, m) with T T^T ~ Wishart_m(df, I), df >= m (Bartlett).
-
-    T_ii = sqrt(chi^2_{df - i}) (i = 0..m-1), T_ij ~ N(0, 1) below the diagonal.
-    """
-    if df < m:
-        raise ValueError(f"Bartlett needs df >= m; got df={df}, m={m}")
-    shape = torch.arange(m, dtype=like.dtype, device=like.device)
-    alpha = ((df - shape) / 2).expand(B, m).contiguous()
-    chi2 = 2.0 * torch._standard_gamma(alpha, generator=generator)
-    Tl = torch.tril(_randn(generator, like, B, m, m), diagonal=-1)
-    return Tl + torch.diag_embed(chi2.sqrt())
-
-
 # ----------------------------------------------------------------------------
 # Helpers
-
-
-def _randn(generator: torch.Generator, like: torch.Tensor, *shape: int) -> torch.Tensor:
-    return torch.randn(*shape, generator=generator, dtype=like.dtype, device=like.device)
 
 
 def _as_matrix(V0, name: str) -> torch.Tensor:

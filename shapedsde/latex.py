@@ -14,11 +14,16 @@ The derivation's raw output is a sum of many terms; a reader wants the paper's f
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import sympy as sp
 from sympy.matrices.expressions import MatrixExpr
+from sympy.printing.latex import LatexPrinter
 
+from .symbolic.correlation import display_form, latex_symbols, reduced_correlation_sde
+from .symbolic.evaluate import row_labels
 from .symbolic.kron import Kron
+from .symbolic.matrixform import _tidy_matrix
 
 #: Rough width budget of one displayed line, in LaTeX source characters.
 LINE_BUDGET = 150
@@ -141,12 +146,6 @@ def _monomial_gcd(exprs) -> sp.Expr:
     return out if out is not None else sp.Integer(1)
 
 
-def _printer():
-    from .codegen import _latex  # the paper's symbols: Dg, 11^T, tr
-
-    return _latex
-
-
 def _coef_tex(c: sp.Expr) -> tuple[int, str]:
     """(sign, LaTeX) of a coefficient, '' for 1; a quotient printed as one \\frac."""
     sign, factors, den = natural_sign(c)
@@ -157,9 +156,9 @@ def _coef_tex(c: sp.Expr) -> tuple[int, str]:
 
 def _quotient_tex(factors: list[sp.Expr], den: sp.Expr) -> str:
     """LaTeX of prod(factors) / den, Add factors in parentheses."""
-    num = " ".join(rf"\left({_printer()(a)}\right)" if isinstance(a, sp.Add)
-                   else _printer()(a) for a in factors if a != 1) or "1"
-    return num if den == 1 else rf"\frac{{{num}}}{{{_printer()(den)}}}"
+    num = " ".join(rf"\left({formula_latex(a)}\right)" if isinstance(a, sp.Add)
+                   else formula_latex(a) for a in factors if a != 1) or "1"
+    return num if den == 1 else rf"\frac{{{num}}}{{{formula_latex(den)}}}"
 
 
 def _signed(pieces: list[tuple[sp.Expr, str]]) -> list[str]:
@@ -175,8 +174,6 @@ def _signed(pieces: list[tuple[sp.Expr, str]]) -> list[str]:
 
 def drift_terms(drift: MatrixExpr) -> list[tuple[sp.Expr, str]]:
     """(coefficient, LaTeX) per term of b, with X + X^T pairs written sym(X)."""
-    from .symbolic.matrixform import _tidy_matrix
-
     terms = list(drift.args) if isinstance(drift, sp.MatAdd) else [drift]
     split = []
     for t in terms:
@@ -191,10 +188,10 @@ def drift_terms(drift: MatrixExpr) -> list[tuple[sp.Expr, str]]:
         j = next((j for j in range(i + 1, len(split)) if j not in done and split[j][1] == XT
                   and sp.simplify(split[j][0] - c) == 0 and XT != X), None)
         if j is None:
-            out.append((c, _printer()(X)))
+            out.append((c, formula_latex(X)))
         else:
             done.add(j)
-            out.append((c, rf"\operatorname{{sym}}\!\bigl({_printer()(X)}\bigr)"))
+            out.append((c, rf"\operatorname{{sym}}\!\bigl({formula_latex(X)}\bigr)"))
     return out
 
 
@@ -215,14 +212,12 @@ def sigma_terms(diffusion: tuple[Kron, ...], entries: bool = False
 
 def per_row(drift: MatrixExpr, diffusion: tuple[Kron, ...]) -> bool:
     """Whether b and Sigma carry causal attention's row projectors (read per entry)."""
-    from .symbolic.evaluate import row_labels
-
     return bool(row_labels(drift)) or any(row_labels(k.X) or row_labels(k.Y)
                                           or row_labels(k.coef) for k in diffusion)
 
 
 def _factor(F: MatrixExpr) -> str:
-    body = _printer()(F)
+    body = formula_latex(F)
     return body if isinstance(F, sp.MatrixSymbol) else rf"\left({body}\right)"
 
 
@@ -278,7 +273,7 @@ def entry_symbols(e: sp.Expr) -> sp.Expr:
 def entry_lines(lhs: str, e: sp.Expr, end: str) -> list[str]:
     """Unnumbered align lines `lhs &= e` for a scalar entry, broken to the line budget."""
     e = entry_symbols(sp.factor_terms(sp.expand(e)))
-    if len(_printer()(e)) <= LINE_BUDGET:  # fits on one line: no bracket needed
+    if len(formula_latex(e)) <= LINE_BUDGET:  # fits on one line: no bracket needed
         sign, factors, den = natural_sign(e)
         return _rows(lhs, [f"{'-' if sign < 0 else ''}{_quotient_tex(factors, den)}"], end)
     pre, inner = sp.Integer(1), e
@@ -342,3 +337,61 @@ def _state_symbols(e: sp.Expr) -> list[sp.Symbol]:
 def broken_sum(e: sp.Expr) -> str:
     """A scalar sum as one `&=` right-hand side, broken over align continuation lines."""
     return " \\\\\n&\\quad ".join(break_lines(_scalar_terms(e)))
+
+
+class _FormulaPrinter(LatexPrinter):
+    """LaTeX in the paper's style: Dg(X) for I o X, 11^T for the ones matrix."""
+
+    def _print_HadamardProduct(self, expr):
+        others = [a for a in expr.args if not isinstance(a, sp.Identity)]
+        if len(others) == 1 and len(expr.args) == 2:
+            return rf"\operatorname{{Dg}}\!\left({self._print(others[0])}\right)"
+        return super()._print_HadamardProduct(expr)
+
+    def parenthesize(self, item, level, is_neg=False, strict=False):
+        # Dg(X) is already delimited: no parentheses around it inside a product.
+        if (isinstance(item, sp.HadamardProduct) and len(item.args) == 2
+                and any(isinstance(a, sp.Identity) for a in item.args)):
+            return self._print(item)
+        return super().parenthesize(item, level, is_neg=is_neg, strict=strict)
+
+    def _print_Entrywise(self, expr):
+        return rf"{self._print(expr.name)}(V)"
+
+    def _print_OneMatrix(self, expr):
+        return r"\mathbf{1}\mathbf{1}^{\top}"
+
+    def _print_Trace(self, expr):
+        return rf"\operatorname{{tr}}\!\left({self._print(expr.arg)}\right)"
+
+
+def formula_latex(e: Any) -> str:
+    """LaTeX of a formula in the paper's symbols (Dg, 11^T, tr)."""
+    return _FormulaPrinter({"mat_symbol_style": "plain"}).doprint(e)
+
+
+def correlation_latex_pieces(name: str) -> tuple[str, str]:
+    """(drift, diffusion) of the m = 2 correlation SDE as LaTeX, in V^{aa}, V^{bb}, rho,
+    broken over align lines where long."""
+    drift, diffusion = reduced_correlation_sde(name, 2)
+    sym = latex_symbols()
+    return tuple(broken_sum(sp.Add(*(t.xreplace(sym) for t in display_form(e)),
+                                   evaluate=False)) for e in (drift, diffusion))
+
+
+def latex_correlation(name: str) -> str:
+    """A LaTeX fragment (align*) with the m = 2 correlation SDE of a block."""
+    drift, diffusion = correlation_latex_pieces(name)
+    return ("% Generated by `shapedsde derive` from "
+            "shapedsde/symbolic/correlation.py. Do not edit.\n"
+            f"% Block: {name}, m = 2 tokens a != b. Ito's lemma on the covariance SDE; "
+            "t = depth / width;\n"
+            "% B^rho is a standard 1-d Brownian motion (correlated with the noise of V^aa, V^bb), "
+            "sigma^2 = d<rho>/dt.\n"
+            "\\begin{align*}\n"
+            r"d\rho_t &= \mu(\rho_t, V^{aa}_t, V^{bb}_t)\, dt "
+            r"+ \sigma(\rho_t, V^{aa}_t, V^{bb}_t)\, dB^{\rho}_t, \qquad "
+            r"\rho = \frac{V^{ab}}{\sqrt{V^{aa} V^{bb}}}, \\" "\n"
+            f"\\mu &= {drift}, \\\\\n"
+            f"\\sigma^2 &= {diffusion}.\n"
+            "\\end{align*}\n")

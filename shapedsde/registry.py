@@ -3,18 +3,21 @@
 A subclass of `shapedsde.blocks.Block` that sets `name` in its own body is a block:
 `shapedsde.block(name)` builds it, the CLI offers it, and its `derivations` are what
 the derivation engine, the code generator and the symbolic API look up by name.
-Defining the class is registering it (a user's block included); nothing is mutated
-at import. A subclass that only inherits `name` (e.g. a test's variant) is not a
-second block of that name.
+Defining the class is registering it (a user's block included). The package's own
+blocks are defined by `shapedsde/__init__.py` importing their modules (blocks, serial,
+baselines), which every import of a `shapedsde` module runs first. A subclass that only
+inherits `name` (e.g. a test's variant) is not a second block of that name.
+
+The symbolic engine sits below the blocks, so it looks derivations up by name through
+the hook this module installs (`shapedsde.symbolic.derivation.set_lookup`).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
-if TYPE_CHECKING:
-    from .blocks import Block
-    from .symbolic.derivation import Derivation
+from .blocks import Block
+from .symbolic.derivation import Derivation, set_lookup
 
 PACKAGE = __name__.rpartition(".")[0]
 
@@ -25,9 +28,6 @@ def block_classes() -> dict[str, type[Block]]:
     A block defined outside the package may not reuse a package block's name; of two
     outside definitions with one name (a user file loaded twice) the later one counts.
     """
-    from . import baselines, serial  # noqa: F401  (the package's own definitions)
-    from .blocks import Block
-
     found = [c for c in _subclasses(Block) if c.__dict__.get("name")]
     out: dict[str, type[Block]] = {}
     for cls in sorted(found, key=lambda c: not _in_package(c)):  # stable: package first
@@ -49,6 +49,17 @@ def block_class(name: str) -> type[Block]:
         what = "block name must be a string" if not isinstance(name, str) else "unknown block"
         raise ValueError(f"{what} {name!r}; choose one of {sorted(classes)}")
     return classes[name]
+
+
+def block(name: str, **params: Any) -> Block:
+    """Build a block by name: `block("attention", gamma=0.8, tau0=1.0)`;
+    `block("serial", parts=[("attention", {...}), ("mlp", {...})])` for a composition.
+    The names are those of the block classes defined."""
+    cls = block_class(name)
+    try:
+        return cls(**params)
+    except TypeError as err:
+        raise ValueError(f"bad parameters for block {name!r}: {err}") from None
 
 
 def derivations(package_only: bool = False) -> dict[str, Derivation]:
@@ -90,3 +101,6 @@ def _subclasses(cls: type) -> list[type]:
 
 def _in_package(cls: type) -> bool:
     return cls.__module__ == PACKAGE or cls.__module__.startswith(PACKAGE + ".")
+
+
+set_lookup(derivation)

@@ -30,7 +30,6 @@ Stopping and explosion, per path:
 from __future__ import annotations
 
 import math
-import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -41,6 +40,7 @@ import torch
 
 from . import _validation as val
 from . import scheme
+from .progress import progress_bar
 
 #: Adaptive step: tolerance on the size of the factor increment M (see `shapedsde.scheme`),
 #: and the largest step. Chosen by the error targets in docs/solver.md.
@@ -626,9 +626,7 @@ def _describe(coefficients: Any) -> str:
     return name
 
 
-def _progress_bar(T: float, enabled: bool):
-    from tqdm import tqdm
-
-    return tqdm(total=T, desc="sde (t of the slowest path)", file=sys.stderr,
-                disable=not enabled, bar_format="{l_bar}{bar}| t={n:.3g}/{total:.3g} "
+def _progress_bar(T: float, enabled: bool) -> Any:
+    return progress_bar(total=T, desc="sde (t of the slowest path)", enabled=enabled,
+                        bar_format="{l_bar}{bar}| t={n:.3g}/{total:.3g} "
                 "[{elapsed}<{remaining}]")

@@ -30,7 +30,10 @@ import torch
 
 from . import _validation as val
 from .blocks import Block, _check_hidden, _check_same_kind, _check_tokens
+from .coefficients import add, parameter_values, part_renames
 from .parameters import declared
+from .registry import block
+from .symbolic.layers import HEADS, compose
 from .weights import RandomSource
 
 
@@ -124,9 +127,6 @@ class Serial(Block):
 
     def symbolic(self, m: int):
         """The composed per-entry update rule (parts with a single noise copy)."""
-        from .symbolic.coefficients import parameter_values, part_renames
-        from .symbolic.layers import HEADS, compose
-
         renames = part_renames([parameter_values(p.kernel_params(), declared(p))
                                 for p in self.parts])
         for p, r in zip(self.parts, renames, strict=True):
@@ -143,9 +143,7 @@ class Serial(Block):
         return out
 
     def coefficients(self, m: int | None = None):
-        """The sum of the parts' coefficients (`shapedsde.symbolic.coefficients.add`)."""
-        from .symbolic.coefficients import add
-
+        """The sum of the parts' coefficients (`shapedsde.coefficients.add`)."""
         name = "+".join(p.name for p in self.parts)
         return add([p.coefficients(m) for p in self.parts], name)
 
@@ -153,8 +151,6 @@ class Serial(Block):
 def _as_block(i: int, part: Any) -> Block:
     """A part given as a Block or as a (name, params) pair (a spec that pickles and
     serialises, for seeded tasks: `block("serial", parts=[("attention", {...}), ...])`)."""
-    from .blocks import block
-
     if isinstance(part, Block):
         return part
     if (isinstance(part, list | tuple) and len(part) == 2 and isinstance(part[0], str)

@@ -76,3 +76,45 @@ def weight_source(generator: torch.Generator | WeightSource) -> WeightSource:
 
 #: What the finite faces accept as their source of randomness.
 RandomSource = torch.Generator | WeightSource
+
+
+# Gaussian products in law (the gram sampler and the attention logits given V)
+
+#: Below this many degrees of freedom a Wishart / Gaussian product is drawn
+#: directly from Gaussians (cheap, and Bartlett's chi-squares need df >= m).
+DIRECT_DF = 64
+
+
+def gaussian_product(B: int, m: int, df: int, generator: torch.Generator,
+                     like: torch.Tensor) -> torch.Tensor:
+    """The law of G1 G2^T, G1, G2 (m, df) independent iid N(0, 1); shape (B, m, m).
+
+    Given G2, the rows of G1 G2^T are iid N(0, S) with S = G2 G2^T ~ Wishart(df),
+    so G1 G2^T = H T^T with H iid N(0, 1) and T the Bartlett factor of S.
+    """
+    if df < DIRECT_DF:
+        G1 = standard_normal(generator, like, B, m, df)
+        G2 = standard_normal(generator, like, B, m, df)
+        return G1 @ G2.transpose(-1, -2)
+    Tl = bartlett_factor(B, m, df, generator, like)
+    return standard_normal(generator, like, B, m, m) @ Tl.transpose(-1, -2)
+
+
+def bartlett_factor(B: int, m: int, df: int, generator: torch.Generator,
+                    like: torch.Tensor) -> torch.Tensor:
+    """Lower-triangular T (B, m, m) with T T^T ~ Wishart_m(df, I), df >= m (Bartlett).
+
+    T_ii = sqrt(chi^2_{df - i}) (i = 0..m-1), T_ij ~ N(0, 1) below the diagonal.
+    """
+    if df < m:
+        raise ValueError(f"Bartlett needs df >= m; got df={df}, m={m}")
+    shape = torch.arange(m, dtype=like.dtype, device=like.device)
+    alpha = ((df - shape) / 2).expand(B, m).contiguous()
+    chi2 = 2.0 * torch._standard_gamma(alpha, generator=generator)
+    Tl = torch.tril(standard_normal(generator, like, B, m, m), diagonal=-1)
+    return Tl + torch.diag_embed(chi2.sqrt())
+
+
+def standard_normal(generator: torch.Generator, like: torch.Tensor, *shape: int) -> torch.Tensor:
+    """iid N(0, 1) of `shape`, with the dtype and device of `like`."""
+    return torch.randn(*shape, generator=generator, dtype=like.dtype, device=like.device)

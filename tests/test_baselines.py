@@ -11,7 +11,7 @@ from scipy.stats import ks_2samp
 
 import shapedsde
 from shapedsde import baselines as bl
-from shapedsde.blocks import block
+from shapedsde import block
 from shapedsde.cli import main
 from shapedsde.finite import simulate, supports_gram
 from shapedsde.registry import block_classes

@@ -388,7 +388,7 @@ def test_one_step_wide(name: str, n: int) -> None:
 
 
 def test_correlation_tex_is_fresh() -> None:
-    from shapedsde.codegen import artifacts
+    from shapedsde.artifacts import artifacts
 
     stale = [p for p, text in artifacts().items()
              if p.name.startswith("correlation_") and (not p.exists() or p.read_text() != text)]

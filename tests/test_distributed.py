@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from shapedsde.distributed import run_tasks, sample_finite
+from shapedsde.distributed import run_tasks
 from shapedsde.seeds import spawn_seeds
+from shapedsde.verification.tasks import sample_finite
 
 V0 = [[1.0, 0.3, 0.1], [0.3, 1.0, 0.2], [0.1, 0.2, 1.0]]
 

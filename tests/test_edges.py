@@ -15,9 +15,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import shapedsde
-from shapedsde import _io, cli
+from shapedsde import _io, block, cli
 from shapedsde import _validation as val
-from shapedsde.blocks import block
 from shapedsde.cli import main
 
 V2 = np.array([[1.0, 0.2], [0.2, 1.0]])
@@ -456,7 +455,7 @@ def test_finite_work_bound(opts: list[str], blk: str, tmp_path: Path, capsys,
 
 
 def test_insist_overrides_the_bound(tmp_path: Path, capsys, monkeypatch) -> None:
-    monkeypatch.setattr(cli, "MEMORY_LIMIT_BYTES", 16)
+    monkeypatch.setattr(cli.common, "MEMORY_LIMIT_BYTES", 16)
     args = sde_args(save(tmp_path, V2), str(tmp_path / "o.npy"))
     code, _, err = run(args, capsys)
     assert_one_line_error(code, err, "GiB", "--insist")

@@ -8,7 +8,7 @@ import torch
 from _shared import PARAMS, random_cov
 
 import shapedsde
-from shapedsde.codegen import regenerate
+from shapedsde.artifacts import regenerate
 from shapedsde.symbolic.entrywise import derive_block
 from shapedsde.symbolic.layers import C_MINUS, C_PLUS, GAMMA, HEADS, TAU0
 

@@ -42,7 +42,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from shapedsde.blocks import block as make_block
+from shapedsde import block as make_block
 from shapedsde.finite import simulate, supports_gram
 from shapedsde.sde import solve
 from shapedsde.verification.common import ScaledDrift, derive_seed

@@ -13,6 +13,7 @@ import numpy as np
 
 from .. import _io
 from .. import _validation as val
+from ..sde import default_steps
 from ..verification.engine import solve_quiet
 
 PAPER_GAMMA = 1 / math.sqrt(8)
@@ -63,8 +64,6 @@ def initial_cov(rho0: float, m: int = 2) -> np.ndarray:
 def run_sde(coef: Any, V0: np.ndarray, T: float, *, paths: int, seed: int, dt: float | None,
             device: str, progress: bool, save_every: int | None = None) -> Any:
     """SDE paths at the fixed step `dt` (None: the solver's default steps)."""
-    from ..sde import default_steps
-
     steps = default_steps(T) if dt is None else max(1, int(round(T / dt)))
     return solve_quiet(coef, V0, T, paths=paths, seed=seed, steps=steps,
                        save_every=save_every, device=device, progress=progress)

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import _io
+from ..sde import check_device
 from ..seeds import check_root
 from ._common import FIGURES, NAMES, TITLES, FigureOutput
 from .figure1_paper import figure1
@@ -84,8 +85,6 @@ def make_figures(out: str | Path = "docs/figures", *, quick: bool = False, seed:
     `quick`: fewer samples and smaller widths (a few minutes on 2 CPU cores). `sizes`
     overrides per-figure keyword arguments (e.g. {"fig2": {"nets": 64}}).
     """
-    from ..sde import check_device
-
     out = Path(out)
     seed = check_root(seed)
     dev = str(check_device(device))

@@ -25,6 +25,8 @@ import torch
 
 from .. import _io
 from .. import _validation as val
+from ..progress import progress_bar
+from ..sde import default_steps
 from ..seeds import check_root, child_seed
 from . import stability_stats as vt
 from ._common import pyplot, save_plot, stem
@@ -245,10 +247,6 @@ def stability_map(block_name: str, gammas: Any, tau0s: Any, *, T: float, V0: Any
     gamma (the tau0 -> infinity column); block_params: e.g. heads=2 (attention) or
     c_plus/c_minus (transformer). Seeds: see the module doc.
     """
-    from tqdm.auto import tqdm
-
-    from ..sde import default_steps
-
     gammas, tau0s = check_grid("gammas", gammas, upper=1.0), check_grid("tau0s", tau0s)
     T = val.check_time(T)
     paths = val.check_positive_int("paths", paths)
@@ -276,7 +274,8 @@ def stability_map(block_name: str, gammas: Any, tau0s: Any, *, T: float, V0: Any
                                                           if reference else [])
     kw = dict(eig_threshold=eig_threshold, rho_threshold=rho_threshold, bootstrap=bootstrap)
     start = time.perf_counter()
-    for i, j in tqdm(jobs, disable=not progress, desc=f"stability {block_name}", unit="cell"):
+    for i, j in progress_bar(jobs, enabled=progress, desc=f"stability {block_name}",
+                             unit="cell"):
         coef = attention_free(blocks[i][0]) if j is None else blocks[i][j]
         s = int(ref_seeds[i]) if j is None else int(cell_seeds[i, j])
         t0 = time.perf_counter()

@@ -18,7 +18,7 @@ import numpy as np
 
 from .. import _validation as val
 from ..blocks import Block, LinearBlock, MlpBlock, SumOfCoefficients
-from ..blocks import block as make_block
+from ..registry import block as make_block
 
 #: Blocks with attention terms that the map and the spot check cover.
 MAP_BLOCKS = ("attention", "transformer")

@@ -16,6 +16,8 @@ import numpy as np
 
 from .. import _io
 from .. import _validation as val
+from ..finite import simulate, supports_gram
+from ..sde import default_steps
 from ..seeds import spawn_seeds
 from ..verification.common import LINE_ALPHA
 from ..verification.engine import compare_law
@@ -113,9 +115,6 @@ def spot_check(block_name: str, gamma: float, tau0: float, *, T: float, V0: Any,
     `shapedsde.finite.simulate`). Seeds: `shapedsde.seeds.spawn_seeds(seed, 5)` for
     the finite nets, the SDE, the control SDE and the two bootstraps.
     """
-    from ..finite import simulate, supports_gram
-    from ..sde import default_steps
-
     blk = map_block(block_name, float(gamma), float(tau0), **block_params)
     T = val.check_time(T)
     V0 = vt.check_v0(V0)

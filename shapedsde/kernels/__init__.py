@@ -12,51 +12,47 @@ from __future__ import annotations
 import types
 from collections.abc import Callable
 from functools import cache
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from .._validation import is_torch
+from ..codegen import kernel_source
+from ..parameters import PARAMETERS, Parameter
+from ..symbolic.derivation import Derivation
+from ..symbolic.matrixform import matrix_form
+from . import _generated_numpy, _generated_torch
 
-if TYPE_CHECKING:
-    from ..symbolic.derivation import Derivation
 
-
-def kernel(d: Derivation, face: str, V: Any) -> Callable[..., Any]:
-    """The `{d.name}_{face}` kernel of derivation `d` for V's array library."""
-    mod = _module(d, "torch" if is_torch(V) else "numpy")
+def kernel(d: Derivation, face: str, V: Any, params: tuple[Parameter, ...] = ()
+           ) -> Callable[..., Any]:
+    """The `{d.name}_{face}` kernel of derivation `d` for V's array library; `params`:
+    the parameters its block declares (a block outside the package may add its own)."""
+    mod = _module(d, "torch" if is_torch(V) else "numpy", params)
     try:
         return getattr(mod, f"{d.name}_{face}")
     except AttributeError:
         raise ValueError(f"no {face} kernel for {d.name!r}: its derivation gives none") from None
 
 
-def noise_group_count(d: Derivation) -> int | None:
+def noise_group_count(d: Derivation, params: tuple[Parameter, ...] = ()) -> int | None:
     """How many m x m Gaussian matrices the structured noise takes (None: none)."""
-    return getattr(_module(d, "numpy"), f"{d.name.upper()}_NOISE_GROUPS", None)
+    return getattr(_module(d, "numpy", params), f"{d.name.upper()}_NOISE_GROUPS", None)
 
 
-def _module(d: Derivation, backend: str) -> types.ModuleType:
+def _module(d: Derivation, backend: str, params: tuple[Parameter, ...]) -> types.ModuleType:
     """The checked-in module holding d's kernels, or one built in memory."""
-    if backend == "torch":
-        from . import _generated_torch as generated
-    else:
-        from . import _generated_numpy as generated
+    generated = _generated_torch if backend == "torch" else _generated_numpy
     if hasattr(generated, f"{d.name}_drift"):
         return generated
     if not d.has_kernels:
         raise ValueError(f"{d.name!r} has no kernels printed from a matrix form (it is "
                          "derived per entry, or read per entry with row projectors)")
-    return _built(d, backend)
+    return _built(d, backend, tuple(p for p in params if p not in PARAMETERS))
 
 
 @cache
-def _built(d: Derivation, backend: str) -> types.ModuleType:
-    """Print and compile the kernels of one derivation (a block outside the package)."""
-    from ..codegen import kernel_source
-    from ..parameters import PARAMETERS, declared
-    from ..registry import owner
-    from ..symbolic.matrixform import matrix_form
-
-    own = tuple(p for p in declared(owner(d.name)) if p not in PARAMETERS)
+def _built(d: Derivation, backend: str, own: tuple[Parameter, ...]) -> types.ModuleType:
+    """Print and compile the kernels of one derivation (a block outside the package) with
+    the block's own parameters `own`."""
     source = kernel_source({d.name: matrix_form(d)}, backend, PARAMETERS + own)
     mod = types.ModuleType(f"shapedsde.kernels.built_{d.name}_{backend}")
     exec(compile(source, f"<shapedsde kernels of {d.name!r} ({backend})>", "exec"),

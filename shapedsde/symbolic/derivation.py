@@ -2,18 +2,22 @@
 
 A block class lists its derivations (`Block.derivations`); the derivation engine, the
 code generator and the symbolic API find them there by name (`shapedsde.registry`),
-so nothing keeps a second table of block names.
+so nothing keeps a second table of block names. The blocks sit in a layer above this
+one, so the registry installs that lookup here when it is imported (`set_lookup`), and
+`find` uses it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import sympy as sp
 from sympy.matrices.expressions import MatrixExpr
 
-from .layers import LayerModel
+if TYPE_CHECKING:  # layers looks derivations up by name here: no import back
+    from .layers import LayerModel
 
 
 @dataclass(frozen=True)
@@ -61,3 +65,20 @@ class Derivation:
     def has_kernels(self) -> bool:
         """Whether kernels are printed from the matrix form (not read per entry)."""
         return self.has_matrix_form and not self.rows
+
+
+#: Derivation by name, installed by `shapedsde.registry` (importing `shapedsde` does it).
+_lookup: Callable[[str], Derivation] | None = None
+
+
+def set_lookup(lookup: Callable[[str], Derivation]) -> None:
+    """Install how `find` looks derivations up by name (the blocks' definitions)."""
+    global _lookup
+    _lookup = lookup
+
+
+def find(name: str) -> Derivation:
+    """The derivation called `name`, among the blocks' definitions."""
+    if _lookup is None:
+        raise RuntimeError("no derivation lookup installed: import shapedsde first")
+    return _lookup(name)

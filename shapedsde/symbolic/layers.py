@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 
 import sympy as sp
 
-from . import smooth
+from . import derivation, smooth
 from .activation import RHO, V_AA, V_BB, shaped_kernel_series
 from .softmax import softmax_expansion
 from .width_sums import WidthSum, gaussian_vector, independent
@@ -287,8 +287,6 @@ def causal_layer(m: int) -> LayerModel:
 
 def layer_model(name: str, m: int) -> LayerModel:
     """The per-entry update rule of the derivation `name` (a block's) for m tokens."""
-    from ..registry import derivation
-
     if m < 2:
         raise ValueError(f"m must be >= 2; got {m}")
-    return derivation(name).entries(m)
+    return derivation.find(name).entries(m)

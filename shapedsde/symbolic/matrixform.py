@@ -31,7 +31,7 @@ from sympy.matrices.expressions import MatrixExpr
 
 from . import smooth
 from .activation import shaped_kernel_series
-from .derivation import Derivation
+from .derivation import Derivation, find
 from .entrywise_kernel import Entrywise
 from .kron import (
     CovarianceTable,
@@ -269,9 +269,7 @@ def _find(d: Derivation | str) -> Derivation:
     """A derivation, or the one of that name among the blocks' definitions."""
     if isinstance(d, Derivation):
         return d
-    from ..registry import derivation
-
-    return derivation(d)
+    return find(d)
 
 
 def _tidy_matrix(expr: MatrixExpr) -> MatrixExpr:

@@ -19,11 +19,12 @@ import numpy as np
 import torch
 from scipy.stats import norm
 
-from ..blocks import block as make_block
-from ..distributed import run_tasks, sample_finite, sample_sde
+from ..distributed import run_tasks
 from ..finite import initial_hidden
+from ..registry import block as make_block
 from ..seeds import spawn_seeds
 from .engine import compare_law, finite_rows, rho01
+from .tasks import sample_finite, sample_sde
 
 #: (label, block name, parameters) checked by default.
 BLOCK_SETTINGS = [

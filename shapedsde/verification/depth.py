@@ -34,8 +34,8 @@ from typing import Any
 import numpy as np
 from scipy.stats import norm
 
-from ..blocks import block as make_block
 from ..finite import simulate, supports_gram
+from ..registry import block as make_block
 from .common import LINE_ALPHA, ScaledDrift, derive_seed
 from .engine import compare_law, rho01, solve_quiet
 

@@ -30,6 +30,7 @@ import torch
 from scipy.stats import ks_2samp, kstwobign, wasserstein_distance
 
 from ..baselines import pairwise_rho
+from ..sde import solve
 
 STATISTICS = ("rho01", "V00", "centred")
 STATUSES = ("PASS", "FAIL", "NO POWER")
@@ -145,8 +146,6 @@ def compare_laws(finite: Mapping[str, np.ndarray], sde: Mapping[str, np.ndarray]
 def solve_quiet(coef: Any, V0: Any, T: float, **kwargs: Any) -> Any:
     """`shapedsde.sde.solve` with its non-finite-path warning silenced (the caller counts
     those paths from `result.meta` and reports them)."""
-    from ..sde import solve
-
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         return solve(coef, V0, T, **kwargs)

@@ -31,8 +31,8 @@ from typing import Any
 import torch
 
 from ..blocks import Block
-from ..blocks import block as make_block
 from ..finite import simulate
+from ..registry import block as make_block
 from .common import LINE_ALPHA, ScaledDrift
 from .engine import (
     STATISTICS,

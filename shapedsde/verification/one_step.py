@@ -61,8 +61,8 @@ from dataclasses import dataclass
 import torch
 
 from ..blocks import AttentionBlock, Block, LinearBlock, shaped_mixing
-from ..blocks import block as make_block
 from ..finite import gram_logits, has_gram_face, initial_hidden, psd_factor
+from ..registry import block as make_block
 from .common import Comparison, compare
 
 # ----------------------------------------------------------------------------

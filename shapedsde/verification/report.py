@@ -40,8 +40,11 @@ from .. import __version__, _io
 from .._io import write_files
 from .._validation import check_seed
 from ..blocks import Block
-from ..blocks import block as make_block
+from ..progress import progress_bar
+from ..registry import block as make_block
+from .all_blocks import every_block as run_every_block
 from .common import LINE_ALPHA, derive_seed, z_crit
+from .depth import depth_checks
 from .figures import render_figures
 from .html import render_html
 from .law import STATISTICS, LawSetting, gram_vs_full_check, law_check
@@ -272,8 +275,6 @@ def run_verification(*, quick: bool = True, out_dir: str | Path = "results/verif
                 log(v["line"])
 
     if every_block:
-        from .all_blocks import every_block as run_every_block
-
         with prog.stage("every_block"):
             checks["every_block"] = run_every_block(
                 quick=quick, seed=seed_of("every-block"), device=device, workers=workers,
@@ -282,8 +283,6 @@ def run_verification(*, quick: bool = True, out_dir: str | Path = "results/verif
                 log(r["line"])
 
     if depth:
-        from .depth import depth_checks
-
         with prog.stage("depth"):
             checks["depth"] = depth_checks(quick=quick, seed=seed_of("depth"), device=device)
             for r in checks["depth"]:
@@ -345,8 +344,8 @@ class Progress:
 
     def items(self, seq: list, unit: str) -> Any:
         """`seq` with a bar on stderr (drawn only on a terminal)."""
-        return tqdm(seq, unit=unit[:-1] if unit.endswith("s") else unit, leave=False,
-                    file=sys.stderr, disable=None if self.enabled else True, dynamic_ncols=True)
+        return progress_bar(seq, unit=unit[:-1] if unit.endswith("s") else unit, leave=False,
+                            enabled=self.enabled, terminal_only=True, dynamic_ncols=True)
 
     def write(self, line: str) -> None:
         if self.enabled:

@@ -33,8 +33,8 @@ import torch
 from scipy.stats import kstwobign
 
 from ..blocks import MlpBlock
-from ..blocks import block as make_block
 from ..finite import psd_factor, simulate
+from ..registry import block as make_block
 from ..sde import solve
 from .common import LINE_ALPHA, ScaledDrift, compare, z_crit
 from .law import STATISTICS, distance, statistics

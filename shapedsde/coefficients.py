@@ -10,6 +10,9 @@ block's value and `with_values()` substitutes them.
 Blocks made of sub-layers in sequence add their coefficients at leading order
 (`add`); where the parts disagree on a parameter's value, each part's symbol is
 indexed by its position (gamma_1, gamma_2, ...), so nothing is conflated.
+
+This module sits above the symbolic engine and the printers it combines (parameter
+symbols, `shapedsde.codegen` for the LaTeX).
 """
 
 from __future__ import annotations
@@ -20,8 +23,12 @@ from typing import Any
 import sympy as sp
 from sympy.matrices.expressions import MatrixExpr
 
-from .kron import Kron
-from .layers import covariance_symbols
+from .codegen import entrywise_latex_source, latex_source
+from .parameters import symbols
+from .symbolic.evaluate import explicit, explicit_diffusion
+from .symbolic.kron import Kron
+from .symbolic.layers import covariance_symbols
+from .symbolic.matrixform import MatrixCoefficients
 
 
 @dataclass(frozen=True)
@@ -51,8 +58,6 @@ class Coefficients:
     def entries(self, m: int) -> Coefficients:
         """Explicit entries for m tokens (V -> the symbols V_ab, P -> I - 11^T/m), left
         unexpanded (expanding Sigma's m^4 entries costs minutes at m = 5)."""
-        from .evaluate import explicit, explicit_diffusion
-
         if self.m is not None:
             if m != self.m:
                 raise ValueError(f"these coefficients are for m = {self.m}, not {m}")
@@ -64,9 +69,6 @@ class Coefficients:
 
     def latex(self) -> str:
         """A LaTeX fragment (align*) with b and Sigma."""
-        from ..codegen import entrywise_latex_source, latex_source
-        from .matrixform import MatrixCoefficients
-
         if self.m is None:
             return latex_source(MatrixCoefficients(self.name, self.drift, self.diffusion))
         return entrywise_latex_source(self.name, self.m, self.drift, self.diffusion)
@@ -75,8 +77,6 @@ class Coefficients:
 def parameter_values(values: dict[str, Any], declared: tuple = ()) -> dict[sp.Symbol, Any]:
     """Kernel parameters by name (Block.kernel_params) -> the same values by symbol
     (`shapedsde.parameters`, and a user block's `declared` parameters)."""
-    from ..parameters import symbols
-
     table = {**symbols(), **{p.name: p.symbol for p in declared if p.symbol is not None}}
     return {table[k]: v for k, v in values.items() if k in table}
 

@@ -1,0 +1,194 @@
+"""Shared by the commands: input loading, work limits, errors."""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import sys
+from pathlib import Path
+from typing import Any, NoReturn
+
+import numpy as np
+import torch
+
+from .. import _validation as val
+from ..blocks import Block
+from ..parameters import PARAMETERS, Parameter, declared
+from ..registry import block, block_classes
+from ..sde import check_device
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+#: A run estimated to hold more memory than this is refused unless --insist is given.
+MEMORY_LIMIT_BYTES = 8 * 2**30
+#: At most this many SDE steps / finite sub-layers unless --insist is given.
+MAX_STEPS = 10**7
+NPY_MAGIC = b"\x93NUMPY"
+
+
+class UsageError(Exception):
+    """Raised by the parser instead of printing usage and exiting."""
+
+
+class Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{message} (see `{self.prog} --help`)")
+
+
+def load_matrix(path: str, name: str) -> np.ndarray:
+    """Read a float64 (..., m, m) array from a .npy file and validate it as a covariance."""
+    p = Path(path)
+    if not p.is_file():
+        raise ValueError(f"{name} file not found: {path}")
+    try:
+        with p.open("rb") as f:
+            head = f.read(len(NPY_MAGIC))
+    except OSError as err:
+        raise ValueError(f"cannot read {name} file {path}: {err.strerror or err}") from None
+    if not head:
+        raise ValueError(f"cannot read {name} file {path}: it is empty (0 bytes); write it with "
+                         "numpy.save")
+    if head[:2] == b"PK":
+        raise ValueError(f"cannot read {name} file {path}: it is a .npz archive; save the one "
+                         "matrix with numpy.save")
+    if head != NPY_MAGIC:
+        raise ValueError(f"cannot read {name} file {path}: not a .npy file (no NumPy header; "
+                         "write it with numpy.save)")
+    try:
+        arr = np.load(p, allow_pickle=False)
+    except ValueError as err:
+        if "pickled" in str(err) or "Object arrays" in str(err):
+            raise ValueError(f"cannot read {name} file {path}: it holds Python objects (object "
+                             "dtype), not numbers; save a float array") from None
+        raise ValueError(f"cannot read {name} file {path} as a .npy array: {err}") from None
+    except (OSError, EOFError) as err:
+        raise ValueError(f"cannot read {name} file {path} as a .npy array (truncated or "
+                         f"corrupt?): {err}") from None
+    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+        raise ValueError(f"{name} file {path} must hold real numbers; got dtype {arr.dtype}")
+    return val.check_covariance(arr, name=name)
+
+
+def block_from_args(args: argparse.Namespace) -> Block:
+    """Build the block from --block and the block options the user gave.
+
+    A block receives only parameters it declares (linear takes only gamma); an
+    option given for a block that does not take it is an error, not ignored.
+    """
+    given = {p.name: getattr(args, p.name) for p in block_options()
+             if getattr(args, p.name, None) is not None}
+    if ".py:" in args.block:
+        if given:
+            raise ValueError(f"a block from a file takes its parameters from the file; drop "
+                             f"{', '.join('--' + k.replace('_', '-') for k in given)}")
+        return load_block_file(args.block)
+    cls = option_blocks().get(args.block)
+    if cls is None:
+        raise ValueError(f"unknown block {args.block!r}; choose one of "
+                         f"{sorted(option_blocks())} or give FILE.py:NAME")
+    if args.gamma is None:
+        raise ValueError(f"block {args.block!r} needs --gamma (the branch weight in (0, 1])")
+    accepted = declared(cls)
+    extra = [p.option for p in block_options() if p.name in given and p not in accepted]
+    if extra:
+        takes = ", ".join(p.option for p in accepted if p.cli is not None)
+        raise ValueError(f"block {args.block!r} takes no {', '.join(extra)} (it takes {takes})")
+    return block(args.block, **given)
+
+
+def load_block_file(spec: str) -> Block:
+    """FILE.py:NAME -> the Block that NAME in the user's file is, or returns when called
+    with no arguments (e.g. docs/examples/my_block.py:my_block). The file is the user's own
+    code and runs as such; nothing is generated into the package."""
+    path, _, name = spec.rpartition(":")
+    file = Path(path)
+    if not file.is_file():
+        raise ValueError(f"--block {spec}: no file {path}")
+    if not name.isidentifier():
+        raise ValueError(f"--block {spec}: {name!r} is not a Python name (FILE.py:NAME)")
+    module_spec = importlib.util.spec_from_file_location(f"shapedsde_user_{file.stem}", file)
+    module = importlib.util.module_from_spec(module_spec)
+    sys.modules[module_spec.name] = module  # dataclasses and pickling look modules up here
+    try:
+        module_spec.loader.exec_module(module)
+        obj = getattr(module, name)
+        obj = obj if isinstance(obj, Block) or not callable(obj) else obj()
+    except Exception as err:  # the user's code: report it in one line, whatever it raised
+        raise ValueError(f"--block {spec}: {type(err).__name__}: {err}") from None
+    if not isinstance(obj, Block):
+        raise ValueError(f"--block {spec}: {name} is a {type(obj).__name__}, not a shapedsde "
+                         "Block (or a function returning one)")
+    return obj
+
+
+def block_meta(blk: Block) -> dict[str, Any]:
+    """{"block", "params"} for the outputs, with the activation of a smooth MLP."""
+    meta: dict[str, Any] = {"block": blk.name, "params": blk.kernel_params()}
+    if getattr(blk, "smooth", None) is not None:
+        meta["activation"] = blk.activation_name
+    return meta
+
+
+def option_blocks() -> dict[str, type[Block]]:
+    """The blocks the CLI builds from options: those that declare parameters."""
+    return {name: cls for name, cls in block_classes().items() if declared(cls)}
+
+
+def block_options() -> list[Parameter]:
+    """The block options: every declared parameter that has one."""
+    return [p for p in PARAMETERS if p.cli is not None]
+
+
+def torch_device(name: str) -> Any:
+    """The checked torch device (a ValueError names what is wrong)."""
+    return check_device(name)
+
+
+def memory_limit() -> int:
+    """MEMORY_LIMIT_BYTES, or half the machine's memory where that is smaller."""
+    try:
+        phys = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return MEMORY_LIMIT_BYTES
+    return min(MEMORY_LIMIT_BYTES, phys // 2) if phys > 0 else MEMORY_LIMIT_BYTES
+
+
+def check_work(args: argparse.Namespace, nbytes: float, what: str,
+               steps: int | None = None, step_name: str = "steps") -> None:
+    """Refuse (unless --insist) a run over the memory limit or over MAX_STEPS steps."""
+    if getattr(args, "insist", False):
+        return
+    val.check_budget(nbytes, what, limit=memory_limit())
+    if steps is not None and steps > MAX_STEPS:
+        raise ValueError(f"{what} would take {steps:.3g} {step_name}, over the limit of "
+                         f"{MAX_STEPS:.0e}; lower --T (or --steps / --width) or pass --insist "
+                         "to run it anyway")
+
+
+def dtype_bytes(dtype_name: str) -> int:
+    return 4 if dtype_name == "float32" else 8
+
+
+def coefficients(blk: Block, V: np.ndarray, dtype_name: str = "float64"
+                 ) -> tuple[np.ndarray, np.ndarray]:
+    """b(V) and Sigma(V) in float64; ValueError when they do not fit in `dtype_name`
+    (a run from such a V would fail at its first step)."""
+    with np.errstate(all="ignore"):  # overflow is reported below, in one line
+        drift = np.asarray(blk.drift(V, check=False), dtype=np.float64)
+        diffusion = np.asarray(blk.diffusion(V, check=False), dtype=np.float64)
+    top = float(np.finfo(np.dtype(dtype_name)).max)
+    for label, arr in (("drift b(V)", drift), ("diffusion Sigma(V)", diffusion)):
+        if not (np.all(np.isfinite(arr)) and np.max(np.abs(arr)) <= top):
+            raise ValueError(f"the {label} of block {blk.name!r} is not finite in {dtype_name} "
+                             f"for this V (largest |V^ab| = {float(np.max(np.abs(V))):.3g}); "
+                             "rescale V towards O(1) (for the linear and mlp blocks "
+                             "b(cV) = c b(V) and Sigma(cV) = c^2 Sigma(V))")
+    return drift, diffusion
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    return {"float64": torch.float64, "float32": torch.float32}[name]
+
+
+def one_line(err: BaseException) -> str:
+    return " ".join(str(err).split()) or type(err).__name__

@@ -1,0 +1,77 @@
+"""`shapedsde derive`."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from .. import _io
+from .. import _validation as val
+from ..artifacts import regenerate
+from .common import EXIT_FAIL, EXIT_OK, block_from_args
+from .options import add_block_args
+
+
+def add_parser(sub: Any, fmt: Any) -> None:
+    """The `derive` command's options."""
+    p = sub.add_parser("derive", formatter_class=fmt,
+                       help="regenerate LaTeX and numeric kernels from the derivation",
+                       description="Without --block: re-derive b and Sigma of the built-in "
+                                   "blocks symbolically (SymPy) and rewrite the package's "
+                                   "generated LaTeX (docs/) and kernels "
+                                   "(shapedsde/kernels/_generated_*.py). With --block NAME "
+                                   "(and its options): write that block's b and Sigma as "
+                                   "LaTeX into --out DIR, as the matrix form or, with --m, "
+                                   "entry by entry.")
+    p.add_argument("--check", action="store_true",
+                   help="write nothing; exit 1 if any generated file is stale")
+    add_block_args(p, optional=True)
+    p.add_argument("--m", type=int, metavar="M",
+                   help="with --block: the explicit entries for M tokens (default: the "
+                        "matrix form, valid for every m)")
+    p.add_argument("--out", metavar="DIR",
+                   help="with --block: folder for BLOCK.tex (symbols) and BLOCK_values.tex "
+                        "(the given parameter values substituted)")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """`shapedsde derive`: the exit status."""
+    if args.block is not None:
+        return _derive_block(args)
+    for opt in ("out", "m", "gamma"):
+        if getattr(args, opt) is not None:
+            raise ValueError(f"--{opt} needs --block (without it, derive regenerates the "
+                             "package's own artifacts)")
+    stale = list(regenerate(check=args.check))
+    if args.check:
+        for path in stale:
+            print(f"stale: {path}")
+        print("derived artifacts are up to date" if not stale
+              else f"{len(stale)} derived artifacts are stale; run `shapedsde derive`")
+        return EXIT_FAIL if stale else EXIT_OK
+    for path in stale:
+        print(f"wrote {path}")
+    print(f"regenerated {len(stale)} files" if stale else "nothing to regenerate")
+    return EXIT_OK
+
+
+def _derive_block(args: argparse.Namespace) -> int:
+    """LaTeX of one block's b and Sigma into --out: symbolic, and at the given values."""
+    if args.check:
+        raise ValueError("--check applies to the package's artifacts, not to --block")
+    if args.out is None:
+        raise ValueError("derive --block needs --out DIR (a folder for the LaTeX files)")
+    blk = block_from_args(args)
+    out = _io.writable_folder(args.out, f"the --out folder {args.out}")
+    m = None if args.m is None else val.check_positive_int("--m", args.m)
+    if m is not None and m < 2:
+        raise ValueError(f"--m (number of tokens) must be >= 2; got {m}")
+    coef = blk.coefficients(m)
+    stem = f"{blk.name}" if m is None else f"{blk.name}_m{m}"
+    files = {out / f"{stem}.tex": coef.latex(),
+             out / f"{stem}_values.tex": coef.with_values().latex()}
+    _io.write_files({path: text.encode() for path, text in files.items()})
+    for path in files:
+        print(f"wrote {path}")
+    return EXIT_OK

@@ -1,0 +1,54 @@
+"""Options shared by several commands."""
+
+from __future__ import annotations
+
+import argparse
+
+from ..blocks import Block
+from ..parameters import Parameter, declared
+from .common import MAX_STEPS, block_options, option_blocks
+
+
+def add_exit_trace(p: argparse.ArgumentParser, unit: str) -> None:
+    p.add_argument("--exit-trace", type=float, metavar="R", dest="exit_trace",
+                   help=f"stop each {unit} at the first time tr V >= R tr V0 (R > 1) and write "
+                        "the exit times (inf: none) to OUT.exit.npy; the metadata records R, "
+                        "the number of exits and P(exit) with its standard error")
+
+
+EXAMPLE_V = ("V files are .npy arrays of an (m, m) symmetric PSD matrix, e.g.\n"
+             "  python -c \"import numpy as np; np.save('V0.npy', [[1, .2], [.2, 1]])\"")
+
+
+def add_block_args(p: argparse.ArgumentParser, *, finite: bool = False,
+                   optional: bool = False) -> None:
+    g = p.add_argument_group("block", "the residual sub-layer X' = lam X + gamma Branch(X), "
+                             "lam^2 + gamma^2 = 1")
+    blocks = option_blocks()
+    g.add_argument("--block", required=not optional, metavar="NAME",
+                   help=f"block name: one of {', '.join(sorted(blocks))}; or "
+                        "FILE.py:NAME, a Block (or a function returning one) in your own "
+                        "file, which carries its own parameters")
+    for prm in block_options():
+        shown = finite or not prm.finite_only
+        g.add_argument(prm.option, dest=prm.name, **prm.cli,
+                       help=option_help(prm, blocks) if shown else argparse.SUPPRESS)
+
+
+def option_help(prm: Parameter, blocks: dict[str, type[Block]]) -> str:
+    """The parameter's help, with the blocks that take it (from their definitions)."""
+    takers = [name for name, cls in blocks.items() if prm in declared(cls)]
+    required = " (required with a block name)" if prm.name == "gamma" else ""
+    who = "every block" if len(takers) == len(blocks) else ", ".join(takers)
+    return f"{prm.help}{required}; taken by {who}"
+
+
+def add_insist(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--insist", action="store_true",
+                   help=f"run even when the estimated memory is over the limit (8 GiB or half "
+                        f"the machine's memory) or there are over {MAX_STEPS:.0e} steps")
+
+
+def add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="cpu", metavar="DEV",
+                   help="torch device: cpu (default) or cuda")
