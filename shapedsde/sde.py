@@ -88,7 +88,11 @@ def exit_summary(exit_time: Any, exit_trace: float | None) -> dict[str, Any]:
 def default_steps(T: float) -> int:
     """The number of equal steps with dt <= DT_MAX (for callers that want a fixed grid)."""
     T = val.check_time(T)
-    return max(1, math.ceil(T / DT_MAX - 1e-9))
+    n = T / DT_MAX - 1e-9
+    if not n <= 2**62:  # T = 1e308 overflowed math.ceil
+        raise WorkLimitError(f"T = {T:g} would take {n:.3g} steps of dt <= {DT_MAX:g}, over any "
+                             f"limit (max_steps = {MAX_STEPS:.3g}); lower T")
+    return max(1, math.ceil(n))
 
 
 @dataclass
@@ -217,7 +221,15 @@ def solve(coefficients: Any, V0: Any, T: float, *, paths: int, seed: int,
         raise WorkLimitError(f"{len(grid)} saved times would take at least as many steps, over "
                              f"max_steps = {max_steps:.3g}; save fewer times")
     V = _initial_state(V0, paths, device, dtype)
-    rate = _probe(coefficients, V[:1])
+    rate_D, rate_K = _probe(coefficients, V[:1])
+    rate = rate_D + rate_K
+    if steps is None:  # the adaptive step at V0 is about rtol / max(rates): the work it implies
+        least = T * max(1.0 / dt_max, max(rate_D, rate_K) / rtol)
+        if least > max_steps:
+            raise WorkLimitError(f"at rtol = {rtol:g} the step at V0 is about "
+                                 f"{T / least:.3g}, so the run to T = {T:g} would take about "
+                                 f"{least:.3g} steps, over max_steps = {max_steps:.3g}; raise "
+                                 "rtol, lower T, or raise max_steps")
     if steps is not None and T / steps * rate > MAX_FIXED_INCREMENT:
         need = T / MAX_FIXED_INCREMENT * rate
         raise ValueError(f"a fixed step dt = T / steps = {T / steps:.3g} is too coarse for this "
@@ -568,11 +580,11 @@ def check_step_count(T: float, steps: int | None, dt_max: float, max_steps: int)
     return math.ceil(least)
 
 
-def _probe(coefficients: Any, V: torch.Tensor) -> float:
+def _probe(coefficients: Any, V: torch.Tensor) -> tuple[float, float]:
     """Evaluate the drift (with its Ito contraction) once at V (1, m, m) before any work:
     a coefficient object whose faces return something else than (1, m, m) arrays, or
-    raise, fails here with its name instead of deep inside a step. Returns the rate
-    max |L^-1 (b - K/2) L^-T| + max |L^-1 K L^-T| (V = L L^T) at V, inf where not finite."""
+    raise, fails here with its name instead of deep inside a step. Returns the rates
+    (max |L^-1 (b - K/2) L^-T|, max |L^-1 K L^-T|) (V = L L^T) at V, inf where not finite."""
     shape = tuple(V.shape)
     try:
         out = scheme.drift_and_ito(coefficients, V)
@@ -594,7 +606,7 @@ def _probe(coefficients: Any, V: torch.Tensor) -> float:
     b, K = (x.to(torch.float64) for x in out)
     L, info = torch.linalg.cholesky_ex(V.to(torch.float64))
     if bool((info != 0).any()):
-        return math.inf  # _initial_factor says why
+        return math.inf, math.inf  # _initial_factor says why
 
     def sandwich(X: torch.Tensor) -> float:
         Y = torch.linalg.solve_triangular(L, X, upper=False)
@@ -603,7 +615,7 @@ def _probe(coefficients: Any, V: torch.Tensor) -> float:
         return r if math.isfinite(r) else math.inf
 
     with torch.no_grad():
-        return sandwich(b - 0.5 * K) + sandwich(K)
+        return sandwich(b - 0.5 * K), sandwich(K)
 
 
 def _check_coefficients(obj: Any) -> None:

@@ -7,6 +7,7 @@ import sys
 from collections.abc import Sequence
 
 from .. import __version__
+from ..userfile import attributed
 from . import coeffs, derive, figures, finite, sde, stability, verify
 from .common import EXIT_OK, EXIT_USAGE, Parser, UsageError, one_line
 
@@ -32,12 +33,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     try:
-        args = parser.parse_args(argv)
+        try:
+            args = parser.parse_args(argv)
+        except SystemExit as exc:  # --help / --version: the only exits that are a success
+            return exc.code if isinstance(exc.code, int) else EXIT_OK
         if args.command is None:
             raise UsageError("missing command (see `shapedsde --help`)")
-        return args.func(args)
-    except SystemExit as exc:  # --help / --version
-        return exc.code if isinstance(exc.code, int) else EXIT_OK
+        with attributed(getattr(args, "block", None)):  # a user's block file: its errors
+            return args.func(args)
     except (UsageError, ValueError, OSError) as err:
         print(f"error: {one_line(err)}", file=sys.stderr)
         return EXIT_USAGE

@@ -34,7 +34,8 @@ def add_parser(sub: Any, fmt: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """`shapedsde coeffs`: the exit status."""
     blk = block_from_args(args)
-    output = None if args.out is None else _io.prepare_output(args.out, extras=("diffusion",))
+    output = None if args.out is None else _io.prepare_output(args.out, extras=("diffusion",),
+                                                                  inputs={"--V": args.V})
     V = load_matrix(args.V, "V")
     m = V.shape[-1]
     # Sigma (and, printed, about 25 bytes of JSON per entry).

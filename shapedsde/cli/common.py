@@ -3,27 +3,30 @@
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import os
-import sys
-from pathlib import Path
 from typing import Any, NoReturn
 
 import numpy as np
 import torch
 
+from .. import _io
 from .. import _validation as val
+from .. import sde as solver
 from ..blocks import Block
 from ..parameters import PARAMETERS, Parameter, declared
 from ..registry import block, block_classes
 from ..sde import check_device
+from ..userfile import load_block_file as load_block_file
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 #: A run estimated to hold more memory than this is refused unless --insist is given.
 MEMORY_LIMIT_BYTES = 8 * 2**30
-#: At most this many SDE steps / finite sub-layers unless --insist is given.
-MAX_STEPS = 10**7
-NPY_MAGIC = b"\x93NUMPY"
+#: At most this many SDE steps / finite sub-layers unless --insist is given: the solver's
+#: own limit, checked up front (with --insist the solver is given the steps asked for).
+MAX_STEPS = solver.MAX_STEPS
+#: The full Sigma(V0) (m^4 numbers per matrix) is evaluated to check it fits the dtype only
+#: up to this many bytes; beyond, the solver's own check of the drift at V0 stands.
+SIGMA_CHECK_BYTES = 2**28
 
 
 class UsageError(Exception):
@@ -36,37 +39,9 @@ class Parser(argparse.ArgumentParser):
 
 
 def load_matrix(path: str, name: str) -> np.ndarray:
-    """Read a float64 (..., m, m) array from a .npy file and validate it as a covariance."""
-    p = Path(path)
-    if not p.is_file():
-        raise ValueError(f"{name} file not found: {path}")
-    try:
-        with p.open("rb") as f:
-            head = f.read(len(NPY_MAGIC))
-    except OSError as err:
-        raise ValueError(f"cannot read {name} file {path}: {err.strerror or err}") from None
-    if not head:
-        raise ValueError(f"cannot read {name} file {path}: it is empty (0 bytes); write it with "
-                         "numpy.save")
-    if head[:2] == b"PK":
-        raise ValueError(f"cannot read {name} file {path}: it is a .npz archive; save the one "
-                         "matrix with numpy.save")
-    if head != NPY_MAGIC:
-        raise ValueError(f"cannot read {name} file {path}: not a .npy file (no NumPy header; "
-                         "write it with numpy.save)")
-    try:
-        arr = np.load(p, allow_pickle=False)
-    except ValueError as err:
-        if "pickled" in str(err) or "Object arrays" in str(err):
-            raise ValueError(f"cannot read {name} file {path}: it holds Python objects (object "
-                             "dtype), not numbers; save a float array") from None
-        raise ValueError(f"cannot read {name} file {path} as a .npy array: {err}") from None
-    except (OSError, EOFError) as err:
-        raise ValueError(f"cannot read {name} file {path} as a .npy array (truncated or "
-                         f"corrupt?): {err}") from None
-    if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
-        raise ValueError(f"{name} file {path} must hold real numbers; got dtype {arr.dtype}")
-    return val.check_covariance(arr, name=name)
+    """Read a float64 (..., m, m) array from a .npy file and validate it as a covariance
+    (`shapedsde._io.load_npy` checks the file, its header's size included)."""
+    return val.check_covariance(_io.load_npy(path, name), name=name)
 
 
 def block_from_args(args: argparse.Namespace) -> Block:
@@ -94,31 +69,6 @@ def block_from_args(args: argparse.Namespace) -> Block:
         takes = ", ".join(p.option for p in accepted if p.cli is not None)
         raise ValueError(f"block {args.block!r} takes no {', '.join(extra)} (it takes {takes})")
     return block(args.block, **given)
-
-
-def load_block_file(spec: str) -> Block:
-    """FILE.py:NAME -> the Block that NAME in the user's file is, or returns when called
-    with no arguments (e.g. docs/examples/my_block.py:my_block). The file is the user's own
-    code and runs as such; nothing is generated into the package."""
-    path, _, name = spec.rpartition(":")
-    file = Path(path)
-    if not file.is_file():
-        raise ValueError(f"--block {spec}: no file {path}")
-    if not name.isidentifier():
-        raise ValueError(f"--block {spec}: {name!r} is not a Python name (FILE.py:NAME)")
-    module_spec = importlib.util.spec_from_file_location(f"shapedsde_user_{file.stem}", file)
-    module = importlib.util.module_from_spec(module_spec)
-    sys.modules[module_spec.name] = module  # dataclasses and pickling look modules up here
-    try:
-        module_spec.loader.exec_module(module)
-        obj = getattr(module, name)
-        obj = obj if isinstance(obj, Block) or not callable(obj) else obj()
-    except Exception as err:  # the user's code: report it in one line, whatever it raised
-        raise ValueError(f"--block {spec}: {type(err).__name__}: {err}") from None
-    if not isinstance(obj, Block):
-        raise ValueError(f"--block {spec}: {name} is a {type(obj).__name__}, not a shapedsde "
-                         "Block (or a function returning one)")
-    return obj
 
 
 def block_meta(blk: Block) -> dict[str, Any]:
@@ -169,21 +119,25 @@ def dtype_bytes(dtype_name: str) -> int:
     return 4 if dtype_name == "float32" else 8
 
 
-def coefficients(blk: Block, V: np.ndarray, dtype_name: str = "float64"
-                 ) -> tuple[np.ndarray, np.ndarray]:
+def coefficients(blk: Block, V: np.ndarray, dtype_name: str = "float64",
+                 diffusion: bool = True) -> tuple[np.ndarray, np.ndarray | None]:
     """b(V) and Sigma(V) in float64; ValueError when they do not fit in `dtype_name`
-    (a run from such a V would fail at its first step)."""
+    (a run from such a V would fail at its first step). diffusion=False: b only (Sigma is
+    m^4 numbers per matrix)."""
     with np.errstate(all="ignore"):  # overflow is reported below, in one line
         drift = np.asarray(blk.drift(V, check=False), dtype=np.float64)
-        diffusion = np.asarray(blk.diffusion(V, check=False), dtype=np.float64)
+        sigma = (np.asarray(blk.diffusion(V, check=False), dtype=np.float64) if diffusion
+                 else None)
     top = float(np.finfo(np.dtype(dtype_name)).max)
-    for label, arr in (("drift b(V)", drift), ("diffusion Sigma(V)", diffusion)):
+    for label, arr in (("drift b(V)", drift), ("diffusion Sigma(V)", sigma)):
+        if arr is None:
+            continue
         if not (np.all(np.isfinite(arr)) and np.max(np.abs(arr)) <= top):
             raise ValueError(f"the {label} of block {blk.name!r} is not finite in {dtype_name} "
                              f"for this V (largest |V^ab| = {float(np.max(np.abs(V))):.3g}); "
                              "rescale V towards O(1) (for the linear and mlp blocks "
                              "b(cV) = c b(V) and Sigma(cV) = c^2 Sigma(V))")
-    return drift, diffusion
+    return drift, sigma
 
 
 def torch_dtype(name: str) -> torch.dtype:

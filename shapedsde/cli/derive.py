@@ -67,10 +67,14 @@ def _derive_block(args: argparse.Namespace) -> int:
     m = None if args.m is None else val.check_positive_int("--m", args.m)
     if m is not None and m < 2:
         raise ValueError(f"--m (number of tokens) must be >= 2; got {m}")
+    # Named by the derivation the block uses (causal attention and the smooth MLP have
+    # their own: they do not overwrite plain attention's and the ReLU MLP's files).
+    name = blk.kernel_name
+    stem = name if m is None else f"{name}_m{m}"
+    files = {_io.child(out, f"{stem}{tail}", f"the file name of block {name!r}"): None
+             for tail in (".tex", "_values.tex")}
     coef = blk.coefficients(m)
-    stem = f"{blk.name}" if m is None else f"{blk.name}_m{m}"
-    files = {out / f"{stem}.tex": coef.latex(),
-             out / f"{stem}_values.tex": coef.with_values().latex()}
+    files = dict(zip(files, (coef.latex(), coef.with_values().latex()), strict=True))
     _io.write_files({path: text.encode() for path, text in files.items()})
     for path in files:
         print(f"wrote {path}")

@@ -85,14 +85,15 @@ def run(args: argparse.Namespace) -> int:
     seed = val.check_seed(args.seed, "--seed")
     if width < V0.shape[-1]:
         raise ValueError(f"--width {width} must be >= m = {V0.shape[-1]} (the tokens of V0)")
-    output = _io.prepare_output(args.out, extras=() if args.exit_trace is None else ("exit",))
+    output = _io.prepare_output(args.out, extras=() if args.exit_trace is None else ("exit",),
+                                inputs={"--V0": args.V0})
     out = output.data
     device = torch_device(args.device)
     dtype = torch_dtype(args.dtype)
     method = args.method or "full"
     if method == "auto":
         method = "gram" if finite.supports_gram(blk) else "full"
-    depth = int(round(T * width))
+    depth = finite.check_depth(T, width)
     check_work(args, finite_bytes(blk, V0.shape[-1], width, nets, method,
                                   dtype_bytes(args.dtype), dtype, device),
                f"finite with {nets} nets of width {width}", steps=depth,
@@ -118,9 +119,10 @@ def run(args: argparse.Namespace) -> int:
     _io.write_outputs(output, V, meta, extras=extras)
     params = ", ".join(f"{k}={v:g}" for k, v in blk.kernel_params().items())
     line = (f"finite {blk.name}({params}): {args.nets} nets, width {args.width}, "
-            f"depth {depth} (T={args.T:g}), seed {args.seed}, {device} -> {out}")
+            f"depth {depth} (T={T:g}), seed {args.seed}, {device} -> {out}")
     if exits:
-        line += (f" | exit at tr V >= {args.exit_trace:g} tr V0: {exits['n_exits']} nets, "
+        line += (f" | exit at tr V >= {val.fmt_level(args.exit_trace)} tr V0: "
+                 f"{exits['n_exits']} nets, "
                  f"P(exit) = {exits['p_exit']:.4f} +- {exits['p_exit_se']:.4f}")
     print(line)
     if meta["n_nonfinite"]:  # e.g. a V0 near the float64 limit overflows

@@ -15,6 +15,7 @@ from .. import sde as solver  # looked up when run: tests replace solver.solve
 from .common import (
     EXIT_OK,
     MAX_STEPS,
+    SIGMA_CHECK_BYTES,
     block_from_args,
     block_meta,
     check_work,
@@ -84,25 +85,30 @@ def run(args: argparse.Namespace) -> int:
     saves = _save_request(args)
     output = _io.prepare_output(
         args.out, extras=("exploded",) + (() if args.exit_trace is None else ("exit",))
-        + (("trajectory", "times") if saves else ()))
+        + (("trajectory", "times") if saves else ()), inputs={"--V0": args.V0})
     V0 = load_matrix(args.V0, "V0")
     T = val.check_time(args.T)
     paths = val.check_positive_int("paths", args.paths)
     steps = solver.default_steps(T) if args.steps is None else val.check_positive_int("steps",
                                                                               args.steps)
     m = V0.shape[-1]
+    saved = _saved_states(saves, steps)
     check_work(args, sde_bytes(m, paths, dtype_bytes(args.dtype), blk.noise_groups)
-               + 8.0 * _saved_states(saves, steps) * paths * m * m,
-               f"sde with {paths} paths of {m} x {m}", steps=steps,
-               step_name="steps" if args.steps else "steps (at least T / dt_max)")
-    coefficients(blk, V0, args.dtype)  # a V0 they overflow at would fail at the first step
+               + 8.0 * saved * paths * m * m,
+               f"sde with {paths} paths of {m} x {m}", steps=max(steps, saved - 1),
+               step_name="steps" if args.steps else
+               "steps (at least T / dt_max, and one per saved time)")
+    # A V0 they overflow at would fail at the first step; the full Sigma only where small.
+    coefficients(blk, V0, args.dtype,
+                 diffusion=8.0 * V0.size * m * m <= SIGMA_CHECK_BYTES)
     dtype = torch_dtype(args.dtype)
     with warnings.catch_warnings():
         # The non-finite warning is repeated below as one line.
         warnings.simplefilter("ignore", RuntimeWarning)
         res = solver.solve(blk, V0, T, paths=paths, seed=seed, steps=args.steps, rtol=args.rtol,
                     exit_trace=args.exit_trace, device=torch_device(args.device), dtype=dtype,
-                    progress=not args.quiet, **saves)
+                    progress=not args.quiet,
+                    max_steps=10**15 if args.insist else solver.MAX_STEPS, **saves)
     out = output.data
     extras = {"exploded": res.exploded.numpy()}
     if saves:  # (k, paths, m, m), time first, as finite runs record it

@@ -58,6 +58,9 @@ def run(args: argparse.Namespace) -> int:
                                                      "--seed"),
                               "workers": val.check_positive_int("--workers", args.workers),
                               "scheduler": args.scheduler, "reference": args.reference}
+    if mode == "tiny" and (args.scheduler is not None or args.workers != 1):
+        raise ValueError("--tiny runs no every-block checks, the only ones that run on Dask: "
+                         "it takes no --scheduler or --workers (use --quick)")
     if args.reference and args.out is not None:
         raise ValueError("--reference writes the checked-in report verify/out/; it takes no "
                          "--out")
