@@ -299,12 +299,14 @@ def _folder_locks(paths: Sequence[Path]) -> Iterator[None]:
             os.close(fd)  # releases the lock
 
 
-def write_files(files: Mapping[Path, bytes]) -> None:
-    """Write several files atomically as one batch (temporary files, fsync, renames).
+def write_files(files: Mapping[Path, bytes], remove: Sequence[Path] = ()) -> None:
+    """Write several files atomically as one batch (temporary files, fsync, renames), and
+    remove the files `remove` (an earlier set's, not part of this one) with the renames.
 
     On any error or interrupt before the renames, nothing at the target paths changes.
     """
-    _write_all([(Path(final), lambda f, d=data: f.write(d)) for final, data in files.items()])
+    _write_all([(Path(final), lambda f, d=data: f.write(d)) for final, data in files.items()],
+               remove=[Path(p) for p in remove])
     for folder in {Path(p).parent for p in files}:
         _fsync_dir(folder)
 

@@ -158,10 +158,14 @@ def _check_return(face: str, args: tuple[Any, ...], out: Any) -> str | None:
     arg = args[0] if args else None
     shape = tuple(getattr(arg, "shape", ()))
     array = (np.ndarray, torch.Tensor)
-    if face in ("drift", "ito_contraction", "structured_noise", "diffusion_prod",
-                "factor_noise"):
-        want = shape if face != "diffusion_prod" else tuple(getattr(arg, "shape", ()))
-        return _shape_problem(out, array, want)
+    if face == "drift" or face == "ito_contraction":
+        return _shape_problem(out, array, shape)
+    if face in ("structured_noise", "diffusion_prod", "factor_noise"):  # batch: V's and N's
+        problem = _shape_problem(out, array, None)
+        if problem is None and tuple(out.shape[-2:]) != shape[-2:]:
+            problem = f"an array of shape {tuple(out.shape)}; expected (..., {shape[-1]}, " \
+                      f"{shape[-1]})"
+        return problem
     if face == "diffusion":
         return _shape_problem(out, array, shape + shape[-1:] * 2 if shape else None)
     if face == "trace_variance":

@@ -100,6 +100,20 @@ def stem(path: str | Path) -> Path:
     return p.with_suffix("") if p.suffix in (".json", ".npz", ".png", ".pdf") else p
 
 
+def plot_files(fig: Any, base: Path, dpi: int = 150) -> dict[Path, bytes]:
+    """The bytes of `<base>.png` and `<base>.pdf`, rendered in memory (for a result set
+    written at once by `_io.write_files`); closes the figure."""
+    import io
+
+    out = {}
+    for suffix, kw in ((".png", {"dpi": dpi}), (".pdf", {})):
+        buf = io.BytesIO()
+        fig.savefig(buf, format=suffix[1:], bbox_inches="tight", **kw)
+        out[base.with_suffix(suffix)] = buf.getvalue()
+    pyplot().close(fig)
+    return out
+
+
 def save_plot(fig: Any, base: Path, dpi: int = 150) -> list[Path]:
     """`<base>.png` and `<base>.pdf`; closes the figure."""
     base.parent.mkdir(parents=True, exist_ok=True)

@@ -29,7 +29,7 @@ from ..progress import progress_bar
 from ..sde import default_steps
 from ..seeds import check_root, child_seed
 from . import stability_stats as vt
-from ._common import pyplot, save_plot, stem
+from ._common import plot_files, pyplot, stem
 from .stability_scales import attention_free, check_grid, map_block
 from .stability_stats import BOOTSTRAP, COUNTER_LABELS, EIG_THRESHOLD, RHO_THRESHOLD, STAT_LABELS
 
@@ -123,12 +123,18 @@ class StabilityMap:
                    meta=d.get("meta", {}))
 
     def save(self, path: str | Path) -> list[Path]:
-        """Write `<path>.json` (everything) and `<path>.npz` (the arrays); a suffix on
-        `path` is dropped. Returns the two paths."""
+        """Write `<path>.json` (everything) and `<path>.npz` (the arrays) at once; a suffix
+        on `path` is dropped. Returns the two paths."""
+        files = self.files(path)
+        _io.write_files(files)
+        return list(files)
+
+    def files(self, path: str | Path) -> dict[Path, bytes]:
+        """The bytes of `<path>.json` and `<path>.npz` (see `save`)."""
+        import io
+
         base = stem(path)
-        base.parent.mkdir(parents=True, exist_ok=True)
         js, npz = base.with_suffix(".json"), base.with_suffix(".npz")
-        js.write_text(self.to_json() + "\n")
         arrays = {"gammas": self.gammas, "tau0s": self.tau0s, "V0": self.V0,
                   "cell_seeds": self.cell_seeds, "wall_s": self.wall_s}
         arrays |= {f"stat_{k}": v for k, v in self.stats.items()}
@@ -137,8 +143,9 @@ class StabilityMap:
             arrays |= {f"ref_{k}": v for k, v in self.reference.items()}
             arrays |= {f"refse_{k}": v for k, v in (self.reference_se or {}).items()}
             arrays["reference_seeds"] = self.reference_seeds
-        np.savez_compressed(npz, **{k: np.asarray(v) for k, v in arrays.items()})
-        return [js, npz]
+        buf = io.BytesIO()
+        np.savez_compressed(buf, **{k: np.asarray(v) for k, v in arrays.items()})
+        return {js: (self.to_json() + "\n").encode(), npz: buf.getvalue()}
 
     @classmethod
     def load(cls, path: str | Path) -> StabilityMap:
@@ -192,9 +199,15 @@ class StabilityMap:
         """Heatmaps (rows gamma, columns tau0, plus a tau0 = inf column for the reference
         when there is one), one panel per statistic, values annotated. Writes
         `<path>.png` and `<path>.pdf` (a suffix on `path` is dropped)."""
+        files = self.plot_files(path, stats, ncols)
+        _io.write_files(files)
+        return list(files)
+
+    def plot_files(self, path: str | Path, stats: Sequence[str] = PLOT_STATS,
+                   ncols: int = 4) -> dict[Path, bytes]:
+        """The bytes of `plot`'s `<path>.png` and `<path>.pdf`."""
         plt = pyplot()
         base = stem(path)
-        base.parent.mkdir(parents=True, exist_ok=True)
         stats = list(stats)
         nrows = math.ceil(len(stats) / ncols)
         K = len(self.tau0s) + (self.reference is not None)
@@ -232,7 +245,7 @@ class StabilityMap:
                      + ("; last column: attention terms removed" if self.reference is not None
                         else ""))
         fig.tight_layout()
-        return save_plot(fig, base, dpi=130)
+        return plot_files(fig, base, dpi=130)
 
 
 def stability_map(block_name: str, gammas: Any, tau0s: Any, *, T: float, V0: Any, paths: int,
