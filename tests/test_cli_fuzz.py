@@ -293,3 +293,89 @@ def test_finite_warns_when_networks_overflow(tmp_path, capsys):
     assert _failed_rows(np.load(tmp_path / "v.npy")) == meta["n_nonfinite"]
     assert err.strip().splitlines() == [err.strip()] and err.startswith(
         f"warning: {meta['n_nonfinite']} of 3 networks became non-finite")
+
+
+# ----------------------------------------------------------------------------
+# User block files, aliasing of input and output, sidecars of earlier runs
+
+#: What a user's face does: return the right thing, raise (an Exception, a BaseException
+#: subclass, SystemExit with a code or a message), or return the wrong type or shape.
+USER_ACTIONS = {
+    "ok": "return {good}",
+    "raise": "raise {exc}('boom')",
+    "base": "raise Stop('stop')",
+    "exit0": "sys.exit(0)",
+    "exitmsg": "sys.exit('bye')",
+    "none": "return None",
+    "list": "return [[1.0]]",
+    "shape": "return {good}[..., :1]",
+}
+USER_FACES = {"drift": ("drift(self, V, check=True)", "super().drift(V, check=check)"),
+              "finite": ("finite(self, X, generator, check=True)",
+                         "super().finite(X, generator, check=check)")}
+
+
+@st.composite
+def user_files(draw: st.DrawFn) -> str:
+    """A user's block file: a LinearBlock subclass whose drift and finite faces each do one
+    of USER_ACTIONS, reached at import, on calling NAME, or in the faces."""
+    where = draw(st.sampled_from(["faces", "faces", "import", "call"]))
+    exc = draw(st.sampled_from(["ValueError", "TypeError", "ZeroDivisionError", "KeyError",
+                                "RuntimeError", "MemoryError", "RecursionError"]))
+    lines = ["import sys", "from dataclasses import dataclass",
+             "from shapedsde.blocks import LinearBlock", "class Stop(BaseException): pass",
+             "@dataclass(frozen=True)", "class B(LinearBlock):"]
+    for sig, good in USER_FACES.values():
+        action = draw(st.sampled_from(sorted(USER_ACTIONS))) if where == "faces" else "ok"
+        lines += [f"    def {sig}:",
+                  "        " + USER_ACTIONS[action].format(good=good, exc=exc)]
+    top = USER_ACTIONS[draw(st.sampled_from(["raise", "base", "exit0", "exitmsg"]))].format(
+        good="", exc=exc)
+    if where == "import":
+        lines.append(top)
+    lines += ["def blk():", "    " + (top if where == "call" else "return B(gamma=0.5)")]
+    return "\n".join(lines) + "\n"
+
+
+@FUZZ
+@given(source=user_files(), command=st.sampled_from(["sde", "finite", "coeffs"]),
+       out=st.sampled_from(["fresh", "input", "earlier-set"]), exits=st.booleans())
+def test_fuzz_user_files_outputs_and_sidecars(source: str, command: str, out: str,
+                                              exits: bool) -> None:
+    """Exit 0 with a complete, fresh result set and the input untouched, or one `error:`
+    line with exit 2 and nothing written: never a traceback, never exit 0 on a user
+    file's exit, never a stale sidecar beside a new result or a clobbered input."""
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        v0 = folder / "V0.npy"
+        np.save(v0, np.array([[1.0, 0.2], [0.2, 0.9]]))
+        user = folder / "user_block.py"
+        user.write_text(source)
+        target = v0 if out == "input" else folder / "r.npy"
+        stale = {folder / f"r.{tag}.npy" for tag in ("exit", "trajectory", "times")}
+        if out == "earlier-set":
+            for p in [folder / "r.npy", folder / "r.json", *stale]:
+                p.write_bytes(b"earlier")
+        before = {p: p.read_bytes() for p in folder.iterdir()}
+        argv = {"sde": ["sde", "--V0", str(v0), "--T", "0.02", "--paths", "2", "--seed", "0",
+                        "--quiet", *(["--exit-trace", "3"] if exits else [])],
+                "finite": ["finite", "--V0", str(v0), "--T", "0.5", "--width", "4", "--nets",
+                           "1", "--seed", "0", "--quiet",
+                           *(["--exit-trace", "3"] if exits else [])],
+                "coeffs": ["coeffs", "--V", str(v0)]}[command]
+        argv += ["--block", f"{user}:blk", "--out", str(target)]
+        code, _, err = _run(argv)
+        assert "Traceback" not in err
+        assert v0.read_bytes() == before[v0]
+        if not _judge(code, err):
+            assert {p: p.read_bytes() for p in folder.iterdir()
+                    if p.name != "__pycache__" and p.is_file()} == before
+            return
+        assert out != "input"
+        meta = json.loads((folder / "r.json").read_text())
+        written = {folder / "r.npy", folder / "r.json",  # and the arrays the metadata names
+                   *(Path(v) for v in meta.values()
+                     if isinstance(v, str) and v.endswith(".npy") and Path(v) != v0)}
+        left = {p for p in folder.glob("r.*")}
+        assert left == written, (left, written)
+        assert not (stale - written) & left

@@ -1,0 +1,502 @@
+"""One test per failure class of issue 18, item 2: each ends in a one-line `error:` with
+exit 2 from the CLI, a ValueError from the API, or a correct answer. Each builds a
+fresh input of its kind; none copies an expectation from the code's own output."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from _shared import assert_one_line_error, run
+
+import shapedsde
+from shapedsde.blocks import AttentionBlock
+from shapedsde.finite import simulate
+from shapedsde.sde import MAX_STEPS, WorkLimitError, solve
+
+ROOT = Path(__file__).resolve().parent.parent
+V2 = np.array([[1.0, 0.3], [0.3, 0.8]])
+ATT = ["--block", "attention", "--gamma", "0.6", "--tau0", "0.8"]
+
+
+@pytest.fixture
+def v0(tmp_path: Path) -> str:
+    path = tmp_path / "V0.npy"
+    np.save(path, V2)
+    return str(path)
+
+
+def _sde(v0: str, out: str, *extra: str) -> list[str]:
+    return ["sde", *ATT, "--V0", v0, "--paths", "3", "--seed", "1", "--quiet", "--out", out,
+            *extra]
+
+
+# ---------------------------------------------------------------------------
+# Tracebacks
+
+
+@pytest.mark.parametrize("command", ["sde", "finite"])
+def test_huge_T_is_an_error_not_an_overflow(command, v0, tmp_path, capsys) -> None:
+    argv = ([*_sde(v0, str(tmp_path / "o.npy")), "--T", "1e308"] if command == "sde" else
+            ["finite", *ATT, "--V0", v0, "--T", "1e308", "--width", "4", "--nets", "2",
+             "--seed", "0", "--quiet", "--out", str(tmp_path / "o.npy")])
+    code, _, err = run(argv, capsys)
+    assert_one_line_error(code, err, "1e+308")
+    assert not list(tmp_path.glob("o.*"))
+
+
+def test_npy_header_claiming_a_huge_shape_is_refused_before_loading(tmp_path, capsys) -> None:
+    path = tmp_path / "V.npy"
+    with path.open("wb") as f:
+        np.lib.format.write_array_header_1_0(
+            f, {"descr": "<f8", "fortran_order": False, "shape": (10**6, 10**6)})
+        f.write(b"\0" * 32)
+    code, _, err = run(["coeffs", *ATT, "--V", str(path)], capsys)
+    assert_one_line_error(code, err, "header claims shape (1000000, 1000000)", "32 bytes")
+
+
+USER_FILES = {
+    "derivation_raises": ("""
+        from dataclasses import dataclass
+        from typing import ClassVar
+        from shapedsde.blocks import Block
+        from shapedsde.symbolic.derivation import Derivation
+
+        def update(src, heads):
+            raise KeyError("no rule")
+
+        @dataclass(frozen=True)
+        class B(Block):
+            name: ClassVar[str] = "fc-raises"
+            derivations: ClassVar[tuple] = (Derivation("fc_raises", update=update),)
+
+        def blk():
+            return B(gamma=0.5)
+        """, "sde", ["KeyError", "no rule", "in update"]),
+    "derivation_not_a_matrix": ("""
+        from dataclasses import dataclass
+        from typing import ClassVar
+        from shapedsde.blocks import Block
+        from shapedsde.symbolic.derivation import Derivation
+
+        @dataclass(frozen=True)
+        class B(Block):
+            name: ClassVar[str] = "fc-not-matrix"
+            derivations: ClassVar[tuple] = (Derivation("fc_not_matrix",
+                                                       update=lambda src, heads: 3),)
+
+        def blk():
+            return B(gamma=0.5)
+        """, "sde", ["fc_not_matrix", "must return", "got int"]),
+    "finite_raises": ("""
+        from dataclasses import dataclass
+        from shapedsde.blocks import LinearBlock
+
+        @dataclass(frozen=True)
+        class B(LinearBlock):
+            def finite(self, X, generator, check=True):
+                return broken(X)
+
+        def broken(X):
+            raise RuntimeError("finite face broke")
+
+        blk = B(gamma=0.5)
+        """, "finite", ["its finite raised RuntimeError", "in broken"]),
+    "finite_wrong_shape": ("""
+        from dataclasses import dataclass
+        from shapedsde.blocks import LinearBlock
+
+        @dataclass(frozen=True)
+        class B(LinearBlock):
+            def finite(self, X, generator, check=True):
+                return X[:, :1]
+
+        blk = B(gamma=0.5)
+        """, "finite", ["its finite returned a tensor of shape (1, 1, 4)", "(1, 2, 4)"]),
+    "finite_wrong_type": ("""
+        from dataclasses import dataclass
+        from shapedsde.blocks import LinearBlock
+
+        @dataclass(frozen=True)
+        class B(LinearBlock):
+            def finite(self, X, generator, check=True):
+                return X.numpy()
+
+        blk = B(gamma=0.5)
+        """, "finite", ["its finite returned ndarray, not a Torch tensor"]),
+    "drift_raises": ("""
+        from dataclasses import dataclass
+        from shapedsde.blocks import LinearBlock
+
+        @dataclass(frozen=True)
+        class B(LinearBlock):
+            def drift(self, V, check=True):
+                return 1 / 0
+
+        blk = B(gamma=0.5)
+        """, "sde", ["its drift raised ZeroDivisionError", "in drift"]),
+    "base_exception_at_import": ("""
+        class Stop(BaseException):
+            pass
+
+        raise Stop("user stop")
+        """, "sde", ["importing it raised Stop: user stop"]),
+    "sys_exit_at_import": ("""
+        import sys
+        sys.exit("leaving early")
+        """, "sde", ["SystemExit('leaving early')", "not a success"]),
+    "sys_exit_zero_in_function": ("""
+        import sys
+        def blk():
+            sys.exit(0)
+        """, "finite", ["calling blk() raised SystemExit(0)"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(USER_FILES))
+def test_user_block_file_failures_are_one_line_errors(case, v0, tmp_path, capsys) -> None:
+    """Whatever the user's file does wrong (raise, exit, return the wrong thing), the run
+    ends in exit 2 and one line naming the file, not a traceback nor exit 0."""
+    source, command, needles = USER_FILES[case]
+    path = tmp_path / f"{case}.py"
+    path.write_text(textwrap.dedent(source))
+    spec = f"{path}:blk"
+    out = str(tmp_path / "o.npy")
+    argv = ["--block", spec, "--V0", v0, "--seed", "0", "--quiet", "--out", out]
+    argv = (["sde", *argv, "--T", "0.02", "--paths", "2"] if command == "sde" else
+            ["finite", *argv, "--T", "0.5", "--width", "4", "--nets", "1"])
+    code, _, err = run(argv, capsys)
+    # A wrong return of the derivation is named by the derivation (found after the call).
+    named = [] if case == "derivation_not_a_matrix" else [f"--block {spec}"]
+    assert_one_line_error(code, err, *named, *needles)
+    assert not Path(out).exists()
+
+
+def test_one_step_limit_checked_up_front(v0, tmp_path, capsys) -> None:
+    """The CLI allowed 1e7 steps where the solver stopped at 1e6 with a RuntimeError."""
+    code, _, err = run([*_sde(v0, str(tmp_path / "o.npy")), "--T", "1",
+                        "--steps", str(MAX_STEPS + 1)], capsys)
+    assert_one_line_error(code, err, f"{MAX_STEPS + 1:.3g} steps", "over the limit")
+    with pytest.raises(ValueError, match="max_steps"):
+        solve(shapedsde.block("linear", gamma=0.5), V2, 1.0, paths=1, seed=0, steps=11,
+              max_steps=10)
+    assert issubclass(WorkLimitError, RuntimeError)
+
+
+# ---------------------------------------------------------------------------
+# API
+
+
+BLK = shapedsde.block("attention", gamma=0.6, tau0=0.8)
+
+
+def test_api_tensor_with_requires_grad_gives_the_same_answer() -> None:
+    V = torch.tensor(V2, requires_grad=True)
+    a = solve(BLK, V, 0.05, paths=3, seed=2)
+    b = solve(BLK, V2, 0.05, paths=3, seed=2)
+    assert torch.equal(a.V, b.V)
+
+
+def test_api_empty_save_times_keeps_zero_and_T() -> None:
+    res = solve(BLK, V2, 0.05, paths=2, seed=0, save_times=[])
+    assert res.times.tolist() == [0.0, 0.05]
+    np.testing.assert_allclose(res.trajectory[0].numpy(), np.broadcast_to(V2, (2, 2, 2)))
+    assert torch.equal(res.trajectory[-1], res.V)
+
+
+@pytest.mark.parametrize("call", [
+    lambda: solve(AttentionBlock, V2, 0.05, paths=2, seed=0),
+    lambda: simulate(AttentionBlock, V2, width=4, T=0.5, nets=2, seed=0),
+    lambda: simulate(BLK, V2, width=4, T=0.5, nets=2, seed=0, device="tpu"),
+    lambda: solve(BLK, V2, 1e308, paths=2, seed=0),
+    lambda: solve(BLK, V2, 1e308, paths=2, seed=0, steps=10),
+    lambda: simulate(BLK, V2, width=4, T=1e308, nets=2, seed=0),
+    lambda: simulate(shapedsde.block("attention", gamma=0.6, tau0=0.8, nk=10**12), V2,
+                     width=4, T=0.5, nets=1, seed=0),
+    lambda: solve(BLK, V2, 0.05, paths=2, seed=0, blowup=1.0),
+    lambda: solve(BLK, V2, 0.05, paths=2, seed=0, blowup=0.5),
+    lambda: solve(BLK, V2 * 1e-310, 0.05, paths=2, seed=0),
+    lambda: shapedsde.block("attention", gamma=0.6, tau0=1e-150),
+], ids=["solve-class", "simulate-class", "simulate-device", "T-1e308", "T-1e308-steps",
+        "simulate-T-1e308", "nk-1e12", "blowup-1", "blowup-half", "subnormal-V",
+        "tau0-1e-150"])
+def test_api_bad_inputs_raise_value_error(call) -> None:
+    with pytest.raises(ValueError):
+        call()
+
+
+def test_api_huge_nk_runs_with_the_gram_chain() -> None:
+    """nk = 1e12 is a valid key width: the exact chain draws its logits in O(m^2)."""
+    blk = shapedsde.block("attention", gamma=0.6, tau0=0.8, nk=10**12)
+    V = simulate(blk, V2, width=4, T=0.5, nets=3, seed=0, method="gram")
+    assert V.shape == (3, 2, 2) and bool(torch.isfinite(V).all())
+
+
+# ---------------------------------------------------------------------------
+# Writes outside the folder; clobbered inputs
+
+
+@pytest.mark.parametrize("name", ["../escape", "sub/name", "/tmp/abs_name", "../../.."])
+def test_stability_name_stays_inside_out(name, tmp_path, capsys) -> None:
+    out = tmp_path / "deep" / "out"
+    code, _, err = run(["stability", "--quick", "--T", "0.01", "--out", str(out),
+                        "--name", name], capsys)
+    assert_one_line_error(code, err, "--name must be a plain file name")
+    assert not (tmp_path / "deep").exists()
+
+
+def test_derive_block_name_with_a_separator_stays_inside_out(tmp_path, capsys) -> None:
+    path = tmp_path / "evil.py"
+    path.write_text(textwrap.dedent("""
+        from dataclasses import dataclass
+        from typing import ClassVar
+        from shapedsde.blocks import LinearBlock
+
+        @dataclass(frozen=True)
+        class Evil(LinearBlock):
+            name: ClassVar[str] = "../../escaped"
+
+            @property
+            def kernel_name(self):
+                return self.name
+
+        blk = Evil(gamma=0.5)
+        """))
+    out = tmp_path / "a" / "b"
+    code, _, err = run(["derive", "--block", f"{path}:blk", "--out", str(out)], capsys)
+    assert_one_line_error(code, err, "plain file name")
+    assert not list(tmp_path.rglob("escaped*"))
+    assert not (tmp_path / "a").exists()
+
+
+@pytest.mark.parametrize("command", ["sde", "finite", "coeffs"])
+def test_out_equal_to_an_input_is_refused(command, v0, tmp_path, capsys) -> None:
+    before = Path(v0).read_bytes()
+    argv = {"sde": [*_sde(v0, v0), "--T", "0.02"],
+            "finite": ["finite", *ATT, "--V0", v0, "--T", "0.5", "--width", "4", "--nets",
+                       "1", "--seed", "0", "--quiet", "--out", v0],
+            "coeffs": ["coeffs", *ATT, "--V", v0, "--out", v0]}[command]
+    code, _, err = run(argv, capsys)
+    assert_one_line_error(code, err, "would overwrite the input")
+    assert Path(v0).read_bytes() == before
+
+
+def test_derive_keeps_causal_and_plain_attention_apart(tmp_path, capsys) -> None:
+    out = tmp_path / "tex"
+    assert run(["derive", "--block", "attention", "--gamma", "0.5", "--out", str(out)],
+               capsys)[0] == 0
+    plain = {p.name: p.read_text() for p in out.iterdir()}
+    assert run(["derive", "--block", "attention", "--gamma", "0.5", "--causal", "--out",
+                str(out)], capsys)[0] == 0
+    for name, text in plain.items():  # untouched by the causal run
+        assert (out / name).read_text() == text
+    assert len(list(out.iterdir())) == 2 * len(plain)
+
+
+def test_stability_failure_leaves_an_earlier_result_set(tmp_path, capsys) -> None:
+    """A run that fails (here: a spot width below m) rewrites nothing, and does so before
+    any work."""
+    out = tmp_path / "st"
+    out.mkdir()
+    earlier = {out / f"s{tail}": b"earlier" for tail in (".json", ".npz", "_summary.txt")}
+    for p, data in earlier.items():
+        p.write_bytes(data)
+    code, _, err = run(["stability", "--quick", "--m", "40", "--T", "0.01", "--out", str(out),
+                        "--name", "s"], capsys)
+    assert_one_line_error(code, err, "width 32 must be >= m = 40")
+    assert {p: p.read_bytes() for p in out.iterdir()} == earlier
+
+
+# ---------------------------------------------------------------------------
+# Signals, concurrent runs, stale sidecars
+
+
+WRITER = textwrap.dedent("""
+    import sys, time
+    import numpy as np
+    from shapedsde import _io
+    out = _io.prepare_output(sys.argv[1])
+    _io.write_outputs(out, np.zeros(2), {"a": 1})  # an earlier, complete set
+
+    def slow(f):
+        f.write(b"half a file")
+        print("staging", flush=True)
+        time.sleep(60)
+
+    _io._write_all([(out.data, lambda f: np.save(f, np.ones(2))), (out.meta, slow)])
+""")
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGHUP, signal.SIGINT])
+def test_a_signal_during_the_write_leaves_no_partial_file(sig, tmp_path) -> None:
+    script = tmp_path / "writer.py"
+    script.write_text(WRITER)
+    out = tmp_path / "res" / "r.npy"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.Popen([sys.executable, str(script), str(out)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=env, text=True)
+    assert proc.stdout.readline().strip() == "staging"
+    proc.send_signal(sig)
+    proc.wait(timeout=60)
+    assert proc.returncode != 0
+    assert not list(out.parent.glob("*.partial")), list(out.parent.iterdir())
+    assert np.load(out).tolist() == [0.0, 0.0]  # the earlier, complete set is intact
+
+
+def test_a_rerun_removes_stale_sidecars(v0, tmp_path, capsys) -> None:
+    out = tmp_path / "o.npy"
+    assert run([*_sde(v0, str(out)), "--T", "0.02", "--exit-trace", "3", "--save-times", "2"],
+               capsys)[0] == 0
+    assert {p.name for p in tmp_path.glob("o.*")} >= {"o.exit.npy", "o.trajectory.npy",
+                                                      "o.times.npy"}
+    assert run([*_sde(v0, str(out)), "--T", "0.02"], capsys)[0] == 0
+    assert {p.name for p in tmp_path.glob("o.*")} == {"o.npy", "o.json", "o.exploded.npy"}
+    meta = json.loads((tmp_path / "o.json").read_text())
+    assert meta["exit_trace"] is None
+
+
+def test_two_writers_into_one_out_leave_one_complete_set(tmp_path) -> None:
+    """Many writers, each writing a set whose files all carry its id: whatever the
+    interleaving, the files left all carry one id."""
+    out = tmp_path / "o.npy"
+    code = textwrap.dedent(f"""
+        import sys
+        import numpy as np
+        from shapedsde import _io
+        k = int(sys.argv[1])
+        tags = ("exit",) if k % 2 else ("trajectory", "times")
+        o = _io.prepare_output({str(out)!r}, extras=tags)
+        for _ in range(20):
+            _io.write_outputs(o, np.full(50000, k), {{"id": k}},
+                              extras={{t: np.full(3, k) for t in tags}})
+    """)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    procs = [subprocess.Popen([sys.executable, "-c", code, str(k)], env=env)
+             for k in range(4)]
+    assert all(p.wait(timeout=300) == 0 for p in procs)
+    ids = {int(np.load(p).flat[0]) for p in tmp_path.glob("o*.npy")}
+    ids.add(json.loads((tmp_path / "o.json").read_text())["id"])
+    assert len(ids) == 1, ids
+    k = ids.pop()
+    want = {"o.npy", "o.json", *(["o.exit.npy"] if k % 2 else ["o.trajectory.npy",
+                                                               "o.times.npy"])}
+    assert {p.name for p in tmp_path.iterdir()} == want
+
+
+# ---------------------------------------------------------------------------
+# Silent wrong answers
+
+
+def test_T_zero_with_saved_times_saves_V0_at_every_time(v0, tmp_path, capsys) -> None:
+    out = tmp_path / "o.npy"
+    assert run([*_sde(v0, str(out)), "--T", "0", "--save-times", "4"], capsys)[0] == 0
+    traj = np.load(tmp_path / "o.trajectory.npy")
+    assert traj.shape == (5, 3, 2, 2)
+    np.testing.assert_allclose(traj, np.broadcast_to(V2, traj.shape))
+
+
+def test_tiny_tau0_is_refused(v0, tmp_path, capsys) -> None:
+    code, _, err = run(["sde", "--block", "attention", "--gamma", "0.6", "--tau0", "1e-150",
+                        "--V0", v0, "--T", "0.02", "--paths", "2", "--seed", "0", "--quiet",
+                        "--out", str(tmp_path / "o.npy")], capsys)
+    assert_one_line_error(code, err, "tau0 must lie in")
+
+
+def test_subnormal_V_is_refused(tmp_path, capsys) -> None:
+    path = tmp_path / "V.npy"
+    np.save(path, V2 * 1e-312)
+    code, _, err = run(["coeffs", *ATT, "--V", str(path)], capsys)
+    assert_one_line_error(code, err, "subnormal")
+
+
+def test_coarse_fixed_steps_are_refused_not_nan(v0, tmp_path, capsys) -> None:
+    code, _, err = run([*_sde(v0, str(tmp_path / "o.npy")), "--T", "1e300", "--steps", "10"],
+                       capsys)
+    assert_one_line_error(code, err, "too coarse")
+
+
+def test_float32_saved_states_are_positive_semidefinite_to_rounding(tmp_path) -> None:
+    """From a nearly singular V0 (the issue's 2e-7, 0.8, 1.5) in float32, every saved
+    state is PSD to float32 rounding of its trace: an eigenvalue of -5e-6 is such a
+    rounding where tr V is large (exiting paths), not a loss of definiteness."""
+    rng = np.random.default_rng(0)
+    Q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    V0 = Q @ np.diag([2e-7, 0.8, 1.5]) @ Q.T
+    res = solve(BLK, V0, 0.1, paths=100, seed=0, dtype=torch.float32, save_times=3,
+                exit_trace=5.0)
+    states = res.trajectory.double()
+    states = states[torch.isfinite(states).all(-1).all(-1)]
+    lo = torch.linalg.eigvalsh(states).min(-1).values
+    trace = torch.diagonal(states, 0, -2, -1).sum(-1)
+    assert bool((lo >= -8 * torch.finfo(torch.float32).eps * trace).all())
+
+
+# ---------------------------------------------------------------------------
+# Unbounded work, ignored options, folders of failed runs, messages
+
+
+def test_tiny_rtol_is_refused_up_front(v0, tmp_path, capsys) -> None:
+    code, _, err = run([*_sde(v0, str(tmp_path / "o.npy")), "--T", "1", "--rtol", "1e-8"],
+                       capsys)
+    assert_one_line_error(code, err, "rtol = 1e-08", "over max_steps")
+
+
+def test_many_saved_times_are_counted_as_steps(v0, tmp_path, capsys) -> None:
+    code, _, err = run([*_sde(v0, str(tmp_path / "o.npy")), "--T", "0.02",
+                        "--save-times", str(10 * MAX_STEPS)], capsys)
+    assert_one_line_error(code, err, "over the limit")
+
+
+def test_sde_at_many_tokens_does_not_build_the_full_sigma(tmp_path, capsys, monkeypatch):
+    """m = 200: Sigma(V0) alone is 12.8 GB; the check must not build it."""
+    m = 200
+    path = tmp_path / "V0.npy"
+    np.save(path, np.eye(m))
+    blk_cls = type(shapedsde.block("attention", gamma=0.5))
+
+    def no_sigma(self, V, check=True):
+        raise AssertionError("the full Sigma was built")
+
+    monkeypatch.setattr(blk_cls, "diffusion", no_sigma)
+    code, _, err = run(["sde", *ATT, "--V0", str(path), "--T", "0.001", "--steps", "1",
+                        "--paths", "1", "--seed", "0", "--quiet",
+                        "--out", str(tmp_path / "o.npy")], capsys)
+    assert code == 0, err
+
+
+def test_spot_paths_zero_is_refused(tmp_path, capsys) -> None:
+    code, _, err = run(["stability", "--quick", "--T", "0.01", "--spot-paths", "0",
+                        "--out", str(tmp_path / "st")], capsys)
+    assert_one_line_error(code, err, "spot_paths")
+
+
+def test_verify_tiny_refuses_scheduler(tmp_path, capsys) -> None:
+    code, _, err = run(["verify", "--tiny", "--scheduler", "tcp://127.0.0.1:1",
+                        "--out", str(tmp_path / "v")], capsys)
+    assert_one_line_error(code, err, "--tiny", "--scheduler")
+
+
+def test_a_failed_run_creates_no_folder(v0, tmp_path, capsys) -> None:
+    out = tmp_path / "new" / "deeper" / "o.npy"
+    code, _, err = run([*_sde(v0, str(out)), "--T", "0.02", "--exit-trace", "0.5"], capsys)
+    assert code == 2, err
+    assert not (tmp_path / "new").exists()
+
+
+def test_exit_level_and_zero_time_are_printed_exactly(v0, tmp_path, capsys) -> None:
+    R = 1.0000000001
+    code, out, err = run([*_sde(v0, str(tmp_path / "o.npy")), "--T", "0.02",
+                          "--exit-trace", repr(R)], capsys)
+    assert code == 0, err
+    assert f"tr V >= {R!r} tr V0" in out
+    code, out, err = run([*_sde(v0, str(tmp_path / "o.npy")), "--T", "-0"], capsys)
+    assert code == 0, err
+    assert "T=0," in out and "T=-0" not in out
