@@ -354,7 +354,8 @@ class Progress:
 
 
 def _output_dir(out_dir: str | Path) -> Path:
-    """Create `out_dir` (before any work) or say why it cannot be used."""
+    """Check before any work that `out_dir` can be created or written (it is created by the
+    write, so a run that fails leaves no empty folder), or say why it cannot be used."""
     return _io.writable_folder(out_dir, f"the output folder {out_dir}")
 
 
@@ -367,11 +368,10 @@ def _write_report(out: Path, report: dict, figures: dict[str, bytes], clean: boo
     page = render_html(json.loads(text), figures)
     files = {out / "report.json": text.encode(), out / "report.html": page.encode(),
              **{out / name: data for name, data in figures.items()}}
-    if clean:
-        for old in out.iterdir():
-            if old.suffix in (".json", ".html", ".png") and old not in files and old.is_file():
-                old.unlink()
-    write_files(files)
+    stale = [old for old in out.iterdir()
+             if old.suffix in (".json", ".html", ".png") and old not in files and old.is_file()
+             ] if clean and out.is_dir() else []
+    write_files(files, remove=stale)  # removed with the renames, not before the work
 
 
 # ----------------------------------------------------------------------------
