@@ -606,7 +606,7 @@ def _probe(coefficients: Any, V: torch.Tensor) -> tuple[float, float]:
     b, K = (x.to(torch.float64) for x in out)
     L, info = torch.linalg.cholesky_ex(V.to(torch.float64))
     if bool((info != 0).any()):
-        return math.inf, math.inf  # _initial_factor says why
+        return 0.0, 0.0  # not positive definite: _initial_factor says so
 
     def sandwich(X: torch.Tensor) -> float:
         Y = torch.linalg.solve_triangular(L, X, upper=False)

@@ -398,7 +398,7 @@ def test_sigint_during_the_renames_is_delivered_after_them() -> None:
 
     done = []
     with pytest.raises(KeyboardInterrupt):
-        with _io._sigint_deferred():
+        with _io._signals_deferred():
             os.kill(os.getpid(), signal.SIGINT)
             done.append("renamed")
     assert done == ["renamed"]

@@ -267,7 +267,7 @@ def test_cli_takes_a_block_from_the_users_file(tmp_path, capsys) -> None:
     for argv, needle in [(["coeffs", "--block", spec, "--gamma", "0.5", "--V", str(V)],
                           "drop --gamma"),
                          (["coeffs", "--block", f"{user}:nothing", "--V", str(V)],
-                          "AttributeError"),
+                          "defines no 'nothing'"),
                          (["coeffs", "--block", f"{user}:__doc__", "--V", str(V)],
                           "not a shapedsde Block"),
                          (["coeffs", "--block", "attention", "--V", str(V)], "needs --gamma")]:
