@@ -1,52 +1,54 @@
 """The positive-definite step of the covariance-SDE solver (docs/solver.md).
 
 For dV = b(V) dt + Sigma(V)^{1/2} dB (Ito) the solver carries the Cholesky factor L of
-V = L L^T and steps it multiplicatively:
+V = L L^T and steps it in two factors, the drift's and the noise's:
 
-    X  = D h + W,  D h = L^{-1} (b(V) - K(V)/2) L^{-T} h,  W = L^{-1} dN L^{-T},
-    M  = X - excess(D h, W),                            dN = Sigma(V)^{1/2} dB_h,
-    C  = E^4,  E = I + M/4 + (M/4)^2 / 2,               C = U U^T (Cholesky),
-    L' = L U,                                           V' = L' L'^T,
+    L' = L U_D chol(C),
+    U_D = tril(D h, -1) + diag(exp(diag(D h) / 2)),     D = L^{-1} b(V) L^{-T},
+    C  = E^4,  E = I + M/4 + (M/4)^2 / 2,               M = X - excess(-K_d h / 2, W),
+    X  = -K_d h / 2 + W,  K_d = L^{-1} K(V) L^{-T},     W = L^{-1} dN L^{-T},
+                                                        dN = Sigma(V)^{1/2} dB_h,
 
 with K^{ad} = sum_bc Sigma^{ab,cd} (V^{-1})^{bc} (the Ito contraction, derived in
 `shapedsde.symbolic.contraction`). Why each piece:
 
-- C is exp(M) by scaling and squaring of its second-order Taylor polynomial. E is
-  symmetric with eigenvalues 1 + x + x^2/2 > 0 (x = w/4), so C = E^4 is positive
-  definite by construction whatever M is: no state is ever projected or clipped, and the
-  singular set (absorbing for b and Sigma of the linear and attention blocks) is never
-  reached, as for the true SDE. C = I + M + M^2/2 + M^3/8 + ... matches exp(M) to second
-  order, with third-order error M^3/96 (the plain Taylor polynomial I + M + M^2/2 has
-  M^3/6 and measurably heavier bias in the upper tail: docs/solver.md).
-- E[W^2] = L^{-1} K L^{-T} h, so E[C] = I + L^{-1} b L^{-T} h + O(h^2) and
-  Cov[C] = Cov[W] + O(h^2): the step's first two moments match the SDE's to O(h^2),
-  i.e. weak order 1 (measured in tests/test_solver_pd.py).
-- excess (`mean_excess`) is the O(h^2) part of E^4 at X (grading W ~ h^{1/2}, derived
-  by `shapedsde.symbolic.step_map`). Its mean grows like (k m h)^2 (W's eigenvalues
-  spread over ~ 2 (k m h)^{1/2}), which made the uncorrected step's E[V] low by
-  (m + 2)(m - 1) k^2 h / 24 per unit time for the linear block: 5% at m = 16, T = 0.5
-  at 50 steps (measured, docs/solver.md). Subtracting it leaves no O(h^2) term in the
-  step, so E[C] = I + L^{-1} b L^{-T} h + O(h^3), the Euler step's mean, while C stays
-  positive definite. For the linear block, where
-  Sigma is congruence-invariant, the step is affine-equivariant: it commutes with
-  V -> A V A^T in law, as the SDE does.
-- L U is lower triangular, so L' is again a Cholesky factor, computed without forming V'
-  (small eigen-directions keep their relative accuracy), at the cost of one m x m
-  Cholesky of the well-conditioned C.
+- The drift moves the Cholesky coordinates, not the matrix exponential: U_D is the Euler
+  step of the factor's own ODE, dL/dt = L Phi(D) (Phi: the lower triangle with half the
+  diagonal, the derivative of the Cholesky map), with its diagonal, the square roots of
+  the Schur complements, stepped multiplicatively so that it stays positive. Near a
+  singular V the drift has two kinds of large entries in D (measured at lambda_min =
+  eps tr V, docs/solver.md): it turns the nearly null direction at an O(1) rate
+  (attention: D's off-diagonal entries grow like eps^-1/2 while L Phi(D), the factor's
+  velocity, stays bounded) and it lifts a linear dependency between tokens at an O(1)
+  absolute rate (MLP: D's diagonal grows like eps^-1, the Schur complement grows
+  additively). Applied through exp(D h), as the step did before, both became growth
+  factors: made-up explosions. Through U_D a turn is a bounded additive change of L, and
+  a lift is a relative change of one diagonal entry, which the step bounds.
+- The noise is the multiplicative step: C is exp(M) by scaling and squaring of its
+  second-order Taylor polynomial, positive definite by construction whatever M is, and
+  E[W^2] = K_d h, so E[C] = I + O(h^2) and Cov[C] = Cov[W] + O(h^2); the noise's own
+  O(h^2) mean, excess (`mean_excess`, derived by `shapedsde.symbolic.step_map`), is
+  removed, so E[C] = I + O(h^3). Then E[V'] = V + b h + O(h^2) and Cov[V'] = Sigma h +
+  O(h^2): weak order 1 (measured in tests/test_solver_pd.py). K_d is bounded on every
+  valid state (the noise vanishes along a null direction of V at the rate of V).
+  For the linear block (b = 0) U_D = I and the step is the multiplicative step alone,
+  affine-equivariant in law as the SDE is.
+- L U_D chol(C) is lower triangular with a positive diagonal: L' is again a Cholesky
+  factor, computed without forming V' (small eigen-directions keep their relative
+  accuracy), so every state is positive definite by construction: no projection,
+  clipping or taming.
 
-Step size (adaptive): h = min(dt_max, rtol / |D_d|_inf, rtol / |K_d|_inf), with
-D_d = L_d^{-1} (b - K/2) L_d^{-T} and K_d = L_d^{-1} K L_d^{-T} the drift and noise
-intensity in the coordinates of L_d L_d^T = V + d (tr V / m) I (|.|_inf: the largest
-absolute row sum, an upper bound on the spectral norm), d = REGULARISATION. So in that
-metric the drift part of M and the variance of its noise part are at most about rtol
-(bounding the noise's standard deviation by rtol instead costs 1 / rtol times more steps
-near blow-up, where both grow like |V|^2, and at many tokens, where |K_d| ~ m): h shrinks
-like |V|^-2 near the attention drift's cubic blow-up (explosion is reached in finitely many steps)
-and where V is nearly singular and the drift turns its small directions fast, down to
-eigenvalues d tr V / m; below that the step no longer resolves their relative size
-(their absolute error stays O(h^2) per step, as everywhere), which bounds the cost.
-h is a function of the current state only (no rejected steps), the setting of Kelly and
-Lord (IMA J. Numer. Anal. 2018) and Fang and Giles (2020).
+Step size (adaptive): h = min(dt_max, rtol / r) with the rate
+r = max(|K_d|_inf, max_j |D_jj|, max_i |(L Phi(D))_i| / |L_i|) (|.|_inf the largest
+absolute row sum; L_i the i-th row of L, |L_i|^2 = V^ii): the noise's variance in
+factor coordinates, the relative change of each Schur complement, and the change of each
+row of L against its size are at most about rtol a step. Every quantity is in the true
+metric of V (no regularisation): r is bounded on nearly singular states except where the
+drift lifts a dependency (the MLP), and there h ~ rtol eps grows geometrically with the
+Schur complement, so resolving it costs O(log(1 / eps) / rtol) steps. h shrinks like
+|V|^-2 near the attention drift's cubic blow-up. h is a function of the current state
+only (no rejected steps), the setting of Kelly and Lord (IMA J. Numer. Anal. 2018) and
+Fang and Giles (2020).
 """
 
 from __future__ import annotations
@@ -60,13 +62,10 @@ from .blocks import contract_ito, contract_trace
 
 #: Weak order of the scheme (measured in tests/test_solver_pd.py).
 WEAK_ORDER = 1.0
-NAME = ("positive-definite multiplicative Euler on the Cholesky factor: "
-        "L' = L chol(exp(M)), exp by squaring its 2nd-order Taylor twice, "
-        "M = X - excess(X), X = L^-1 ((b - K/2) h + dN) L^-T, "
-        "excess: the map's O(h^2) mean, removed")
-#: Relative eigenvalue floor of the step-size metric (see the module docstring); the
-#: near-singular statistic the verifier checks is lambda_min / tr V < 1e-3, ten times above.
-REGULARISATION = 1e-4
+NAME = ("positive-definite Euler on the Cholesky factor: L' = L U_D chol(exp(M)), "
+        "U_D = tril(D h, -1) + diag(exp(diag(D h) / 2)), D = L^-1 b L^-T (drift in "
+        "Cholesky coordinates), M = X - excess(X), X = L^-1 (dN - K h/2) L^-T, "
+        "exp by squaring its 2nd-order Taylor twice, excess: its O(h^2) mean, removed")
 #: exp(M) is computed as E^(2^SQUARINGS), E = I + M/2^s + (M/2^s)^2/2.
 SQUARINGS = 2
 #: Coefficients of the s^4 part of exp_+ with SQUARINGS = 2, derived by
@@ -84,23 +83,6 @@ def triangular_inverse(L: torch.Tensor) -> torch.Tensor:
     every L^{-1} X L^{-T} of the step is two matrix products."""
     eye = torch.eye(L.shape[-1], dtype=L.dtype, device=L.device).expand(L.shape)
     return torch.linalg.solve_triangular(L, eye, upper=False)
-
-
-def regularised_factor(V: torch.Tensor) -> torch.Tensor:
-    """L_d with L_d L_d^T = V + d (tr V / m) I, the factor of the step-size metric."""
-    m = V.shape[-1]
-    scale = torch.diagonal(V, 0, -2, -1).sum(-1) * (REGULARISATION / m)
-    Vd = V.clone()
-    torch.diagonal(Vd, 0, -2, -1).add_(scale[:, None])
-    return torch.linalg.cholesky_ex(Vd)[0]
-
-
-def inverse_factors(V: torch.Tensor, L: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(L_d^{-1}, L^{-1}) from one triangular solve on the stacked factors (one call
-    instead of two: at small m the step's cost is the number of calls)."""
-    P = L.shape[0]
-    both = triangular_inverse(torch.cat((regularised_factor(V), L)))
-    return both[:P], both[P:]
 
 
 def sandwich(Linv: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
@@ -148,42 +130,57 @@ def drift_and_ito(coefficients: Any, V: torch.Tensor) -> tuple[torch.Tensor, tor
     return b, ito_contraction(coefficients, V)
 
 
-def drift_and_contraction(coefficients: Any, V: torch.Tensor
-                          ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(b - K/2, K) at V, each (P, m, m)."""
-    b, K = drift_and_ito(coefficients, V)
-    return b - 0.5 * K, K
+def cholesky_velocity(L: torch.Tensor, D: torch.Tensor) -> torch.Tensor:
+    """L Phi(D): the derivative of the Cholesky factor of V = L L^T along dV = L D L^T
+    (Phi: the lower triangle of D with half its diagonal, so Phi(D) + Phi(D)^T = D)."""
+    half = torch.tril(D, -1) + torch.diag_embed(0.5 * torch.diagonal(D, 0, -2, -1))
+    return L @ half
 
 
-def adaptive_dt(Ld_inv: torch.Tensor, corrected: torch.Tensor, K: torch.Tensor, rtol: float,
-                dt_max: float) -> torch.Tensor:
-    """h = min(dt_max, rtol / |D_d|_inf, rtol / |K_d|_inf) per path, shape (P,), from
-    L_d^{-1} (`inverse_factors`). D_d and K_d are symmetric up to rounding, which moves
-    their row-sum norms by rounding only: they are not symmetrised. (Two plain batched
-    products each, not one broadcast over a stacked pair: broadcasting copies L_d^{-1}
-    and its transpose, which at m = 64 cost more than the products.)"""
-    At = Ld_inv.transpose(-1, -2)
-    norm = torch.maximum(*((Ld_inv @ X @ At).abs().sum(-1).amax(-1) for X in (corrected, K)))
-    h = rtol / norm.clamp_min(torch.finfo(norm.dtype).tiny)
-    return h.clamp(max=dt_max)
+def step_rate(L: torch.Tensor, Linv: torch.Tensor, b: torch.Tensor, K: torch.Tensor
+              ) -> torch.Tensor:
+    """The rate r (P,) of the adaptive step h = rtol / r (module docstring):
+    max(|K_d|_inf, max_j |D_jj|, max_i |(L Phi(D))_i| / |L_i|), D = L^-1 b L^-T,
+    K_d = L^-1 K L^-T. Non-finite where the coefficients are."""
+    At = Linv.transpose(-1, -2)
+    D, Kd = Linv @ b @ At, Linv @ K @ At
+    rows = cholesky_velocity(L, D).norm(dim=-1) / L.norm(dim=-1)
+    parts = (Kd.abs().sum(-1).amax(-1), torch.diagonal(D, 0, -2, -1).abs().amax(-1),
+             rows.amax(-1))
+    return torch.stack(parts).amax(0)
+
+
+def adaptive_dt(rate: torch.Tensor, rtol: float, dt_max: float) -> torch.Tensor:
+    """h = min(dt_max, rtol / rate) per path, shape (P,)."""
+    return (rtol / rate.clamp_min(torch.finfo(rate.dtype).tiny)).clamp(max=dt_max)
+
+
+def drift_factor(Linv: torch.Tensor, b: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """U_D = tril(D h, -1) + diag(exp(diag(D h) / 2)), D = L^-1 b L^-T, h (P,): the drift's
+    Euler step in Cholesky coordinates, L -> L U_D (module docstring). Lower triangular
+    with a positive diagonal, U_D U_D^T = I + D h + O(h^2)."""
+    Dh = sandwich(Linv, b * h[:, None, None])
+    diag = torch.exp(0.5 * torch.diagonal(Dh, 0, -2, -1))
+    return torch.tril(Dh, -1) + torch.diag_embed(diag)
 
 
 def step_matrix(Linv: torch.Tensor, corrected: torch.Tensor, noise: torch.Tensor,
                 in_factor: bool, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(M, corrected): M = X - excess(D h, W), X = D h + W, D h = L^{-1} (b - K/2) L^{-T} h
-    and W = L^{-1} dN L^{-T}, dN = sqrt(h) `noise` (`noise`: a draw of Sigma^{1/2} dB_1,
-    linear in dB). `in_factor`: `noise` is already L^{-1} dN_1 L^{-T} (symmetric;
-    `Block.factor_noise`), else one batched sandwich takes the drift and the noise.
+    """(M, corrected): M = X - excess(D h, W), X = D h + W, D h = L^{-1} `corrected` L^{-T} h
+    (the solver passes -K/2, the Ito correction of the exponential; the drift b is
+    stepped by `drift_factor`) and W = L^{-1} dN L^{-T}, dN = sqrt(h) `noise` (`noise`:
+    a draw of Sigma^{1/2} dB_1, linear in dB). `in_factor`: `noise` is already
+    L^{-1} dN_1 L^{-T} (symmetric; `Block.factor_noise`), else one batched sandwich takes
+    the drift and the noise.
 
     The correction is the second term of a series in X: on paths where it is not small
     against the first, |excess|_F > EXCESS_RATIO |X|_F, or where it could move an
     eigenvalue by more than EXCESS_BOUND (|excess|_inf, a row-sum bound; exp_+ follows
     exp only for eigenvalues above -4), it is not applied, and `corrected` (P,) bool says
-    so; the solver counts those steps. Both fail near blow-up, where the step bounds D only
-    in the regularised metric and D h can be large in a nearly singular direction of L.
-    (|excess|_F / |X|_F is about half X's spectral norm for a small random X, and excess is
-    close to its mean, a multiple of I for isotropic noise: neither test grows with the
-    tokens as a row-sum bound on X would, like m^{1/2}.)"""
+    so; the solver counts those steps. (|excess|_F / |X|_F is about half X's spectral
+    norm for a small random X, and excess is close to its mean, a multiple of I for
+    isotropic noise: neither test grows with the tokens as a row-sum bound on X would,
+    like m^{1/2}.)"""
     h = h[:, None, None]
     if in_factor:
         Dh, W = sandwich(Linv, corrected * h), noise * h.sqrt()

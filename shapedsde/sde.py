@@ -59,8 +59,8 @@ BLOWUP = 1e6
 CHUNK_ELEMENTS = 2**18
 #: Most steps any one path may take before the run is stopped with an error.
 MAX_STEPS = 10**6
-#: A fixed step is refused where dt |L^-1 b(V0) L^-T| (the factor increment of the first
-#: step) is over this: exp(50) = 5e21, a few such steps overflow.
+#: A fixed step is refused where dt r(V0) (`scheme.step_rate`: the size of the first
+#: step's factor increment) is over this: exp(50) = 5e21, a few such steps overflow.
 MAX_FIXED_INCREMENT = 50.0
 #: Saved times closer than this (relative to the step) to a step's end are landed on.
 _SNAP = 1e-6
@@ -221,10 +221,11 @@ def solve(coefficients: Any, V0: Any, T: float, *, paths: int, seed: int,
         raise WorkLimitError(f"{len(grid)} saved times would take at least as many steps, over "
                              f"max_steps = {max_steps:.3g}; save fewer times")
     V = _initial_state(V0, paths, device, dtype)
-    rate_D, rate_K = _probe(coefficients, V[:1])
-    rate = rate_D + rate_K
-    if steps is None:  # the adaptive step at V0 is about rtol / max(rates): the work it implies
-        least = T * max(1.0 / dt_max, max(rate_D, rate_K) / rtol)
+    rate, rate_K = _probe(coefficients, V[:1])
+    if steps is None:
+        # The adaptive step is at most about rtol / |K_d|, which is bounded on every state
+        # (the drift's rate can be large for a few steps only: scheme's docstring).
+        least = T * max(1.0 / dt_max, rate_K / rtol)
         if least > max_steps:
             raise WorkLimitError(f"at rtol = {rtol:g} the step at V0 is about "
                                  f"{T / least:.3g}, so the run to T = {T:g} would take about "
@@ -341,13 +342,13 @@ class _Run:
         L, V = (self.L, self.V) if whole else (self.L[idx], self.V[idx])
         t = self.t[idx]
         target = self.grid[self.next_save[idx]]  # the next saved time, never stepped over
-        corrected, K = scheme.drift_and_contraction(self.coef, V)
-        Linv, h = self._inverse_and_dt(V, L, corrected, K, t)
-        h = torch.minimum(h, target - t)
-        M, small = scheme.step_matrix(Linv, corrected, *self._noise(xi, V, L, Linv),
-                                      h.to(V.dtype))
+        b, K = scheme.drift_and_ito(self.coef, V)
+        Linv = scheme.triangular_inverse(L)
+        h = torch.minimum(self._dt(L, Linv, b, K, t), target - t)
+        hs = h.to(V.dtype)
+        M, small = scheme.step_matrix(Linv, -0.5 * K, *self._noise(xi, V, L, Linv), hs)
         self.n_uncorrected += int((~small).sum())
-        L_new = scheme.factor_step(L, M)
+        L_new = scheme.factor_step(L @ scheme.drift_factor(Linv, b, hs), M)
         V_new = L_new @ L_new.transpose(-1, -2)
         t_new = torch.where(target - (t + h) <= _SNAP * h, target, t + h)
         ok = _finite_rows(V_new)
@@ -371,15 +372,13 @@ class _Run:
         self._freeze(idx[exits])
         self.done[idx[~keep | exits | (t_new >= self.T)]] = True
 
-    def _inverse_and_dt(self, V: torch.Tensor, L: torch.Tensor, corrected: torch.Tensor,
-                        K: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """L^{-1} and the per-path step (float64): fixed T/steps, or adaptive, whose metric
-        factor L_d is inverted in the same triangular solve as L."""
+    def _dt(self, L: torch.Tensor, Linv: torch.Tensor, b: torch.Tensor, K: torch.Tensor,
+            t: torch.Tensor) -> torch.Tensor:
+        """The per-path step (float64): fixed T / steps, or adaptive (`scheme.step_rate`)."""
         if self.fixed is not None:
-            return scheme.triangular_inverse(L), torch.full_like(t, self.T / self.fixed)
-        Ld_inv, Linv = scheme.inverse_factors(V, L)
-        h = scheme.adaptive_dt(Ld_inv, corrected, K, self.rtol, self.dt_max)
-        return Linv, h.to(torch.float64)
+            return torch.full_like(t, self.T / self.fixed)
+        rate = scheme.step_rate(L, Linv, b, K)
+        return scheme.adaptive_dt(rate, self.rtol, self.dt_max).to(torch.float64)
 
     def _gaussians(self, n: int) -> torch.Tensor:
         """The standard Gaussians of one step for n paths: (n, groups, m, m) for the
@@ -583,8 +582,9 @@ def check_step_count(T: float, steps: int | None, dt_max: float, max_steps: int)
 def _probe(coefficients: Any, V: torch.Tensor) -> tuple[float, float]:
     """Evaluate the drift (with its Ito contraction) once at V (1, m, m) before any work:
     a coefficient object whose faces return something else than (1, m, m) arrays, or
-    raise, fails here with its name instead of deep inside a step. Returns the rates
-    (max |L^-1 (b - K/2) L^-T|, max |L^-1 K L^-T|) (V = L L^T) at V, inf where not finite."""
+    raise, fails here with its name instead of deep inside a step. Returns the step's
+    rate r (`scheme.step_rate`) and the noise's, |L^-1 K L^-T|_inf (V = L L^T), at V, inf
+    where not finite."""
     shape = tuple(V.shape)
     try:
         out = scheme.drift_and_ito(coefficients, V)
@@ -608,14 +608,11 @@ def _probe(coefficients: Any, V: torch.Tensor) -> tuple[float, float]:
     if bool((info != 0).any()):
         return 0.0, 0.0  # not positive definite: _initial_factor says so
 
-    def sandwich(X: torch.Tensor) -> float:
-        Y = torch.linalg.solve_triangular(L, X, upper=False)
-        Y = torch.linalg.solve_triangular(L, Y.transpose(-1, -2), upper=False)
-        r = float(Y.abs().max())
-        return r if math.isfinite(r) else math.inf
-
     with torch.no_grad():
-        return sandwich(b - 0.5 * K), sandwich(K)
+        Linv = scheme.triangular_inverse(L)
+        rates = (scheme.step_rate(L, Linv, b, K),
+                 scheme.step_rate(L, Linv, torch.zeros_like(b), K))
+        return tuple(float(r) if math.isfinite(float(r)) else math.inf for r in rates)
 
 
 def _check_coefficients(obj: Any) -> None:

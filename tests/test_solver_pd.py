@@ -224,16 +224,20 @@ def test_explosion_is_flagged_at_the_right_time(rtol: float) -> None:
 
 
 def test_attention_blow_up_at_many_tokens_is_flagged_as_explosion() -> None:
-    """m = 16, strong attention to T = 1: most paths blow up, and every one of them is
+    """m = 16, strong attention to T = 1: many paths blow up, and every one of them is
     flagged as exploded at the default level (none as a numerical failure). With the
     level at 1e10 tr V0 some exploding states reached lambda_min / tr V ~ 1e-17 first and
-    failed their factorisation (4 of 400 here, measured): sde.BLOWUP says why 1e6."""
+    failed their factorisation: sde.BLOWUP says why 1e6. How many: exact Gram chains
+    (n = 512, 400 nets, a V0 of this kind) reach tr V >= 20 tr V0 by T = 1 with
+    probability 0.37 +- 0.02; the solver's blow-ups are at least a quarter (its P(exit)
+    at R = 20 is 0.42 +- 0.02: docs/solver.md, "many tokens"). The solver before
+    issue 18's fix reported more than 3 in 4: an artefact of its step."""
     G = np.random.default_rng(0).normal(size=(16, 32))
     V0 = G @ G.T / 32
     res = solve(shapedsde.block("attention", gamma=0.9, tau0=0.7), V0, 1.0, paths=400,
                 seed=0)
     assert res.meta["n_nonfinite"] == 0 and bool(res.finite.all())
-    assert res.meta["n_exploded"] > 300
+    assert 100 <= res.meta["n_exploded"] <= 250
     assert bool(torch.isfinite(res.explosion_time[res.exploded]).all())
 
 
