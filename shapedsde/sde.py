@@ -39,7 +39,7 @@ import numpy as np
 import torch
 
 from . import _validation as val
-from . import scheme
+from . import on_range, scheme
 from .progress import progress_bar
 
 #: Adaptive step: tolerance on the size of the factor increment M (see `shapedsde.scheme`),
@@ -221,6 +221,9 @@ def solve(coefficients: Any, V0: Any, T: float, *, paths: int, seed: int,
         raise WorkLimitError(f"{len(grid)} saved times would take at least as many steps, over "
                              f"max_steps = {max_steps:.3g}; save fewer times")
     V = _initial_state(V0, paths, device, dtype)
+    coefficients, Q = _restrict_to_range(coefficients, V)
+    if Q is not None:  # V0 singular with a kept null space: solve for Q^T V Q
+        V = Q.T @ V @ Q
     rate, rate_K = _probe(coefficients, V[:1])
     if steps is None:
         # The adaptive step is at most about rtol / |K_d|, which is bounded on every state
@@ -249,12 +252,16 @@ def solve(coefficients: Any, V0: Any, T: float, *, paths: int, seed: int,
     if meta["n_nonfinite"] and nonfinite == "warn":
         warnings.warn(f"{meta['n_nonfinite']} of {paths} SDE paths became non-finite; their V "
                       "is NaN (see SDEResult.finite)", RuntimeWarning, stacklevel=2)
-    meta.update(T=T, m=V.shape[-1], paths=paths, seed=seed, scheme=SCHEME,
+    m = V.shape[-1] if Q is None else Q.shape[0]
+    meta.update(T=T, m=m, paths=paths, seed=seed, scheme=SCHEME,
                 weak_order=scheme.WEAK_ORDER, device=str(device),
                 dtype=str(dtype).removeprefix("torch."),
                 coefficients=_describe(coefficients), nonfinite_policy=nonfinite,
                 noise="structured" if run.uses_structured else "generic", wall_s=wall)
-    return run.result(meta, keep)
+    if Q is not None:
+        meta.update(range_rank=Q.shape[1])
+    res = run.result(meta, keep)
+    return res if Q is None else _lifted(res, coefficients)
 
 
 class _Run:
@@ -509,10 +516,39 @@ def _save_grid(T: float, steps: int | None, save_every: int | None, save_times: 
 def _initial_factor(V: torch.Tensor) -> torch.Tensor:
     L, info = torch.linalg.cholesky_ex(V)
     if bool((info != 0).any()):
-        raise ValueError("V0 must be positive definite (the SDE's coefficients vanish on the "
-                         "singular set, so a singular V0 never leaves it); smallest eigenvalue "
-                         f"{float(torch.linalg.eigvalsh(V).min()):.3g}")
+        raise ValueError("V0 must be positive definite, or one singular (m, m) V0 whose null "
+                         "space the block keeps (exactly duplicated tokens); smallest "
+                         f"eigenvalue {float(torch.linalg.eigvalsh(V).min()):.3g}")
     return L
+
+
+def _restrict_to_range(coefficients: Any, V: torch.Tensor
+                       ) -> tuple[Any, torch.Tensor | None]:
+    """(coefficients, None) for a positive-definite V0; for one singular V0 (every path
+    the same) whose null space the coefficients keep, (their SDE on its range, Q), with
+    Q (m, r) an orthonormal basis of the range (`shapedsde.on_range`)."""
+    V0 = V[0].to(torch.float64)
+    w = torch.linalg.eigvalsh(V0)
+    if float(w[0]) > on_range.NULL_RTOL * float(w[-1]) or not bool((V == V[:1]).all()):
+        return coefficients, None  # positive definite (or per-path: _initial_factor checks)
+    Q, N = on_range.null_split(V0)
+    if Q.shape[1] == 0:
+        raise ValueError("V0 is zero: there is no SDE to solve")
+    reason = on_range.kept_null_space(coefficients, V0, N)
+    if reason is not None:
+        raise ValueError(f"V0 is singular (rank {Q.shape[1]} of {V0.shape[0]}) and the SDE of "
+                         f"{_describe(coefficients)} leaves its null space: {reason}; give a "
+                         "positive-definite V0, or a singular one whose null space the block "
+                         "keeps (exactly duplicated tokens)")
+    return on_range.OnRange(coefficients, Q.to(V.dtype)), Q.to(V.dtype)
+
+
+def _lifted(res: SDEResult, restricted: on_range.OnRange) -> SDEResult:
+    """The result of the SDE on the range, as (m, m) states Q V_r Q^T."""
+    res.V = restricted.lift(res.V)
+    if res.trajectory is not None:
+        res.trajectory = restricted.lift(res.trajectory)
+    return res
 
 
 def _check_positive(name: str, value: Any) -> float:
