@@ -500,3 +500,18 @@ def test_exit_level_and_zero_time_are_printed_exactly(v0, tmp_path, capsys) -> N
     code, out, err = run([*_sde(v0, str(tmp_path / "o.npy")), "--T", "-0"], capsys)
     assert code == 0, err
     assert "T=0," in out and "T=-0" not in out
+
+
+@pytest.mark.parametrize(("block", "m"), [("attention", "4"), ("linear", "7"),
+                                          ("transformer", "5")])
+def test_derive_entries_above_the_limit_need_insist(tmp_path: Path, block: str, m: str,
+                                                    capsys: pytest.CaptureFixture[str]
+                                                    ) -> None:
+    """`derive --m` beyond its measured limit is refused up front, nothing written
+    (attention at m = 4 ran over 4 minutes; the README once offered the Transformer at
+    m = 5)."""
+    out = tmp_path / "tex"
+    code, _, err = run(["derive", "--block", block, "--gamma", "0.8", "--m", m,
+                        "--out", str(out)], capsys)
+    assert_one_line_error(code, err, "--insist")
+    assert not out.exists()

@@ -11,6 +11,12 @@ from ..artifacts import regenerate
 from .common import EXIT_FAIL, EXIT_OK, block_from_args
 from .options import add_block_args
 
+#: Entry-by-entry LaTeX (--m) costs a SymPy derivation that grows steeply with m
+#: (measured on 2 cores: linear m = 6 in 16 s and m = 10 in 89 s; attention m = 3 in 23 s,
+#: m = 4 still running after 4 minutes). Above these, --insist is needed.
+MAX_ENTRY_TOKENS = {"linear": 6, "mlp": 6, "mlp_smooth": 6}
+MAX_ENTRY_TOKENS_OTHER = 3  # attention, the Transformer block, serial and user blocks
+
 
 def add_parser(sub: Any, fmt: Any) -> None:
     """The `derive` command's options."""
@@ -28,7 +34,10 @@ def add_parser(sub: Any, fmt: Any) -> None:
     add_block_args(p, optional=True)
     p.add_argument("--m", type=int, metavar="M",
                    help="with --block: the explicit entries for M tokens (default: the "
-                        "matrix form, valid for every m)")
+                        "matrix form, valid for every m); above M = 3 (6 for linear and "
+                        "MLP blocks) only with --insist: the derivation's time grows steeply")
+    p.add_argument("--insist", action="store_true",
+                   help="derive the entries for --m above its limit all the same")
     p.add_argument("--out", metavar="DIR",
                    help="with --block: folder for BLOCK.tex (symbols) and BLOCK_values.tex "
                         "(the given parameter values substituted)")
@@ -67,6 +76,12 @@ def _derive_block(args: argparse.Namespace) -> int:
     m = None if args.m is None else val.check_positive_int("--m", args.m)
     if m is not None and m < 2:
         raise ValueError(f"--m (number of tokens) must be >= 2; got {m}")
+    most = MAX_ENTRY_TOKENS.get(blk.kernel_name, MAX_ENTRY_TOKENS_OTHER)
+    if m is not None and m > most and not args.insist:
+        raise ValueError(f"--m {m}: the entries of {blk.kernel_name} are derived without "
+                         f"--insist up to m = {most} (the derivation's time grows steeply "
+                         "with m: attention at m = 4 took over 4 minutes); the matrix form "
+                         "(no --m) holds for every m")
     # Named by the derivation the block uses (causal attention and the smooth MLP have
     # their own: they do not overwrite plain attention's and the ReLU MLP's files).
     name = blk.kernel_name
