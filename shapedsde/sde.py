@@ -62,6 +62,9 @@ MAX_STEPS = 10**6
 #: A fixed step is refused where dt r(V0) (`scheme.step_rate`: the size of the first
 #: step's factor increment) is over this: exp(50) = 5e21, a few such steps overflow.
 MAX_FIXED_INCREMENT = 50.0
+#: The most numbers one (paths, m, m) state array may hold (2^40: 8 TiB in float64): a
+#: larger request is refused as a ValueError before Torch is asked to allocate it.
+MAX_ELEMENTS = 2**40
 #: Saved times closer than this (relative to the step) to a step's end are landed on.
 _SNAP = 1e-6
 
@@ -535,6 +538,11 @@ def _restrict_to_range(coefficients: Any, V: torch.Tensor
     if Q.shape[1] == 0:
         raise ValueError("V0 is zero: there is no SDE to solve")
     reason = on_range.kept_null_space(coefficients, V0, N)
+    if reason is not None and bool((torch.linalg.cholesky_ex(V)[1] == 0).all()):
+        # Below NULL_RTOL but positive definite in the solver's precision (a generic
+        # dependency at an eigenvalue ratio ~1e-14): not a kept null space, so it is
+        # solved as any positive-definite V0 (its step rate refuses what it cannot do).
+        return coefficients, None
     if reason is not None:
         raise ValueError(f"V0 is singular (rank {Q.shape[1]} of {V0.shape[0]}) and the SDE of "
                          f"{_describe(coefficients)} leaves its null space: {reason}; give a "
@@ -598,6 +606,11 @@ def _initial_state(V0: Any, paths: int, device: torch.device, dtype: torch.dtype
         raise ValueError(f"V0 of shape (P, m, m) needs P = paths = {paths}; got {tuple(V0.shape)}")
     if V0.ndim > 3:
         raise ValueError(f"V0 must have shape (m, m) or (paths, m, m); got {tuple(V0.shape)}")
+    m = V0.shape[-1]
+    if paths * m * m > MAX_ELEMENTS:  # torch.expand would fail with a TypeError or OOM
+        raise ValueError(f"paths = {paths} of {m} x {m} states hold {paths * m * m:.3g} "
+                         f"numbers per array, over the {MAX_ELEMENTS:.3g} that one tensor "
+                         "may hold here; run fewer paths (several runs with other seeds)")
     V = V0.expand(paths, *V0.shape[-2:]).clone()
     return 0.5 * (V + V.transpose(-1, -2))
 
