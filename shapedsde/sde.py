@@ -30,6 +30,7 @@ Stopping and explosion, per path:
 from __future__ import annotations
 
 import math
+import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -611,8 +612,20 @@ def _initial_state(V0: Any, paths: int, device: torch.device, dtype: torch.dtype
         raise ValueError(f"paths = {paths} of {m} x {m} states hold {paths * m * m:.3g} "
                          f"numbers per array, over the {MAX_ELEMENTS:.3g} that one tensor "
                          "may hold here; run fewer paths (several runs with other seeds)")
+    nbytes = paths * m * m * V0.element_size()
+    if device.type == "cpu" and nbytes > _physical_memory():  # one array, of several
+        raise ValueError(f"paths = {paths} of {m} x {m} states need {nbytes / 2**30:.3g} GiB "
+                         "per state array, over this machine's memory; run fewer paths")
     V = V0.expand(paths, *V0.shape[-2:]).clone()
     return 0.5 * (V + V.transpose(-1, -2))
+
+
+def _physical_memory() -> float:
+    """This machine's memory in bytes (inf where it cannot be read)."""
+    try:
+        return float(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (AttributeError, ValueError, OSError):
+        return math.inf
 
 
 def check_step_count(T: float, steps: int | None, dt_max: float, max_steps: int) -> int:

@@ -227,9 +227,10 @@ def test_api_empty_save_times_keeps_zero_and_T() -> None:
     lambda: shapedsde.block("attention", gamma=0.6, tau0=1e-150),
     lambda: solve(BLK, V2, 0.05, paths=10**20, seed=0),
     lambda: solve(BLK, V2, 0.05, paths=3 * 10**12, seed=0),
+    lambda: solve(BLK, V2, 0.05, paths=2 * 10**11, seed=0),
 ], ids=["solve-class", "simulate-class", "simulate-device", "T-1e308", "T-1e308-steps",
         "simulate-T-1e308", "nk-1e12", "blowup-1", "blowup-half", "subnormal-V",
-        "tau0-1e-150", "paths-1e20", "paths-3e12"])
+        "tau0-1e-150", "paths-1e20", "paths-3e12", "paths-2e11"])
 def test_api_bad_inputs_raise_value_error(call) -> None:
     with pytest.raises(ValueError):
         call()
