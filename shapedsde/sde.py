@@ -544,6 +544,11 @@ def _restrict_to_range(coefficients: Any, V: torch.Tensor
         # dependency at an eigenvalue ratio ~1e-14): not a kept null space, so it is
         # solved as any positive-definite V0 (its step rate refuses what it cannot do).
         return coefficients, None
+    if reason is not None and V.dtype != torch.float64:
+        raise ValueError(f"V0 is singular to {str(V.dtype).removeprefix('torch.')} rounding "
+                         f"(smallest eigenvalue {float(w[0]):.3g}, largest "
+                         f"{float(w[-1]):.3g}) and the SDE of {_describe(coefficients)} "
+                         f"leaves that null space ({reason}); solve in float64")
     if reason is not None:
         raise ValueError(f"V0 is singular (rank {Q.shape[1]} of {V0.shape[0]}) and the SDE of "
                          f"{_describe(coefficients)} leaves its null space: {reason}; give a "

@@ -135,6 +135,17 @@ def test_eigenvalue_ratio_below_the_null_threshold_is_solved_not_refused(name: s
     assert_agree(sde, chain)
 
 
+def test_float32_refusal_of_a_nearly_singular_V0_names_the_precision() -> None:
+    """lambda ratio 1e-9 is positive definite in float64 but singular to float32 rounding:
+    the refusal says so (it read as if V0 itself were singular)."""
+    blk = shapedsde.block("attention", gamma=0.6, tau0=0.8)
+    with pytest.raises(ValueError, match="float32 rounding.*solve in float64"):
+        solve(blk, rotated(1e-9, m=2, seed=4), 0.1, paths=4, seed=0,
+              dtype=torch.float32)
+    res = solve(blk, rotated(1e-9, m=2, seed=4), 0.1, paths=4, seed=0)
+    assert res.meta["n_nonfinite"] == 0 and res.meta["n_exploded"] == 0
+
+
 def test_a_dependency_the_block_lifts_is_refused_with_the_reason() -> None:
     """x_3 = x_1 + x_2 exactly: the MLP lifts it (phi is not linear), so the SDE leaves
     the singular set, where the factor step cannot start: a clear error, not a NaN."""
