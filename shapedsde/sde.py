@@ -66,6 +66,11 @@ MAX_FIXED_INCREMENT = 50.0
 #: The most numbers one (paths, m, m) state array may hold (2^40: 8 TiB in float64): a
 #: larger request is refused as a ValueError before Torch is asked to allocate it.
 MAX_ELEMENTS = 2**40
+#: A fixed step with h r(V) above this (`scheme.step_rate`; ten times the default rtol) is
+#: coarse for the state it starts from: its error is no longer small (measured: causal
+#: attention from lambda_min / tr V = 1e-4 at 20 fixed steps made up 6 explosions in 100
+#: paths, none at the adaptive default). Such path-steps are counted per path and warned of.
+COARSE = 1.0
 #: Saved times closer than this (relative to the step) to a step's end are landed on.
 _SNAP = 1e-6
 
@@ -113,6 +118,8 @@ class SDEResult:
     exploded: (paths,) bool; explosion_time: (paths,) float64 (inf where none).
     steps: (paths,) int64, steps each path took.
     meta: JSON-serialisable run description and counters (see `summary`).
+    coarse_steps: (paths,) int64, fixed steps each path took with h r(V) > COARSE (too
+        coarse for its state: `scheme.step_rate`); zeros for adaptive steps.
     """
 
     V: torch.Tensor
@@ -124,6 +131,7 @@ class SDEResult:
     explosion_time: torch.Tensor
     steps: torch.Tensor
     meta: dict[str, Any] = field(default_factory=dict)
+    coarse_steps: torch.Tensor | None = None
 
     @property
     def exited(self) -> torch.Tensor:
@@ -164,6 +172,10 @@ class SDEResult:
         if d["n_nonfinite"]:
             line += (f" | WARNING: {d['n_nonfinite']} paths became non-finite; their V is NaN "
                      "(see result.finite)")
+        if d.get("n_coarse_paths"):
+            line += (f" | WARNING: {d['n_coarse_paths']} paths took fixed steps too coarse "
+                     "for their state (result.coarse_steps); use more steps or the adaptive "
+                     "default")
         return line
 
 
@@ -253,6 +265,11 @@ def solve(coefficients: Any, V0: Any, T: float, *, paths: int, seed: int,
     wall = time.perf_counter() - start
 
     meta = run.counters()
+    if meta["n_coarse_paths"]:
+        warnings.warn(f"{meta['n_coarse_paths']} of {paths} SDE paths took fixed steps too "
+                      f"coarse for their state (dt r(V) > {COARSE:g}, {meta['n_coarse_steps']} "
+                      "path-steps; SDEResult.coarse_steps): their law may be wrong; use more "
+                      "steps or the adaptive default", RuntimeWarning, stacklevel=2)
     if meta["n_nonfinite"] and nonfinite == "warn":
         warnings.warn(f"{meta['n_nonfinite']} of {paths} SDE paths became non-finite; their V "
                       "is NaN (see SDEResult.finite)", RuntimeWarning, stacklevel=2)
@@ -306,6 +323,7 @@ class _Run:
             self._record(torch.arange(P, device=dev))
         self.iterations = 0
         self.n_uncorrected = 0  # path-steps without the mean correction (scheme.step_matrix)
+        self.coarse = torch.zeros(P, dtype=torch.int64, device=dev)  # COARSE fixed steps
 
     @property
     def uses_structured(self) -> bool:
@@ -355,7 +373,7 @@ class _Run:
         target = self.grid[self.next_save[idx]]  # the next saved time, never stepped over
         b, K = scheme.drift_and_ito(self.coef, V)
         Linv = scheme.triangular_inverse(L)
-        h = torch.minimum(self._dt(L, Linv, b, K, t), target - t)
+        h = torch.minimum(self._dt(L, Linv, b, K, t, idx), target - t)
         hs = h.to(V.dtype)
         M, small = scheme.step_matrix(Linv, -0.5 * K, *self._noise(xi, V, L, Linv), hs)
         self.n_uncorrected += int((~small).sum())
@@ -384,12 +402,17 @@ class _Run:
         self.done[idx[~keep | exits | (t_new >= self.T)]] = True
 
     def _dt(self, L: torch.Tensor, Linv: torch.Tensor, b: torch.Tensor, K: torch.Tensor,
-            t: torch.Tensor) -> torch.Tensor:
-        """The per-path step (float64): fixed T / steps, or adaptive (`scheme.step_rate`)."""
+            t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+        """The per-path step (float64): fixed T / steps (path-steps with h r(V) > COARSE
+        counted), or adaptive (`scheme.step_rate`)."""
+        rate = scheme.step_rate(L, Linv, b, K).to(torch.float64)
         if self.fixed is not None:
-            return torch.full_like(t, self.T / self.fixed)
-        rate = scheme.step_rate(L, Linv, b, K)
-        return scheme.adaptive_dt(rate, self.rtol, self.dt_max).to(torch.float64)
+            h = torch.full_like(t, self.T / self.fixed)
+            coarse = ~(h * rate <= COARSE)  # NaN rates count as coarse
+            if bool(coarse.any()):
+                self.coarse[idx[coarse]] += 1
+            return h
+        return scheme.adaptive_dt(rate, self.rtol, self.dt_max)
 
     def _gaussians(self, n: int) -> torch.Tensor:
         """The standard Gaussians of one step for n paths: (n, groups, m, m) for the
@@ -470,7 +493,8 @@ class _Run:
                          finite=self.alive.clone(), exit_time=self.exit_time.cpu(),
                          exploded=self.exploded.cpu(),
                          explosion_time=self.explosion_time.cpu(),
-                         steps=self.n_steps.cpu(), meta=meta)
+                         steps=self.n_steps.cpu(), meta=meta,
+                         coarse_steps=self.coarse.cpu())
 
     def counters(self) -> dict[str, Any]:
         steps = self.n_steps.to(torch.float64)
@@ -483,6 +507,8 @@ class _Run:
                     **exit_summary(self.exit_time.cpu(), self.exit_trace), blowup=self.blowup,
                     n_exploded=int(self.exploded.sum()),
                     n_uncorrected_steps=self.n_uncorrected,
+                    n_coarse_steps=int(self.coarse.sum()),
+                    n_coarse_paths=int((self.coarse > 0).sum()),
                     n_nonfinite=int((~self.alive).sum()),
                     first_nonfinite_step=self.first_nonfinite_step)
 

@@ -247,7 +247,7 @@ def test_api_huge_nk_runs_with_the_gram_chain() -> None:
 # Writes outside the folder; clobbered inputs
 
 
-@pytest.mark.parametrize("name", ["../escape", "sub/name", "/tmp/abs_name", "../../.."])
+@pytest.mark.parametrize("name", ["../escape", "sub/name", "/tmp/abs_name", "../../..", ".."])
 def test_stability_name_stays_inside_out(name, tmp_path, capsys) -> None:
     out = tmp_path / "deep" / "out"
     code, _, err = run(["stability", "--quick", "--T", "0.01", "--out", str(out),

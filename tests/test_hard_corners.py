@@ -217,3 +217,18 @@ def test_drift_step_is_first_order_uniformly_near_singular() -> None:
         assert all(1.7 < x / y < 2.3 for x, y in zip(d, d[1:], strict=False)), d
         last[eps] = d[-1]
     assert last[1e-10] < 3 * last[1e-1], last
+
+
+def test_coarse_fixed_steps_are_counted_per_path_and_warned_of() -> None:
+    """Causal attention from lambda_min / tr V = 1e-4 at 20 fixed steps to T = 0.15 (a step
+    far above the state's rate): every path that took such a step is counted in
+    `coarse_steps`, with a warning; the adaptive default from the same V0 takes none."""
+    rot, _ = np.linalg.qr(np.random.default_rng(5).standard_normal((3, 3)))
+    V0 = rot @ np.diag([1e-4, 1.3, 1.9]) @ rot.T
+    blk = shapedsde.block("attention", gamma=0.6, tau0=0.7, causal=True)
+    with pytest.warns(RuntimeWarning, match="too coarse"):
+        res = solve(blk, 0.5 * (V0 + V0.T), 0.15, paths=100, seed=0, steps=20)
+    assert res.meta["n_coarse_paths"] == int((res.coarse_steps > 0).sum()) > 0
+    assert "too coarse" in res.summary()
+    good = solve(blk, 0.5 * (V0 + V0.T), 0.15, paths=100, seed=0)
+    assert int(good.coarse_steps.sum()) == 0 and good.meta["n_exploded"] == 0

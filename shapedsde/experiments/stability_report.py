@@ -49,6 +49,7 @@ def run_stability(out: str | Path, *, block: str = "attention", quick: bool = Fa
     m = V0.shape[0]
     out = Path(out)
     name = name or f"stability_{block}_m{m}"
+    _io.child(out, name, "--name")  # the name itself: '..' would make '...json'
     files = [_io.child(out, f"{name}{tail}", "--name")
              for tail in (".json", ".npz", ".png", ".pdf", "_spot.json", "_summary.txt")]
     _io.writable_folder(out, f"the output folder {out}")
