@@ -19,7 +19,7 @@ import pytest
 import torch
 
 import shapedsde
-from shapedsde.finite import simulate
+from shapedsde.finite import simulate, supports_gram
 from shapedsde.sde import solve
 
 Z = 3.0
@@ -57,7 +57,10 @@ def compare(block, V0: np.ndarray, T: float, R: float, paths: int, width: int
     assert res.meta["n_exploded"] == 0 and res.meta["n_nonfinite"] == 0
     trace0 = float(np.trace(V0))
     sde = stopped(res.exit_time.numpy(), res.V.numpy(), trace0)
-    fin = simulate(block, V0, width=width, T=T, nets=paths, seed=1, method="auto",
+    # The exact Gram chain where the block has one, else the reduced sampler (the full
+    # networks' law with n/m times fewer draws).
+    method = "gram" if supports_gram(block) else "reduced"
+    fin = simulate(block, V0, width=width, T=T, nets=paths, seed=1, method=method,
                    exit_trace=R)
     return sde, stopped(fin.exit_time.numpy(), fin.V.cpu().numpy(), trace0)
 
