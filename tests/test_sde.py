@@ -331,7 +331,11 @@ _LIN = shapedsde.block("linear", gamma=0.5)
     (dict(save_every=2), "fixed steps"),
     (dict(exit_trace=0.5), "exit_trace"),
     (dict(rtol=0.0), "rtol"),
-    (dict(V0=np.ones((2, 2))), "positive definite"),
+    # Singular: solved on its range where the block keeps the null space (duplicated
+    # tokens, tests/test_hard_corners.py); x2 = -x1 is lifted by the ReLU MLP.
+    (dict(V0=np.array([[1.0, -1.0], [-1.0, 1.0]]),
+          coefficients=shapedsde.block("mlp", gamma=0.6)), "null space"),
+    (dict(V0=np.stack([np.eye(2), np.ones((2, 2))])), "positive definite"),
     (dict(nonfinite="ignore"), "nonfinite"),
     (dict(dtype=torch.int64), "dtype"),
     (dict(device="tpu"), "device"),
