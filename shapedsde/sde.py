@@ -66,6 +66,10 @@ MAX_FIXED_INCREMENT = 50.0
 #: The most numbers one (paths, m, m) state array may hold (2^40: 8 TiB in float64): a
 #: larger request is refused as a ValueError before Torch is asked to allocate it.
 MAX_ELEMENTS = 2**40
+#: A run estimated at more steps a path than this is announced (`LongRunWarning`) before
+#: it starts: within the step limit, but long (1e5 steps at m = 3 is minutes, at m = 64
+#: hours).
+LONG_RUN_STEPS = 1e5
 #: A fixed step with h r(V) above this (`scheme.step_rate`; ten times the default rtol) is
 #: coarse for the state it starts from: its error is no longer small (measured: causal
 #: attention from lambda_min / tr V = 1e-4 at 20 fixed steps made up 6 explosions in 100
@@ -82,6 +86,10 @@ check_device = val.check_device
 class WorkLimitError(ValueError, RuntimeError):
     """A run that would take (or took) more steps than its limit `max_steps`: a
     ValueError for callers that validate inputs, a RuntimeError as it was before."""
+
+
+class LongRunWarning(UserWarning):
+    """A run within the step limit whose estimated number of steps is large."""
 
 
 def exit_summary(exit_time: Any, exit_trace: float | None) -> dict[str, Any]:
@@ -250,6 +258,12 @@ def solve(coefficients: Any, V0: Any, T: float, *, paths: int, seed: int,
                                  f"{T / least:.3g}, so the run to T = {T:g} would take about "
                                  f"{least:.3g} steps, over max_steps = {max_steps:.3g}; raise "
                                  "rtol, lower T, or raise max_steps")
+    estimate = float(steps) if steps is not None else least
+    if estimate > LONG_RUN_STEPS:
+        warnings.warn(f"the run to T = {T:g} will take about {estimate:.3g} steps a path "
+                      f"({'fixed' if steps is not None else f'rtol = {rtol:g}, estimated at V0'}"
+                      f"), {paths} paths of {V.shape[-1]} x {V.shape[-1]}: it may take long",
+                      LongRunWarning, stacklevel=2)
     if steps is not None and T / steps * rate > MAX_FIXED_INCREMENT:
         need = T / MAX_FIXED_INCREMENT * rate
         raise ValueError(f"a fixed step dt = T / steps = {T / steps:.3g} is too coarse for this "

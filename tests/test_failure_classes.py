@@ -518,3 +518,15 @@ def test_derive_entries_above_the_limit_need_insist(tmp_path: Path, block: str, 
                         "--out", str(out)], capsys)
     assert_one_line_error(code, err, "--insist")
     assert not out.exists()
+
+
+def test_a_long_run_is_announced_before_it_starts(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A run within the step limit but estimated long (`--rtol 3e-6`: 4.5e5 steps) is
+    announced with its estimate before any step (here with the threshold lowered, so
+    that the run itself is short)."""
+    import shapedsde.sde as sde_module
+
+    monkeypatch.setattr(sde_module, "LONG_RUN_STEPS", 50)
+    with pytest.warns(sde_module.LongRunWarning, match="about"):
+        solve(shapedsde.block("linear", gamma=0.5), np.eye(2), 1.0, paths=2, seed=0,
+              steps=60)
