@@ -137,17 +137,19 @@ def cholesky_velocity(L: torch.Tensor, D: torch.Tensor) -> torch.Tensor:
     return L @ half
 
 
-def step_rate(L: torch.Tensor, Linv: torch.Tensor, b: torch.Tensor, K: torch.Tensor
-              ) -> torch.Tensor:
+def step_rate(L: torch.Tensor, D: torch.Tensor, Kd: torch.Tensor) -> torch.Tensor:
     """The rate r (P,) of the adaptive step h = rtol / r (module docstring):
-    max(|K_d|_inf, max_j |D_jj|, max_i |(L Phi(D))_i| / |L_i|), D = L^-1 b L^-T,
-    K_d = L^-1 K L^-T. Non-finite where the coefficients are."""
-    At = Linv.transpose(-1, -2)
-    D, Kd = Linv @ b @ At, Linv @ K @ At
+    max(noise_rate(K_d), max_j |D_jj|, max_i |(L Phi(D))_i| / |L_i|), from the drift
+    D = L^-1 b L^-T and the Ito contraction K_d = L^-1 K L^-T in factor coordinates
+    (`sandwich`). Non-finite where the coefficients are."""
     rows = cholesky_velocity(L, D).norm(dim=-1) / L.norm(dim=-1)
-    parts = (Kd.abs().sum(-1).amax(-1), torch.diagonal(D, 0, -2, -1).abs().amax(-1),
-             rows.amax(-1))
+    parts = (noise_rate(Kd), torch.diagonal(D, 0, -2, -1).abs().amax(-1), rows.amax(-1))
     return torch.stack(parts).amax(0)
+
+
+def noise_rate(Kd: torch.Tensor) -> torch.Tensor:
+    """|K_d|_inf (P,), the largest absolute row sum: the noise's part of the rate."""
+    return Kd.abs().sum(-1).amax(-1)
 
 
 def adaptive_dt(rate: torch.Tensor, rtol: float, dt_max: float) -> torch.Tensor:
@@ -155,23 +157,24 @@ def adaptive_dt(rate: torch.Tensor, rtol: float, dt_max: float) -> torch.Tensor:
     return (rtol / rate.clamp_min(torch.finfo(rate.dtype).tiny)).clamp(max=dt_max)
 
 
-def drift_factor(Linv: torch.Tensor, b: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
-    """U_D = tril(D h, -1) + diag(exp(diag(D h) / 2)), D = L^-1 b L^-T, h (P,): the drift's
-    Euler step in Cholesky coordinates, L -> L U_D (module docstring). Lower triangular
-    with a positive diagonal, U_D U_D^T = I + D h + O(h^2)."""
-    Dh = sandwich(Linv, b * h[:, None, None])
+def drift_factor(D: torch.Tensor, h: torch.Tensor) -> torch.Tensor:
+    """U_D = tril(D h, -1) + diag(exp(diag(D h) / 2)) for the drift D = L^-1 b L^-T in
+    factor coordinates and h (P,): the drift's Euler step in Cholesky coordinates,
+    L -> L U_D (module docstring). Lower triangular with a positive diagonal,
+    U_D U_D^T = I + D h + O(h^2)."""
+    Dh = D * h[:, None, None]
     diag = torch.exp(0.5 * torch.diagonal(Dh, 0, -2, -1))
     return torch.tril(Dh, -1) + torch.diag_embed(diag)
 
 
-def step_matrix(Linv: torch.Tensor, corrected: torch.Tensor, noise: torch.Tensor,
+def step_matrix(Linv: torch.Tensor, drift: torch.Tensor, noise: torch.Tensor,
                 in_factor: bool, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """(M, corrected): M = X - excess(D h, W), X = D h + W, D h = L^{-1} `corrected` L^{-T} h
-    (the solver passes -K/2, the Ito correction of the exponential; the drift b is
-    stepped by `drift_factor`) and W = L^{-1} dN L^{-T}, dN = sqrt(h) `noise` (`noise`:
-    a draw of Sigma^{1/2} dB_1, linear in dB). `in_factor`: `noise` is already
-    L^{-1} dN_1 L^{-T} (symmetric; `Block.factor_noise`), else one batched sandwich takes
-    the drift and the noise.
+    """(M, corrected): M = X - excess(D h, W), X = D h + W, with D = `drift` already in
+    factor coordinates (the solver passes -K_d/2, the Ito correction of the exponential;
+    the drift b is stepped by `drift_factor`) and W = L^{-1} dN L^{-T}, dN = sqrt(h)
+    `noise` (`noise`: a draw of Sigma^{1/2} dB_1, linear in dB). `in_factor`: `noise` is
+    already L^{-1} dN_1 L^{-T} (symmetric; `Block.factor_noise`), else one sandwich by
+    `Linv` takes it there.
 
     The correction is the second term of a series in X: on paths where it is not small
     against the first, |excess|_F > EXCESS_RATIO |X|_F, or where it could move an
@@ -182,11 +185,8 @@ def step_matrix(Linv: torch.Tensor, corrected: torch.Tensor, noise: torch.Tensor
     isotropic noise: neither test grows with the tokens as a row-sum bound on X would,
     like m^{1/2}.)"""
     h = h[:, None, None]
-    if in_factor:
-        Dh, W = sandwich(Linv, corrected * h), noise * h.sqrt()
-    else:
-        both = sandwich(Linv, torch.stack((corrected * h, noise * h.sqrt()), dim=1))
-        Dh, W = both[:, 0], both[:, 1]
+    Dh = drift * h
+    W = noise * h.sqrt() if in_factor else sandwich(Linv, noise * h.sqrt())
     X = Dh + W
     excess = mean_excess(Dh, W)
     ratio = (excess * excess).sum((-2, -1)) / (X * X).sum((-2, -1)).clamp_min(1e-300)

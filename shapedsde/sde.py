@@ -387,11 +387,12 @@ class _Run:
         target = self.grid[self.next_save[idx]]  # the next saved time, never stepped over
         b, K = scheme.drift_and_ito(self.coef, V)
         Linv = scheme.triangular_inverse(L)
-        h = torch.minimum(self._dt(L, Linv, b, K, t, idx), target - t)
+        D, Kd = scheme.sandwich(Linv, b), scheme.sandwich(Linv, K)  # factor coordinates
+        h = torch.minimum(self._dt(L, D, Kd, t, idx), target - t)
         hs = h.to(V.dtype)
-        M, small = scheme.step_matrix(Linv, -0.5 * K, *self._noise(xi, V, L, Linv), hs)
+        M, small = scheme.step_matrix(Linv, -0.5 * Kd, *self._noise(xi, V, L, Linv), hs)
         self.n_uncorrected += int((~small).sum())
-        L_new = scheme.factor_step(L @ scheme.drift_factor(Linv, b, hs), M)
+        L_new = scheme.factor_step(L @ scheme.drift_factor(D, hs), M)
         V_new = L_new @ L_new.transpose(-1, -2)
         t_new = torch.where(target - (t + h) <= _SNAP * h, target, t + h)
         ok = _finite_rows(V_new)
@@ -415,11 +416,11 @@ class _Run:
         self._freeze(idx[exits])
         self.done[idx[~keep | exits | (t_new >= self.T)]] = True
 
-    def _dt(self, L: torch.Tensor, Linv: torch.Tensor, b: torch.Tensor, K: torch.Tensor,
-            t: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    def _dt(self, L: torch.Tensor, D: torch.Tensor, Kd: torch.Tensor, t: torch.Tensor,
+            idx: torch.Tensor) -> torch.Tensor:
         """The per-path step (float64): fixed T / steps (path-steps with h r(V) > COARSE
         counted), or adaptive (`scheme.step_rate`)."""
-        rate = scheme.step_rate(L, Linv, b, K).to(torch.float64)
+        rate = scheme.step_rate(L, D, Kd).to(torch.float64)
         if self.fixed is not None:
             h = torch.full_like(t, self.T / self.fixed)
             coarse = ~(h * rate <= COARSE)  # NaN rates count as coarse
@@ -717,8 +718,8 @@ def _probe(coefficients: Any, V: torch.Tensor) -> tuple[float, float]:
 
     with torch.no_grad():
         Linv = scheme.triangular_inverse(L)
-        rates = (scheme.step_rate(L, Linv, b, K),
-                 scheme.step_rate(L, Linv, torch.zeros_like(b), K))
+        D, Kd = scheme.sandwich(Linv, b), scheme.sandwich(Linv, K)
+        rates = (scheme.step_rate(L, D, Kd), scheme.noise_rate(Kd))
         return tuple(float(r) if math.isfinite(float(r)) else math.inf for r in rates)
 
 
