@@ -19,7 +19,14 @@ from ..codegen import kernel_source
 from ..parameters import PARAMETERS, Parameter
 from ..symbolic.derivation import Derivation
 from ..symbolic.matrixform import matrix_form
-from . import _generated_numpy, _generated_torch
+from ..symbolic.tangent import tangent_form
+from ..tangent_codegen import tangent_kernel_source
+from . import (
+    _generated_numpy,
+    _generated_tangent_numpy,
+    _generated_tangent_torch,
+    _generated_torch,
+)
 
 
 def kernel(d: Derivation, face: str, V: Any, params: tuple[Parameter, ...] = ()
@@ -56,5 +63,31 @@ def _built(d: Derivation, backend: str, own: tuple[Parameter, ...]) -> types.Mod
     source = kernel_source({d.name: matrix_form(d)}, backend, PARAMETERS + own)
     mod = types.ModuleType(f"shapedsde.kernels.built_{d.name}_{backend}")
     exec(compile(source, f"<shapedsde kernels of {d.name!r} ({backend})>", "exec"),
+         mod.__dict__)
+    return mod
+
+
+def tangent_kernel(d: Derivation, face: str, V: Any, params: tuple[Parameter, ...] = ()
+                   ) -> Callable[..., Any]:
+    """The `{d.name}_tangent_{face}` kernel (face: drift or diffusion) of the tangent of
+    derivation `d`, for V's array library: checked in for the package's blocks, else
+    printed from `shapedsde.symbolic.tangent` and compiled in memory."""
+    backend = "torch" if is_torch(V) else "numpy"
+    generated = _generated_tangent_torch if backend == "torch" else _generated_tangent_numpy
+    name = f"{d.name}_tangent_{face}"
+    if hasattr(generated, name):
+        return getattr(generated, name)
+    return getattr(_built_tangent(d, backend, tuple(p for p in params if p not in PARAMETERS)),
+                   name)
+
+
+@cache
+def _built_tangent(d: Derivation, backend: str, own: tuple[Parameter, ...]
+                   ) -> types.ModuleType:
+    """Print and compile the tangent kernels of one derivation."""
+    source = tangent_kernel_source({f"{d.name}_tangent": tangent_form(d)}, backend,
+                                   PARAMETERS + own)
+    mod = types.ModuleType(f"shapedsde.kernels.built_{d.name}_tangent_{backend}")
+    exec(compile(source, f"<shapedsde tangent kernels of {d.name!r} ({backend})>", "exec"),
          mod.__dict__)
     return mod

@@ -68,10 +68,11 @@ def _xy(k: Kron) -> tuple[MatrixExpr, tuple[str, str], MatrixExpr, tuple[str, st
     return k.X, k.xl, k.Y, k.yl
 
 
-def mean_hadamard_square(t: Linear, table: CovarianceTable, m: sp.Symbol) -> MatrixExpr:
-    """E[(t) o (t)] (entrywise square): the diagonal c = a, d = b of Cov(t, t)."""
+def mean_hadamard(t1: Linear, t2: Linear, table: CovarianceTable, m: sp.Symbol
+                  ) -> MatrixExpr:
+    """E[(t1) o (t2)] (entrywise product): the diagonal c = a, d = b of Cov(t1, t2)."""
     total = sp.ZeroMatrix(m, m)
-    for k in covariance(t, t, table):
+    for k in covariance(t1, t2, table):
         X = k.X if k.xl[0] in "ab" else k.X.T  # orient as X^{(a|b)(c|d)}
         Y = k.Y if k.yl[0] in "ab" else k.Y.T
         xl = tuple(sorted(k.xl))

@@ -39,7 +39,7 @@ from .kron import (
     Linear,
     covariance,
     mean_chain,
-    mean_hadamard_square,
+    mean_hadamard,
     outer_product_covariances,
 )
 from .layers import GAMMA, LAM, TAU0
@@ -182,31 +182,35 @@ def as_linear(coef: sp.Expr, factors: list[MatrixExpr], src: dict) -> Linear:
     return Linear(coef, _product(factors[:i]), G, transposed, _product(factors[i + 1:]))
 
 
-def _hadamard_base(f: MatrixExpr) -> MatrixExpr | None:
+def _hadamard_pair(f: MatrixExpr) -> tuple[MatrixExpr, MatrixExpr] | None:
+    """(X, Y) for a Hadamard product X o Y (or square X o X), else None."""
     if isinstance(f, sp.HadamardPower) and f.exp == 2:
-        return f.base
-    if isinstance(f, sp.HadamardProduct) and len(f.args) == 2 and f.args[0] == f.args[1]:
-        return f.args[0]
+        return f.base, f.base
+    if isinstance(f, sp.HadamardProduct) and len(f.args) == 2:
+        return f.args[0], f.args[1]
     return None
+
+
+def _linear_of(e: MatrixExpr, src: dict) -> Linear:
+    """A Hadamard factor's argument, coef * L G N with one source G, as a `Linear`."""
+    e = _symmetrise(e)
+    coef, mat = e.as_coeff_mmul()
+    factors = list(mat.args) if isinstance(mat, sp.MatMul) else [mat]
+    return as_linear(coef, factors, src)
 
 
 def expectation(coef: sp.Expr, factors: list[MatrixExpr], src: dict,
                 table: CovarianceTable) -> MatrixExpr:
     """E[coef * prod(factors)] for a term at most quadratic in the sources."""
     m = M_TOKENS
-    had = [i for i, f in enumerate(factors)  # random Hadamard squares (V o V is not)
-           if _hadamard_base(f) is not None and any(
+    had = [i for i, f in enumerate(factors)  # random Hadamard products (V o V is not)
+           if _hadamard_pair(f) is not None and any(
                a.name in src for a in f.atoms(sp.MatrixSymbol))]
     rnd = [i for i, f in enumerate(factors) if _is_source(f, src)]
     if had and not rnd and len(had) == 1:
         i = had[0]
-        base = _symmetrise(_hadamard_base(factors[i]))
-        bf = list(base.args) if isinstance(base, sp.MatMul) else [base]
-        c0, rest = sp.Integer(1), bf
-        if bf and not isinstance(bf[0], MatrixExpr):
-            c0, rest = bf[0], bf[1:]
-        t = as_linear(c0, rest, src)
-        inner = mean_hadamard_square(t, table, m)
+        t1, t2 = (_linear_of(x, src) for x in _hadamard_pair(factors[i]))
+        inner = mean_hadamard(t1, t2, table, m)
         return coef * _product(factors[:i]) * inner * _product(factors[i + 1:])
     if had:
         raise NotImplementedError(f"Hadamard term beyond second order: {factors}")

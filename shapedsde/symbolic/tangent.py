@@ -1,0 +1,195 @@
+"""The tangent of a block in matrix form: the joint SDE of the tokens and their JVP.
+
+Carry a forward-mode tangent T = dX / d eps beside the hidden state X (input X + eps T).
+The joint Gram of Z = [X; T] is Q = [[V, C], [C^T, U]] with V = X X^T / n,
+C = X T^T / n and U = T T^T / n, and it is again a Markov chain with a covariance SDE.
+
+Its update is derived by differentiating the block's own update rule, with no rule typed
+per block. Perturb the input on the left and on the right of the Gram independently,
+X(s) = X + s T and X(r) = X + r T, with the same weights. Then V'(s, r) = X'(s) X'(r)^T / n
+is the block's update V' with every quantity read on its side:
+- the input Gram V -> X(s) X(r)^T / n = V + s C^T + r C + s r U;
+- a value-step source (the width sums xi_S ~ h h^T, xi_M ~ h x^T, xi_K ~ g g^T of
+  `matrixform`) pairs a left vector with a right one, u w^T -> u(s) w(r)^T, and its
+  transpose pairs them the other way;
+- the logits z ~ q k^T live inside the mixing matrix A of one side, so both of their
+  vectors move together: z -> z(s) in A, z^T -> z(r)^T in A^T (the update writes its
+  right factor as the transpose of a left one, `matrixform.residual_update`).
+C' and U' are then the coefficients of r and of s r: C' = X' (dX')^T / n and
+U' = dX' (dX')^T / n, with dX' the block's JVP. Every perturbed source is again an
+outer product of Gaussian vectors, now of the joint columns (x_j, t_j) ~ N(0, Q)
+(`tangent_sources`), so the Wick rules of `kron` give b^V, b^C, b^U = E[eps^2 terms] and
+the blocks of Sigma = Cov[eps terms] in matrix form, valid for every m.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from functools import cache
+from itertools import combinations_with_replacement, product
+
+import sympy as sp
+from sympy.matrices.expressions import MatrixExpr
+
+from .derivation import Derivation, find
+from .kron import CovarianceTable, Kron, covariance, outer_product_covariances
+from .matrixform import (
+    EPS,
+    M_TOKENS,
+    V,
+    _collect,
+    _symmetrise,
+    _tidy_matrix,
+    _updated,
+    as_linear,
+    expectation,
+)
+
+C = sp.MatrixSymbol("C", M_TOKENS, M_TOKENS)  # X T^T / n: not symmetric
+U = sp.MatrixSymbol("U", M_TOKENS, M_TOKENS)  # T T^T / n
+#: The left and right perturbation parameters of V'(s, r).
+S_LEFT, R_RIGHT = sp.symbols("s_L r_R")
+#: The blocks of the joint state, in order.
+BLOCKS = ("V", "C", "U")
+#: The update's sources by role (`matrixform._sources`): the value step's width sums pair
+#: a left vector with a right one; the logits sit inside one side's mixing matrix.
+PAIRED = {"xi_S": ("h", "h"), "xi_M": ("h", "x"), "xi_K": ("g", "g")}
+INSIDE = {"z": ("q", "k")}
+SCALE = {"xi_S": sp.Integer(1), "xi_M": sp.Integer(1), "z": 1 / sp.Symbol("tau_0", positive=True),
+         "xi_K": sp.Integer(1)}
+#: Perturbed copies of a source u w^T: u_t w^T, u w_t^T, u_t w_t^T.
+_VARIANTS = {"tx": (True, False), "xt": (False, True), "tt": (True, True)}
+
+
+@dataclass(frozen=True)
+class TangentCoefficients:
+    """b and Sigma of the joint state Q = [[V, C], [C^T, U]] by blocks.
+
+    drift[X] = b^X (m x m matrix expressions in V, C, U) for X in V, C, U;
+    diffusion[X, Y] = Cov[dX^{ab}, dY^{cd}] / dt as Kronecker patterns, for X <= Y.
+    """
+
+    name: str
+    drift: dict[str, MatrixExpr]
+    diffusion: dict[tuple[str, str], tuple[Kron, ...]]
+
+
+def tangent_sources() -> tuple[dict[str, sp.MatrixSymbol], CovarianceTable]:
+    """Every source and its perturbed copies, and their joint covariances.
+
+    A vector u (a column of X W / sqrt(n), ...) has its tangent partner u_t (the same
+    weights applied to T): Cov(u, u) = V, Cov(u, u_t) = C, Cov(u_t, u_t) = U.
+    """
+    terms: dict[str, tuple[str, str]] = {}
+    for name, (u, w) in (PAIRED | INSIDE).items():
+        terms[name] = (u, w)
+        for tag, (tu, tw) in _VARIANTS.items():
+            terms[f"{name}_{tag}"] = (u + "t" * tu, w + "t" * tw)
+    vec_cov = {}
+    for v in "hxqkg":
+        vec_cov.update({(v, v): V, (v, v + "t"): C, (v + "t", v + "t"): U})
+    scale = {s: SCALE[s.split("_t")[0].split("_x")[0]] for s in terms}
+    table = outer_product_covariances(terms, vec_cov, scale)
+    return {s: sp.MatrixSymbol(s, M_TOKENS, M_TOKENS) for s in terms}, table
+
+
+def _perturbation(src: dict[str, sp.MatrixSymbol]) -> dict[MatrixExpr, MatrixExpr]:
+    """Each quantity of V' -> its value in V'(s, r) = X'(s) X'(r)^T / n (module docstring)."""
+    s, r = S_LEFT, R_RIGHT
+    out: dict[MatrixExpr, MatrixExpr] = {V: V + s * C.T + r * C + s * r * U}
+    for name in PAIRED:
+        base, tx, xt, tt = (src[name], src[f"{name}_tx"], src[f"{name}_xt"], src[f"{name}_tt"])
+        out[base] = base + s * tx + r * xt + s * r * tt
+        out[base.T] = (base + r * tx + s * xt + s * r * tt).T
+    for name in INSIDE:  # second order in one side's parameter never reaches s r
+        base, tx, xt = src[name], src[f"{name}_tx"], src[f"{name}_xt"]
+        out[base] = base + s * (tx + xt)
+        out[base.T] = (base + r * (tx + xt)).T
+    return out
+
+
+def expand_hadamard(expr: MatrixExpr) -> MatrixExpr:
+    """Distribute Hadamard products (and squares) over sums, scalars pulled out."""
+    def split(e: MatrixExpr) -> list[tuple[sp.Expr, MatrixExpr]]:
+        e = sp.expand(e).doit()
+        return [t.as_coeff_mmul() for t in (e.args if isinstance(e, sp.MatAdd) else (e,))]
+
+    def distribute(*args: MatrixExpr) -> MatrixExpr:
+        terms = [split(expand_hadamard(a)) for a in args]
+        out = []
+        for combo in product(*terms):
+            coef = sp.Mul(*[c for c, _ in combo])
+            mats = [sp.MatMul(mm).doit() if isinstance(mm, sp.MatMul) else mm for _, mm in combo]
+            out.append(coef * sp.HadamardProduct(*mats))
+        return sp.MatAdd(*out)
+
+    def rule(e: MatrixExpr) -> MatrixExpr:
+        if isinstance(e, sp.HadamardPower) and e.exp == 2:
+            return distribute(e.base, e.base)
+        return distribute(*e.args)
+
+    return expr.replace(lambda e: isinstance(e, (sp.HadamardProduct, sp.HadamardPower)), rule)
+
+
+def _by_order(expr: MatrixExpr) -> dict[tuple[int, int, int], list[tuple[sp.Expr, list]]]:
+    """Expanded terms grouped by (power of s, power of r, power of eps)."""
+    out: dict[tuple[int, int, int], list] = {}
+    expr = _symmetrise(sp.expand(expand_hadamard(sp.expand(expr).doit())).doit())
+    expr = expr.xreplace({U.T: U})
+    for term in expr.args if isinstance(expr, sp.MatAdd) else (expr,):
+        coef, mat = term.as_coeff_mmul()
+        factors = list(mat.args) if isinstance(mat, sp.MatMul) else [mat]
+        for c in sp.Add.make_args(sp.expand(coef)):
+            ks = tuple(int(sp.degree(c, x)) for x in (S_LEFT, R_RIGHT, EPS))
+            out.setdefault(ks, []).append((c / (S_LEFT**ks[0] * R_RIGHT**ks[1] * EPS**ks[2]),
+                                           factors))
+    return out
+
+
+def derive_tangent(d: Derivation | str) -> TangentCoefficients:
+    """b^V, b^C, b^U and the blocks of Sigma for the tangent of derivation `d`."""
+    d = d if isinstance(d, Derivation) else find(d)
+    if d.parts:  # sub-layers in sequence: the chain rule composes the tangents, and at
+        # leading order independent sub-layers' coefficients add
+        parts = [derive_tangent(p) for p in d.parts]
+        drift = {X: _tidy_matrix(sum((p.drift[X] for p in parts[1:]), parts[0].drift[X]))
+                 for X in BLOCKS}
+        diffusion = {k: tuple(_collect([t for p in parts for t in p.diffusion[k]]))
+                     for k in parts[0].diffusion}
+        return TangentCoefficients(d.name, drift, diffusion)
+    if d.update is None or d.rows:
+        raise ValueError(f"{d.name!r} has no matrix-form update rule read as one matrix: its "
+                         "tangent is not derived in matrix form")
+    src, table = tangent_sources()
+    base = {name: src[name] for name in PAIRED | INSIDE}
+    update = _symmetrise(sp.expand(_updated(d, base)).doit())
+    orders = _by_order(update.xreplace(_perturbation(src)))
+    which = {"V": (0, 0), "C": (0, 1), "U": (1, 1)}
+    zero = sp.ZeroMatrix(M_TOKENS, M_TOKENS)
+    drift, first = {}, {}
+    for X, (i, j) in which.items():
+        drift[X] = _tidy_matrix(sum((expectation(c, f, src, table)
+                                     for c, f in orders.get((i, j, 2), [])), zero))
+        first[X] = [as_linear(c, f, src) for c, f in orders.get((i, j, 1), [])]
+        _check_identity_at_zero(X, orders.get((i, j, 0), []))
+    diffusion = {}
+    for X, Y in combinations_with_replacement(BLOCKS, 2):
+        terms = [Kron(k.coef / d.heads, k.X, k.xl, k.Y, k.yl)
+                 for t1 in first[X] for t2 in first[Y] for k in covariance(t1, t2, table)]
+        diffusion[X, Y] = tuple(_collect(terms))
+    return TangentCoefficients(f"{d.name}_tangent", drift, diffusion)
+
+
+def _check_identity_at_zero(X: str, terms: list) -> None:
+    """At eps = 0 the update is the identity: X' = X."""
+    target = {"V": V, "C": C, "U": U}[X]
+    total = sum((c * sp.MatMul(*f).doit() for c, f in terms), sp.ZeroMatrix(M_TOKENS, M_TOKENS))
+    rest = _tidy_matrix(sp.expand((total - target).doit()))
+    if sp.simplify(rest) not in (0, sp.ZeroMatrix(M_TOKENS, M_TOKENS)):
+        raise AssertionError(f"the tangent update is not the identity at eps = 0 in {X}: {rest}")
+
+
+@cache
+def tangent_form(d: Derivation) -> TangentCoefficients:
+    """Cached `derive_tangent`."""
+    return derive_tangent(d)

@@ -1,0 +1,217 @@
+"""`tangent(block)`: a block acting on its tokens and their tangent (forward-mode JVP).
+
+The state is the joint Gram Q = [[V, C], [C^T, U]] of Z = [X; T] (2m rows), T the tangent
+of X along an input direction: V = X X^T / n, C = X T^T / n, U = T T^T / n. With T_0
+independent of X_0 (Q_0 = [[V_0, 0], [0, I]]), tr U_t / tr U_0 is the squared norm of the
+input-output Jacobian along a random direction, whose law is that of a gradient's squared
+norm backpropagated from the output (J J^T and J^T J share their spectrum).
+
+Its faces, each from the block's own:
+- symbolic: b(Q) and Sigma(Q) by blocks, derived by differentiating the block's update
+  rule (`shapedsde.symbolic.tangent`), printed as kernels (`shapedsde.kernels`);
+- finite: the block's finite face with its JVP (`torch.func.jvp`), one weight draw;
+- exact chain (where the block has one): the block's chain on Q with the mixing matrix
+  [[A, 0], [dA, A]], dA the Softmax's derivative along the joint logits.
+
+The solver stops on the forward part: `monitored_tokens` tells `shapedsde.solve` and
+`shapedsde.finite.simulate` that tr V, not tr Q, is the exit trace.
+"""
+
+from __future__ import annotations
+
+import functools
+import operator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from . import _validation as val
+from .blocks import AttentionBlock, Block, _check_hidden, gram_logits, shaped_mixing
+from .kernels import tangent_kernel
+from .serial import Serial
+from .symbolic.tangent import BLOCKS
+from .weights import RandomSource
+
+#: Q's (row block, column block) -> (block of the derivation, transposed).
+_PLACE = {(0, 0): ("V", False), (0, 1): ("C", False), (1, 0): ("C", True),
+          (1, 1): ("U", False)}
+
+
+@dataclass(frozen=True)
+class Tangent:
+    """The tangent of `block`: the SDE of the joint Gram Q (2m x 2m) of tokens and JVP."""
+
+    block: Block
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.block, Block):
+            raise ValueError(f"tangent() takes a shapedsde block; got {type(self.block).__name__}")
+        if isinstance(self.block, Tangent):
+            raise ValueError("tangent(tangent(...)) is not supported: take one tangent")
+
+    @property
+    def name(self) -> str:
+        return f"tangent({self.block.name})"
+
+    @property
+    def lam(self) -> float:
+        return self.block.lam
+
+    @property
+    def gamma(self) -> float:
+        return self.block.gamma
+
+    @property
+    def heads(self) -> int:
+        return getattr(self.block, "heads", 1)
+
+    @property
+    def nk(self) -> int | None:
+        return getattr(self.block, "nk", None)
+
+    def kernel_params(self) -> dict[str, float]:
+        return self.block.kernel_params()
+
+    def monitored_tokens(self, size: int) -> int:
+        """How many leading rows of a (size x size) state the exit trace reads: the tokens."""
+        return size // 2
+
+    # -- coefficients ----------------------------------------------------------------------
+
+    def drift(self, Q: Any, *, check: bool = True) -> Any:
+        """b(Q), shape (..., 2m, 2m), for the joint Gram Q (..., 2m, 2m)."""
+        Q = _check_joint(Q) if check else Q
+        return _assemble_drift(Q, [self._parts_face("drift", Q)])
+
+    def diffusion(self, Q: Any, *, check: bool = True) -> Any:
+        """Sigma(Q), shape (..., 2m, 2m, 2m, 2m): lim n Cov[dQ^{ij}, dQ^{kl}]."""
+        Q = _check_joint(Q) if check else Q
+        return _assemble_diffusion(Q, self._parts_face("diffusion", Q))
+
+    def _parts_face(self, face: str, Q: Any) -> Any:
+        """The blocks' face, summed over serial parts (independent weights add)."""
+        V, C, U = _split(Q)
+        parts = self.block.parts if isinstance(self.block, Serial) else (self.block,)
+        outs = [_block_face(p, face, V, C, U) for p in parts]
+        if face == "drift":
+            return tuple(functools.reduce(operator.add, xs) for xs in zip(*outs, strict=True))
+        return {k: functools.reduce(operator.add, (o[k] for o in outs)) for k in outs[0]}
+
+    # -- finite faces ----------------------------------------------------------------------
+
+    def check_width(self, n: int) -> int:
+        return self.block.check_width(n)
+
+    def finite(self, Z: torch.Tensor, generator: RandomSource, *, check: bool = True
+               ) -> torch.Tensor:
+        """One sub-layer on Z = [X; T] (B, 2m, n): [block(X); JVP of block at X along T],
+        with the same weights (one draw)."""
+        _check_hidden(Z, values=check)
+        if Z.shape[1] % 2:
+            raise ValueError(f"the tangent's hidden state stacks X and T: it needs an even "
+                             f"number of rows; got {Z.shape[1]}")
+        m = Z.shape[1] // 2
+        X, T = Z[:, :m], Z[:, m:]
+        out, jvp = torch.func.jvp(lambda x: self.block.finite(x, generator, check=False),
+                                  (X,), (T,))
+        return torch.cat([out, jvp], dim=1)
+
+    def gram_mixing(self, L: torch.Tensor, n: int, generator: torch.Generator
+                    ) -> torch.Tensor | None:
+        """[[A, 0], [dA, A]] (B, 2m, 2m) given Q = L L^T, exact in law (attention, one head):
+        the joint logits of X and T drawn as the block's, dA the Softmax's JVP along the
+        logits' tangent Y_tx + Y_xt."""
+        blk = self.block
+        B, m2, _ = L.shape
+        m = m2 // 2
+        A_of = type(blk).gram_mixing
+        if A_of is Block.gram_mixing:
+            raise NotImplementedError(f"block {blk.name!r} has no exact V chain")
+        if not isinstance(blk, AttentionBlock):  # A = I (linear): the chain on 2m rows
+            return A_of(blk, L, n, generator)
+        Y = gram_logits(blk, L, n, generator)
+        z, dz = Y[:, :m, :m], Y[:, m:, :m] + Y[:, :m, m:]
+        A, dA = torch.func.jvp(lambda y: shaped_mixing(y, causal=blk.causal), (z,), (dz,))
+        zero = torch.zeros_like(A)
+        return torch.cat([torch.cat([A, zero], -1), torch.cat([dA, A], -1)], -2)
+
+
+def tangent(block: Block) -> Tangent:
+    """The tangent of `block` (a built-in block, `serial(...)` or a user's): its
+    coefficients act on the joint Gram Q = [[V, C], [C^T, U]] (module docstring)."""
+    return Tangent(block)
+
+
+def initial_joint(V0: Any, scale: float = 1.0) -> np.ndarray:
+    """Q_0 = [[V_0, 0], [0, scale I_m]]: a tangent direction independent of the input."""
+    V0 = np.asarray(val.check_covariance(V0, name="V0"), dtype=np.float64)
+    if V0.ndim != 2:
+        raise ValueError(f"V0 must be one (m, m) matrix; got shape {V0.shape}")
+    m = V0.shape[0]
+    Q = np.zeros((2 * m, 2 * m))
+    Q[:m, :m], Q[m:, m:] = V0, scale * np.eye(m)
+    return Q
+
+
+def _block_face(blk: Block, face: str, V: Any, C: Any, U: Any) -> Any:
+    """One block's tangent kernel `face` at (V, C, U), the block's parameters passed."""
+    d = blk.derivation()
+    if not d.has_matrix_form:
+        raise ValueError(f"block {blk.name!r}: its tangent is derived from the matrix form of "
+                         "its update rule, which it does not declare")
+    fn = tangent_kernel(d, face, V, blk._declared_with_derivations())
+    params = blk.kernel_params()
+    names = fn.__code__.co_varnames[3:fn.__code__.co_argcount]
+    return fn(V, C, U, **{k: params[k] for k in names})
+
+
+def _split(Q: Any) -> tuple[Any, Any, Any]:
+    m = Q.shape[-1] // 2
+    return Q[..., :m, :m], Q[..., :m, m:], Q[..., m:, m:]
+
+
+def _assemble_drift(Q: Any, parts: list[tuple[Any, Any, Any]]) -> Any:
+    """[[b^V, b^C], [b^C^T, b^U]]."""
+    bV, bC, bU = parts[0]
+    T = _transpose(bC)
+    cat = torch.cat if val.is_torch(Q) else np.concatenate
+    return cat([cat([bV, bC], -1), cat([T, bU], -1)], -2)
+
+
+def _assemble_diffusion(Q: Any, blocks: dict[tuple[str, str], Any]) -> Any:
+    """Sigma^{(p a)(q b),(r c)(s d)} from the blocks Cov[dX, dY] (X <= Y in V, C, U)."""
+    torch_ = val.is_torch(Q)
+    m = Q.shape[-1] // 2
+    batch = tuple(Q.shape[:-2])
+    shape = batch + (2, m, 2, m, 2, m, 2, m)
+    out = (torch.zeros(shape, dtype=Q.dtype, device=Q.device) if torch_
+           else np.zeros(shape, dtype=Q.dtype))
+    order = {X: i for i, X in enumerate(BLOCKS)}
+    ein = torch.einsum if torch_ else np.einsum
+    for (p, q), (X, tx) in _PLACE.items():
+        for (r, s), (Y, ty) in _PLACE.items():
+            if order[X] <= order[Y]:
+                S = blocks[X, Y]
+            else:
+                S = ein("...abcd->...cdab", blocks[Y, X])
+            if tx:
+                S = ein("...abcd->...bacd", S)
+            if ty:
+                S = ein("...abcd->...abdc", S)
+            out[..., p, :, q, :, r, :, s, :] = S
+    return out.reshape(batch + (2 * m,) * 4)
+
+
+def _transpose(X: Any) -> Any:
+    return X.transpose(-1, -2) if val.is_torch(X) else np.swapaxes(X, -1, -2)
+
+
+def _check_joint(Q: Any) -> Any:
+    """A joint Gram: symmetric PSD with an even number 2m >= 4 of rows."""
+    Q = val.check_covariance(Q, name="Q")
+    if Q.shape[-1] % 2 or Q.shape[-1] < 4:
+        raise ValueError(f"Q is the joint Gram [[V, C], [C^T, U]] of m >= 2 tokens and their "
+                         f"tangents: it needs 2m >= 4 rows; got {Q.shape[-1]}")
+    return Q
