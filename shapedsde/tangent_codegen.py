@@ -8,9 +8,72 @@ object (`shapedsde.tangent`) assembles the (2m, 2m) drift and (2m)^4 diffusion f
 
 from __future__ import annotations
 
+import sympy as sp
+from sympy.matrices.expressions import MatrixExpr
+
 from .codegen import BACKENDS, HEADER, _KernelPrinter, _kron_spec
 from .parameters import PARAMETERS, Parameter
-from .symbolic.tangent import BLOCKS, TangentCoefficients
+from .symbolic.tangent import BLOCKS, JOINT_ENTRIES, JointEntrywise, TangentCoefficients
+
+#: Printed names of the joint entries (`JOINT_ENTRIES`), in the helper's argument order.
+_ENTRY_NAMES = ("Va", "Vb", "Vab", "Ca", "Cb", "Cab", "Cba", "Uab")
+#: The helper evaluating a `JointEntrywise` (off-diagonal and diagonal formulas).
+_JOINT_HELPER = {
+    "numpy": '''
+def _acos(x):
+    return np.arccos(np.clip(x, -1.0, 1.0))
+
+
+def _joint_entrywise(V, C, U, off, diag):
+    """off(V^aa, V^bb, V^ab, C^aa, C^bb, C^ab, C^ba, U^ab) off the diagonal, diag(V^aa, C^aa,
+    U^aa) on it."""
+    eye = np.eye(V.shape[-1], dtype=bool)
+    dV, dC, dU = (np.diagonal(X, 0, -2, -1) for X in (V, C, U))
+    Vab = np.where(eye, 0.0, V)  # the off formula is not read on the diagonal
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = off(dV[..., :, None], dV[..., None, :], Vab, dC[..., :, None], dC[..., None, :],
+                  C, _T(C), U) + 0 * V
+    on = diag(dV, dC, dU) + 0 * dV
+    return np.where(eye, on[..., :, None] * eye, out)
+''',
+    "torch": '''
+def _acos(x):
+    return torch.acos(x.clamp(-1.0, 1.0))
+
+
+def _joint_entrywise(V, C, U, off, diag):
+    """off(V^aa, V^bb, V^ab, C^aa, C^bb, C^ab, C^ba, U^ab) off the diagonal, diag(V^aa, C^aa,
+    U^aa) on it."""
+    eye = torch.eye(V.shape[-1], dtype=torch.bool, device=V.device)
+    dV, dC, dU = (torch.diagonal(X, 0, -2, -1) for X in (V, C, U))
+    Vab = torch.where(eye, torch.zeros_like(V), V)  # the off formula is not read on the diagonal
+    out = off(dV[..., :, None], dV[..., None, :], Vab, dC[..., :, None], dC[..., None, :],
+              C, _T(C), U) + 0 * V
+    on = diag(dV, dC, dU) + 0 * dV
+    return torch.where(eye, on[..., :, None] * eye, out)
+''',
+}
+
+
+class _TangentPrinter(_KernelPrinter):
+    """The block kernels' printer, reading the joint entries and `JointEntrywise` nodes."""
+
+    def __init__(self, params: tuple[Parameter, ...]) -> None:
+        super().__init__(params)
+        self.scalars.update({x.name: n for x, n in zip(JOINT_ENTRIES, _ENTRY_NAMES,
+                                                        strict=True)})
+
+    def _node(self, e: MatrixExpr) -> str:
+        if not isinstance(e, JointEntrywise):
+            return super()._node(e)
+        def lam(f: sp.Expr) -> str:
+            root = sp.Function("_sqrt")
+            f = f.replace(lambda x: x.is_Pow and x.exp in (sp.S.Half, -sp.S.Half),
+                          lambda x: root(x.base) ** (2 * x.exp))
+            return self.scalar(f.replace(sp.acos, sp.Function("_acos")))
+        diag = e.diag.subs({JOINT_ENTRIES[5]: JOINT_ENTRIES[3]})
+        return (f"_joint_entrywise(V, C, U, lambda {', '.join(_ENTRY_NAMES)}: {lam(e.off)}, "
+                f"lambda Va, Ca, Uab: {lam(diag)})")
 
 
 def tangent_arguments(c: TangentCoefficients, params: tuple[Parameter, ...] = PARAMETERS
@@ -27,15 +90,15 @@ def tangent_kernel_source(coeffs: dict[str, TangentCoefficients], backend: str,
     (b^V, b^C, b^U) and `<name>_diffusion(V, C, U, ...)` -> {(X, Y): Cov[dX, dY] / dt}."""
     b = BACKENDS[backend]
     parts = [HEADER, f'"""{backend} kernels of the tangents: blocks of b(Q) and Sigma(Q)."""',
-             "", b["import"], "", b["prelude"]]
+             "", b["import"], "", b["prelude"], _JOINT_HELPER[backend]]
     for name, c in coeffs.items():
         args = "".join(f", {a}" for a in tangent_arguments(c, params))
-        pr = _KernelPrinter(params)
+        pr = _TangentPrinter(params)
         outs = [pr.matrix(c.drift[X]) for X in BLOCKS]
         parts += ["", f"def {name}_drift(V, C, U{args}):",
                   f'    """(b^V, b^C, b^U) of {name}; each (..., m, m)."""',
                   "    m, I, J, P = _setup(V)", *pr.lines, f"    return {', '.join(outs)}", ""]
-        pr = _KernelPrinter(params)
+        pr = _TangentPrinter(params)
         entries = []
         for (X, Y), ks in c.diffusion.items():
             terms = [f'({pr.scalar(k.coef)}) * _kron("{_kron_spec(k)}", {pr.matrix(k.X)}, '

@@ -59,3 +59,39 @@ def shaped_kernel_series(order: int = 2) -> list[sp.Expr]:
     expr = c * activation_kernel().subs({S_PLUS: sp_, S_MINUS: sm_})
     series = sp.series(expr, eps, 0, order + 1).removeO()
     return [sp.simplify(series.coeff(eps, k)) for k in range(order + 1)]
+
+
+@cache
+def shaped_tangent_diagonal(order: int = 2) -> tuple[sp.Expr, sp.Expr]:
+    """The eps^order coefficients of c E[phi(x) phi'(x) t] and c E[phi'(x)^2 t^2] for one
+    token and its tangent, (x, t) centred Gaussian with Var x = V_AA, Cov = C_AA, Var t =
+    U_AA (functions of those and c_+, c_-).
+
+    With t = (C / V) x + t_perp (t_perp independent of x) both reduce to one-dimensional
+    integrals over x ~ N(0, V), taken here piece by piece on x > 0 and x < 0. The
+    two-token kernel's derivatives cannot give these: at rho = 1 the arc-cosine kernel
+    is not twice differentiable (docs/tangent.md).
+    """
+    eps = sp.Symbol("epsilon", positive=True)
+    cp, cm = sp.symbols("c_+ c_-", real=True)
+    C, U = sp.symbols("C_aa U_aa", real=True)
+    x = sp.Symbol("x", real=True)
+    density = sp.exp(-x**2 / (2 * V_AA)) / sp.sqrt(2 * sp.pi * V_AA)
+
+    def mean(f_pos: sp.Expr, f_neg: sp.Expr) -> sp.Expr:
+        return (sp.integrate(f_pos * density, (x, 0, sp.oo))
+                + sp.integrate(f_neg * density, (x, -sp.oo, 0)))
+
+    phi_phid_x = mean(S_PLUS * x * S_PLUS * x, S_MINUS * x * S_MINUS * x)
+    phid2_x2 = mean(S_PLUS**2 * x**2, S_MINUS**2 * x**2)
+    phid2 = mean(S_PLUS**2, S_MINUS**2)
+    beta = C / V_AA
+    cross = beta * phi_phid_x
+    tangent = beta**2 * phid2_x2 + (U - C**2 / V_AA) * phid2
+    sp_, sm_ = 1 + cp * eps, 1 + cm * eps
+    c = 2 / (sp_**2 + sm_**2)
+    out = []
+    for e in (cross, tangent):
+        e = c * e.subs({S_PLUS: sp_, S_MINUS: sm_})
+        out.append(sp.simplify(sp.series(e, eps, 0, order + 1).removeO().coeff(eps, order)))
+    return out[0], out[1]

@@ -31,7 +31,9 @@ from itertools import combinations_with_replacement, product
 import sympy as sp
 from sympy.matrices.expressions import MatrixExpr
 
+from .activation import RHO, V_AA, V_BB, shaped_tangent_diagonal
 from .derivation import Derivation, find
+from .entrywise_kernel import Entrywise
 from .kron import CovarianceTable, Kron, covariance, outer_product_covariances
 from .matrixform import (
     EPS,
@@ -59,6 +61,74 @@ SCALE = {"xi_S": sp.Integer(1), "xi_M": sp.Integer(1), "z": 1 / sp.Symbol("tau_0
          "xi_K": sp.Integer(1)}
 #: Perturbed copies of a source u w^T: u_t w^T, u w_t^T, u_t w_t^T.
 _VARIANTS = {"tx": (True, False), "xt": (False, True), "tt": (True, True)}
+
+
+#: Entry symbols of a joint entrywise matrix: token a's and b's V, C, U entries.
+JOINT_ENTRIES = sp.symbols("V_a V_b V_ab C_a C_b C_ab C_ba U_ab", real=True)
+#: The diagonal (a = b) of the kernels' derivatives, by kernel name: an activation whose
+#: two-token kernel is not smooth at rho = 1 (ReLU) has it from one-token integrals.
+DIAGONALS = {"kappa": shaped_tangent_diagonal}
+
+
+class JointEntrywise(MatrixExpr):
+    """F^{ab} = off(V^aa, V^bb, V^ab, C^aa, C^bb, C^ab, C^ba, U^ab) for a != b and
+    diag(V^aa, C^aa, U^aa) for a = b (symbols `JOINT_ENTRIES`; diag reads V_a, C_a, U_ab):
+    a derivative of an activation kernel along the tangent."""
+
+    def __new__(cls, name: sp.Symbol, off: sp.Expr, diag: sp.Expr, *_: MatrixExpr):
+        return sp.Basic.__new__(cls, name, off, diag, V, C, U)
+
+    def doit(self, **hints) -> JointEntrywise:
+        return self
+
+    def _eval_transpose(self) -> MatrixExpr:
+        raise NotImplementedError("a joint entrywise matrix is not transposed here")
+
+    @property
+    def name(self) -> sp.Symbol:
+        return self.args[0]
+
+    @property
+    def off(self) -> sp.Expr:
+        return self.args[1]
+
+    @property
+    def diag(self) -> sp.Expr:
+        return self.args[2]
+
+    @property
+    def shape(self):
+        return V.shape
+
+
+def kernel_derivatives(node: Entrywise) -> dict[tuple[int, int], MatrixExpr]:
+    """The activation kernel kappa(V) read on both sides, kappa(s, r), to first order in s
+    and in r: {(i, j): coefficient of s^i r^j} (module docstring).
+
+    Entry (a, b) of kappa(s, r) is the kernel at the covariance of (x_a + s t_a, x_b + r t_b):
+    variances V^aa + 2 s C^aa + ..., V^bb + 2 r C^bb + ..., covariance
+    V^ab + s C^ba + r C^ab + s r U^ab. Its derivatives in s and r are taken by SymPy.
+    """
+    va, vb, vab, ca, cb, cab, cba, uab = JOINT_ENTRIES
+    s, r = S_LEFT, R_RIGHT
+    base = node.formula.subs(RHO, sp.Symbol("_vab") / sp.sqrt(V_AA * V_BB))
+    moved = base.subs({V_AA: va + 2 * s * ca, V_BB: vb + 2 * r * cb,
+                       sp.Symbol("_vab"): vab + s * cba + r * cab + s * r * uab})
+    at0 = {s: 0, r: 0}
+    derivs = {(1, 0): sp.diff(moved, s).subs(at0), (0, 1): sp.diff(moved, r).subs(at0),
+              (1, 1): sp.diff(moved, s, r).subs(at0)}
+    if node.name.name not in DIAGONALS:
+        raise ValueError(f"no tangent derived for the activation kernel {node.name}: its "
+                         "diagonal (one token and its own tangent) is not declared")
+    cross, joint = DIAGONALS[node.name.name]()
+    one = {sp.Symbol("V_aa", positive=True): va, sp.Symbol("C_aa", real=True): ca,
+           sp.Symbol("U_aa", real=True): uab}
+    diag = {(1, 0): cross.subs(one), (0, 1): cross.subs(one), (1, 1): joint.subs(one)}
+    out = {}
+    for key, off in derivs.items():
+        out[key] = JointEntrywise(sp.Symbol(f"{node.name}_{'sr'[:key[0]]}{'r' * key[1]}"),
+                                  sp.simplify(off), diag[key])
+    return out
 
 
 @dataclass(frozen=True)
@@ -131,6 +201,21 @@ def expand_hadamard(expr: MatrixExpr) -> MatrixExpr:
     return expr.replace(lambda e: isinstance(e, (sp.HadamardProduct, sp.HadamardPower)), rule)
 
 
+def _kernel_perturbation(expr: MatrixExpr
+                         ) -> tuple[dict[MatrixExpr, MatrixExpr], dict[MatrixExpr, MatrixExpr]]:
+    """Each activation kernel of the update -> kappa(s, r) to first order in s and r, written
+    with placeholder symbols (which the input's perturbation leaves alone), and the
+    placeholders -> the kernel and its derivatives."""
+    out, back = {}, {}
+    for i, node in enumerate(sorted(expr.atoms(Entrywise), key=sp.default_sort_key)):
+        d = {(0, 0): node} | kernel_derivatives(node)
+        hold = {k: sp.MatrixSymbol(f"_kernel{i}_{k[0]}{k[1]}", M_TOKENS, M_TOKENS) for k in d}
+        out[node] = (hold[0, 0] + S_LEFT * hold[1, 0] + R_RIGHT * hold[0, 1]
+                     + S_LEFT * R_RIGHT * hold[1, 1])
+        back.update({hold[k]: d[k] for k in d})
+    return out, back
+
+
 def _by_order(expr: MatrixExpr) -> dict[tuple[int, int, int], list[tuple[sp.Expr, list]]]:
     """Expanded terms grouped by (power of s, power of r, power of eps)."""
     out: dict[tuple[int, int, int], list] = {}
@@ -162,7 +247,9 @@ def derive_tangent(d: Derivation | str) -> TangentCoefficients:
                          "tangent is not derived in matrix form")
     src, table = tangent_sources()
     base = {name: src[name] for name in PAIRED | INSIDE}
-    update = _symmetrise(sp.expand(_updated(d, base)).doit())
+    update = _updated(d, base)
+    kernels, back = _kernel_perturbation(update)  # a kernel is no source: held apart
+    update = _symmetrise(sp.expand(update.xreplace(kernels)).doit())
     orders = _by_order(update.xreplace(_perturbation(src)))
     which = {"V": (0, 0), "C": (0, 1), "U": (1, 1)}
     zero = sp.ZeroMatrix(M_TOKENS, M_TOKENS)
@@ -177,6 +264,9 @@ def derive_tangent(d: Derivation | str) -> TangentCoefficients:
         terms = [Kron(k.coef / d.heads, k.X, k.xl, k.Y, k.yl)
                  for t1 in first[X] for t2 in first[Y] for k in covariance(t1, t2, table)]
         diffusion[X, Y] = tuple(_collect(terms))
+    drift = {X: e.xreplace(back) for X, e in drift.items()}
+    diffusion = {k: tuple(Kron(t.coef, t.X.xreplace(back), t.xl, t.Y.xreplace(back), t.yl)
+                          for t in ks) for k, ks in diffusion.items()}
     return TangentCoefficients(f"{d.name}_tangent", drift, diffusion)
 
 
