@@ -44,6 +44,7 @@ from ._linalg import psd_factor
 from .blocks import Block, defining_class
 from .blocks import gram_logits as gram_logits
 from .progress import progress_bar
+from .scheme import monitored_tokens, monitored_trace
 from .weights import DIRECT_DF, RandomSource, WeightSource, bartlett_factor, standard_normal
 from .weights import gaussian_product as gaussian_product
 
@@ -204,14 +205,15 @@ def simulate(
     step = _gram_runner if method == "gram" else _full_runner
     if method == "reduced":
         gen = WeightSource(gen, reduced=True)
-    level = None if exit_trace is None else exit_trace * float(torch.trace(V0))
+    k = monitored_tokens(block, m)  # a tangent stops on its tokens' block
+    level = None if exit_trace is None else exit_trace * float(torch.trace(V0[:k, :k]))
     outs: list[torch.Tensor] = []
     exits: list[torch.Tensor] = []
     bar = progress_bar(total=nets * depth, enabled=progress, unit="layer",
                        desc=f"finite {block.name} n={n} d={depth} ({method})")
     for start in range(0, nets, batch_size):
         B = min(batch_size, nets - start)
-        traj_b, exit_b = step(block, X0, B, depth, record, gen, bar, level)
+        traj_b, exit_b = step(block, X0, B, depth, record, gen, bar, level, k)
         outs.append(traj_b)
         exits.append(exit_b)
     bar.close()
@@ -247,12 +249,12 @@ def gram_matrix(X: torch.Tensor) -> torch.Tensor:
 
 
 def _full_runner(block: Block, X0: torch.Tensor, B: int, depth: int, record: list[int],
-                 gen: RandomSource, bar, level: float | None
+                 gen: RandomSource, bar, level: float | None, k: int
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """B networks through `depth` sub-layers of block.finite: (k, B, m, m) at `record`
     and each net's exit layer (inf: none); exited nets keep their hidden state."""
     X = X0.expand(B, *X0.shape).clone()
-    stopped = _ExitClock(B, level, X.device)
+    stopped = _ExitClock(B, level, X.device, k)
     saved = []
     for layer in range(depth + 1):
         if layer in record or level is not None:
@@ -267,12 +269,12 @@ def _full_runner(block: Block, X0: torch.Tensor, B: int, depth: int, record: lis
 
 
 def _gram_runner(block: Block, X0: torch.Tensor, B: int, depth: int, record: list[int],
-                 gen: torch.Generator, bar, level: float | None
+                 gen: torch.Generator, bar, level: float | None, k: int
                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """B networks of the exact-in-law V chain: (k, B, m, m) at `record`, exit layers."""
     n = X0.shape[-1]
     V = (X0 @ X0.T / n).expand(B, -1, -1).clone()
-    stopped = _ExitClock(B, level, V.device)
+    stopped = _ExitClock(B, level, V.device, k)
     saved = []
     for layer in range(depth + 1):
         stopped.check(V, layer)
@@ -285,16 +287,17 @@ def _gram_runner(block: Block, X0: torch.Tensor, B: int, depth: int, record: lis
 
 
 class _ExitClock:
-    """First layer with tr V >= level per net (inf: not yet); freezes the exited nets."""
+    """First layer with tr V[:k, :k] >= level per net (inf: not yet); freezes the exited
+    nets."""
 
-    def __init__(self, B: int, level: float | None, device: torch.device) -> None:
-        self.level = level
+    def __init__(self, B: int, level: float | None, device: torch.device, k: int) -> None:
+        self.level, self.k = level, k
         self.layer = torch.full((B,), math.inf, dtype=torch.float64, device=device)
 
     def check(self, V: torch.Tensor, layer: int) -> None:
         if self.level is None:
             return
-        trace = torch.diagonal(V, 0, -2, -1).sum(-1).to(torch.float64)
+        trace = monitored_trace(V, self.k).to(torch.float64)
         new = torch.isinf(self.layer) & (trace >= self.level)
         self.layer[new] = float(layer)
 
@@ -334,6 +337,9 @@ def supports_gram(block: Block) -> bool:
     attention has one: the mask acts on the logits only, whose law given X depends on V
     alone (tests/test_finite.py checks the chain against block.finite, with the
     non-causal chain as a control that the test rejects)."""
+    own = getattr(block, "exact_chain", None)  # a wrapper (a tangent) says for itself
+    if callable(own):
+        return bool(own())
     return has_gram_face(block) and getattr(block, "heads", 1) == 1
 
 
@@ -383,8 +389,9 @@ def _as_matrix(V0, name: str) -> torch.Tensor:
 
 
 def _check_method(block: Block, method: str) -> str:
-    if not isinstance(block, Block):
-        raise ValueError(f"block must be a shapedsde Block; got {type(block).__name__}")
+    if not isinstance(block, Block) and not isinstance(getattr(block, "block", None), Block):
+        raise ValueError(f"block must be a shapedsde Block (or a tangent of one); got "
+                         f"{type(block).__name__}")
     if method == "auto":
         return "gram" if supports_gram(block) else "full"
     if method not in METHODS:

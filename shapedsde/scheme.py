@@ -101,23 +101,42 @@ def ito_contraction(coefficients: Any, V: torch.Tensor) -> torch.Tensor:
     return contract_ito(coefficients.diffusion(V, check=False), V)
 
 
-def trace_variance(coefficients: Any, V: torch.Tensor) -> torch.Tensor:
-    """s^2(V) = Var[d tr V] / dt, shape (P,)."""
-    f = getattr(coefficients, "trace_variance", None)
-    if callable(f):
-        return f(V, check=False)
-    return contract_trace(coefficients.diffusion(V, check=False))
+def monitored_tokens(coefficients: Any, m: int) -> int:
+    """How many leading rows of an (m, m) state its exit trace reads: all, or fewer where
+    the coefficients say (`monitored_tokens(m)`: a tangent's state stacks the tokens and
+    their tangents, and stops on the tokens)."""
+    f = getattr(coefficients, "monitored_tokens", None)
+    return m if not callable(f) else int(f(m))
 
 
-def trace_variance_bound(V: torch.Tensor, Linv: torch.Tensor, K: torch.Tensor
-                         ) -> torch.Tensor:
-    """An upper bound |V|_F^2 tr(V^{-1} K) >= s^2(V), shape (P,), in one product.
+def monitored_trace(V: torch.Tensor, k: int) -> torch.Tensor:
+    """tr V[:k, :k], shape (...,)."""
+    return torch.diagonal(V[..., :k, :k], 0, -2, -1).sum(-1)
 
-    tr dN = <S, L^T L> with S = L^{-1} dN L^{-T}, so by Cauchy-Schwarz
-    Var[tr dN] <= |L^T L|_F^2 E|S|_F^2 = |V|_F^2 tr(V^{-1} K) h (E[S^2] = L^{-1} K L^{-T} h).
-    It lets the exit test skip the exact s^2 for paths that cannot cross in this step.
+
+def trace_variance(coefficients: Any, V: torch.Tensor, k: int | None = None) -> torch.Tensor:
+    """s^2(V) = Var[d tr V[:k, :k]] / dt, shape (P,) (k None: every row)."""
+    m = V.shape[-1]
+    if k is None or k == m:
+        f = getattr(coefficients, "trace_variance", None)
+        if callable(f):
+            return f(V, check=False)
+        return contract_trace(coefficients.diffusion(V, check=False))
+    return contract_trace(coefficients.diffusion(V, check=False)[..., :k, :k, :k, :k])
+
+
+def trace_variance_bound(V: torch.Tensor, Linv: torch.Tensor, K: torch.Tensor,
+                         k: int | None = None) -> torch.Tensor:
+    """An upper bound |V_k|_F^2 tr(V^{-1} K) >= s^2(V), shape (P,), in one product, for the
+    trace of the leading k x k block V_k (k None: V).
+
+    tr E dN = <S, L^T E L> with S = L^{-1} dN L^{-T} and E the projector on the first k
+    rows, so by Cauchy-Schwarz Var[tr E dN] <= |L^T E L|_F^2 E|S|_F^2 = |E V E|_F^2
+    tr(V^{-1} K) h (E[S^2] = L^{-1} K L^{-T} h). It lets the exit test skip the exact s^2
+    for paths that cannot cross in this step.
     """
-    return (V * V).sum((-2, -1)) * ((Linv @ K) * Linv).sum((-2, -1))
+    Vk = V if k is None else V[..., :k, :k]
+    return (Vk * Vk).sum((-2, -1)) * ((Linv @ K) * Linv).sum((-2, -1))
 
 
 def drift_and_ito(coefficients: Any, V: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -16,7 +16,8 @@ positive definite by construction (no projection, no clipping, no taming); weak 
 By default the step adapts to the state (`rtol`); `steps=N` gives N equal steps instead.
 
 Stopping and explosion, per path:
-- `exit_trace=R` stops a path at the first time tr V_t >= R tr V_0 (between two steps the
+- `exit_trace=R` stops a path at the first time tr V_t >= R tr V_0 (for coefficients with
+  `monitored_tokens(m)`, e.g. a tangent, the trace of that leading block; between two steps the
   crossing is detected with the Brownian-bridge probability of the trace, so the exit
   time is not biased by the step); `exit_time` is that time (inf where the path stayed
   inside up to T) and V, the trajectory included, is frozen there: the stopped process.
@@ -317,8 +318,10 @@ class _Run:
         dev, f64 = V.device, dict(dtype=torch.float64, device=V.device)
         self.L = _initial_factor(V)
         self.V = V
+        self.k = scheme.monitored_tokens(coefficients, m)  # the exit trace's rows
         trace0 = torch.diagonal(V, 0, -2, -1).sum(-1).to(torch.float64)
-        self.exit_level = None if exit_trace is None else exit_trace * trace0
+        exit0 = scheme.monitored_trace(V, self.k).to(torch.float64)
+        self.exit_level = None if exit_trace is None else exit_trace * exit0
         self.blow_level = blowup * trace0
         self.exit_trace, self.blowup = exit_trace, blowup
         self.t = torch.zeros(P, **f64)
@@ -399,7 +402,9 @@ class _Run:
         self._kill(idx[~ok], k)
         trace = torch.diagonal(V_new, 0, -2, -1).sum(-1).to(torch.float64)
         blown = ok & (trace >= self.blow_level[idx])
-        exits = ok & ~blown & self._exits(V, Linv, K, trace, h, idx, u)
+        level = (trace if self.k == V.shape[-1]
+                 else scheme.monitored_trace(V_new, self.k).to(torch.float64))
+        exits = ok & ~blown & self._exits(V, Linv, K, level, h, idx, u)
         keep = ok & ~blown
         if whole and bool(keep.all()):
             self.L, self.V = L_new, V_new
@@ -460,17 +465,19 @@ class _Run:
         if u is None:
             return torch.zeros_like(trace, dtype=torch.bool)
         level = self.exit_level[idx]
-        x0 = torch.diagonal(V, 0, -2, -1).sum(-1).to(torch.float64)
+        x0 = scheme.monitored_trace(V, self.k).to(torch.float64)
         gap = 2.0 * (level - x0).clamp_min(0) * (level - trace).clamp_min(0)
         # P(a Brownian bridge from x0 to x1 with variance s2 h crosses the level) is
         # exp(-gap / (s2 h)), increasing in s2: a path that does not cross with s2 replaced
         # by an upper bound (twice |V|_F^2 tr(V^-1 K), a margin for rounding) cannot cross,
         # so the exact s2 (a kernel call) is evaluated only where it might.
-        bound = 2.0 * scheme.trace_variance_bound(V, Linv, K).to(torch.float64).clamp_min(1e-300)
+        bound = 2.0 * scheme.trace_variance_bound(V, Linv, K, self.k).to(
+            torch.float64).clamp_min(1e-300)
         cross = trace >= level
         maybe = (~cross & (u < torch.exp(-gap / (bound * h)))).nonzero()[:, 0]
         if maybe.numel():
-            s2 = scheme.trace_variance(self.coef, V[maybe]).to(torch.float64).clamp_min(1e-300)
+            s2 = scheme.trace_variance(self.coef, V[maybe], self.k).to(
+                torch.float64).clamp_min(1e-300)
             cross[maybe] = u[maybe] < torch.exp(-gap[maybe] / (s2 * h[maybe]))
         return cross
 
@@ -576,6 +583,11 @@ def _restrict_to_range(coefficients: Any, V: torch.Tensor
     w = torch.linalg.eigvalsh(V0)
     if float(w[0]) > on_range.NULL_RTOL * float(w[-1]) or not bool((V == V[:1]).all()):
         return coefficients, None  # positive definite (or per-path: _initial_factor checks)
+    m = V0.shape[0]
+    if scheme.monitored_tokens(coefficients, m) != m:  # its exit trace reads leading rows
+        raise ValueError(f"the initial state of {_describe(coefficients)} is singular "
+                         f"(smallest eigenvalue {float(w[0]):.3g}): give a positive-definite "
+                         "V0 (duplicated tokens have no tangent SDE on a range here)")
     Q, N = on_range.null_split(V0)
     if Q.shape[1] == 0:
         raise ValueError("V0 is zero: there is no SDE to solve")

@@ -28,7 +28,15 @@ import numpy as np
 import torch
 
 from . import _validation as val
-from .blocks import AttentionBlock, Block, _check_hidden, gram_logits, shaped_mixing
+from .blocks import (
+    AttentionBlock,
+    Block,
+    LinearBlock,
+    _check_hidden,
+    defining_class,
+    gram_logits,
+    shaped_mixing,
+)
 from .kernels import tangent_kernel
 from .serial import Serial
 from .symbolic.tangent import BLOCKS
@@ -118,19 +126,28 @@ class Tangent:
                                   (X,), (T,))
         return torch.cat([out, jvp], dim=1)
 
+    def exact_chain(self) -> bool:
+        """Whether the exact Q chain exists: the block's own chain (one head, its finite face
+        not overridden below the class that defines the chain) is linear or attention's."""
+        blk = self.block
+        cls = type(blk)
+        if not isinstance(blk, LinearBlock | AttentionBlock) or self.heads != 1:
+            return False
+        owner = defining_class(cls, "gram_mixing")
+        return all(issubclass(owner, defining_class(cls, face))
+                   for face in ("finite", "branch_mixing", "logits") if hasattr(cls, face))
+
     def gram_mixing(self, L: torch.Tensor, n: int, generator: torch.Generator
                     ) -> torch.Tensor | None:
         """[[A, 0], [dA, A]] (B, 2m, 2m) given Q = L L^T, exact in law (attention, one head):
         the joint logits of X and T drawn as the block's, dA the Softmax's JVP along the
         logits' tangent Y_tx + Y_xt."""
         blk = self.block
-        B, m2, _ = L.shape
-        m = m2 // 2
-        A_of = type(blk).gram_mixing
-        if A_of is Block.gram_mixing:
-            raise NotImplementedError(f"block {blk.name!r} has no exact V chain")
+        if not self.exact_chain():
+            raise NotImplementedError(f"the tangent of {blk.name!r} has no exact chain")
+        m = L.shape[-1] // 2
         if not isinstance(blk, AttentionBlock):  # A = I (linear): the chain on 2m rows
-            return A_of(blk, L, n, generator)
+            return blk.gram_mixing(L, n, generator)
         Y = gram_logits(blk, L, n, generator)
         z, dz = Y[:, :m, :m], Y[:, m:, :m] + Y[:, :m, m:]
         A, dA = torch.func.jvp(lambda y: shaped_mixing(y, causal=blk.causal), (z,), (dz,))
