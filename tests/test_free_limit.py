@@ -13,6 +13,7 @@ import pytest
 import sympy as sp
 
 import shapedsde
+from shapedsde.experiments.spectrum_limit import density_distance, linear_rows
 from shapedsde.symbolic import free_limit as fl
 from shapedsde.symbolic.layers import covariance_symbols
 
@@ -111,8 +112,6 @@ def test_sde_moments_at_many_tokens_against_the_exact_and_the_limit(m: int, path
     measured discrepancy at m = 64: docs/spectrum.md), and against the limit within that
     plus the exact finite-m correction; the pooled eigenvalue density is within L1 0.1
     of the limit density."""
-    from shapedsde.experiments.spectrum_limit import density_distance, linear_rows
-
     rows, eig = linear_rows(((m, paths),), seed=100)
     for r in rows:
         if r["k"] > 3:

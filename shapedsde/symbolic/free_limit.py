@@ -48,8 +48,8 @@ Lagrange inversion of chi(w) = w exp(-t w) / (1 + w), t = c s, gives the closed 
 
 which is Biane's (1997) moment formula of the free unitary Brownian motion,
 tau(u_t^n) = e^{-nt/2} sum_{k<n} (-t)^k / k! n^{k-1} binom(n, k+1) (`biane_unitary_moment`),
-continued to negative time: mu_n(s) = e^{-n t / 2} tau(u_{-t}^n)... with t = c s, i.e.
-mu_n = P_n(-c s) where tau(u_t^n) = e^{-nt/2} P_n(t): the free positive multiplicative
+continued to negative time: writing tau(u_t^n) = e^{-nt/2} P_n(t), mu_n(s) = P_n(-c s),
+the free positive multiplicative
 Brownian motion (normalised to mean one). Three routes (the generator's factorised limit,
 Lagrange inversion, Biane's formula) are checked equal in the tests.
 
