@@ -36,7 +36,7 @@ import numpy as np
 
 TEMP_SUFFIX = ".partial"
 #: Tags of the extra arrays OUT.<tag>.npy a result set may hold (every command's).
-SIDECARS = ("diffusion", "exploded", "exit", "trajectory", "times")
+SIDECARS = ("diffusion", "exploded", "exit", "trajectory", "times", "spectrum")
 #: Signals during which a write cleans up (deferred during the renames).
 _SIGNALS = tuple(getattr(signal, n) for n in ("SIGINT", "SIGTERM", "SIGHUP")
                  if hasattr(signal, n))

@@ -45,6 +45,7 @@ from .blocks import Block, defining_class
 from .blocks import gram_logits as gram_logits
 from .progress import progress_bar
 from .scheme import monitored_tokens, monitored_trace
+from .spectrum import log_spectrum
 from .weights import DIRECT_DF, RandomSource, WeightSource, bartlett_factor, standard_normal
 from .weights import gaussian_product as gaussian_product
 
@@ -88,6 +89,11 @@ class FiniteRun:
     def times(self) -> np.ndarray:
         """(k,) SDE time t = depth / width of each recorded state."""
         return np.asarray(self.depths, dtype=np.float64) / self.width
+
+    def log_spectrum(self, nonpositive: str = "warn") -> torch.Tensor:
+        """(nets, m) float64: log eigenvalues of V, ascending (`shapedsde.spectrum`); for
+        the plain (nets, m, m) tensor `simulate` returns, call `spectrum.log_spectrum(V)`."""
+        return log_spectrum(self.V, nonpositive=nonpositive)
 
     @property
     def exited(self) -> torch.Tensor:

@@ -43,6 +43,7 @@ import torch
 from . import _validation as val
 from . import on_range, scheme
 from .progress import progress_bar
+from .spectrum import log_spectrum
 
 #: Adaptive step: tolerance on the size of the factor increment M (see `shapedsde.scheme`),
 #: and the largest step. Chosen by the error targets in docs/solver.md.
@@ -127,6 +128,7 @@ class SDEResult:
     exploded: (paths,) bool; explosion_time: (paths,) float64 (inf where none).
     steps: (paths,) int64, steps each path took.
     meta: JSON-serialisable run description and counters (see `summary`).
+    log_spectrum(): (paths, m) log eigenvalues of V, ascending (`shapedsde.spectrum`).
     coarse_steps: (paths,) int64, fixed steps each path took with h r(V) > COARSE (too
         coarse for its state: `scheme.step_rate`); zeros for adaptive steps.
     """
@@ -158,6 +160,12 @@ class SDEResult:
         stop = np.minimum(self.exit_time.numpy(), self.explosion_time.numpy())
         S = (stop[None, :] > t[:, None]).mean(axis=1)
         return S, np.sqrt(S * (1 - S) / stop.size)
+
+    def log_spectrum(self, nonpositive: str = "warn") -> torch.Tensor:
+        """(paths, m) float64: log eigenvalues of V, ascending (`shapedsde.spectrum`):
+        NaN rows for exploded or non-finite paths, NaN (and a warning, or ValueError with
+        nonpositive="raise") for an eigenvalue <= 0 of rounding."""
+        return log_spectrum(self.V, nonpositive=nonpositive)
 
     def summary(self) -> str:
         """One line: what was solved, the steps, exits, explosions and failures."""

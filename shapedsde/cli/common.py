@@ -16,6 +16,7 @@ from ..blocks import Block
 from ..parameters import PARAMETERS, Parameter, declared
 from ..registry import block, block_classes
 from ..sde import check_device
+from ..spectrum import log_spectrum_flags
 from ..userfile import load_block_file as load_block_file
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
@@ -146,3 +147,22 @@ def torch_dtype(name: str) -> torch.dtype:
 
 def one_line(err: BaseException) -> str:
     return " ".join(str(err).split()) or type(err).__name__
+
+
+def spectrum_sidecar(V: np.ndarray, output: _io.Output) -> tuple[np.ndarray, dict[str, Any]]:
+    """--save-spectrum: the (N, m) log-eigenvalues of V (N, m, m), ascending
+    (`shapedsde.spectrum`), and what OUT.json says of them: the file, and the states with
+    an eigenvalue <= 0 (NaN there) or below the rounding level (kept, an upper bound)."""
+    logw, bad, low = log_spectrum_flags(V)
+    return logw, {"spectrum_file": str(output.extras["spectrum"]),
+                  "spectrum_n_nonpositive": int(bad.sum()),
+                  "spectrum_n_unresolved": int(low.sum())}
+
+
+def spectrum_warning(meta: dict[str, Any]) -> str | None:
+    """The stderr line for states whose log-spectrum has NaN from an eigenvalue <= 0."""
+    n = meta.get("spectrum_n_nonpositive", 0)
+    if not n:
+        return None
+    return (f"warning: {n} states have an eigenvalue <= 0 (singular to working precision); "
+            f"their rows in {meta['spectrum_file']} hold NaN there")

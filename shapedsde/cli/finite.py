@@ -19,10 +19,19 @@ from .common import (
     check_work,
     dtype_bytes,
     load_matrix,
+    spectrum_sidecar,
+    spectrum_warning,
     torch_device,
     torch_dtype,
 )
-from .options import EXAMPLE_V, add_block_args, add_device, add_exit_trace, add_insist
+from .options import (
+    EXAMPLE_V,
+    add_block_args,
+    add_device,
+    add_exit_trace,
+    add_insist,
+    add_save_spectrum,
+)
 
 
 def add_parser(sub: Any, fmt: Any) -> None:
@@ -47,6 +56,7 @@ def add_parser(sub: Any, fmt: Any) -> None:
     p.add_argument("--method", choices=("full", "reduced", "gram", "auto"),
                    help="sampler (see shapedsde.finite; default: its default)")
     add_exit_trace(p, "net")
+    add_save_spectrum(p)
     p.add_argument("--dtype", choices=("float64", "float32"), default="float64",
                    help="precision of hidden states and weights (V is accumulated in "
                         "float64 either way)")
@@ -85,7 +95,8 @@ def run(args: argparse.Namespace) -> int:
     seed = val.check_seed(args.seed, "--seed")
     if width < V0.shape[-1]:
         raise ValueError(f"--width {width} must be >= m = {V0.shape[-1]} (the tokens of V0)")
-    output = _io.prepare_output(args.out, extras=() if args.exit_trace is None else ("exit",),
+    output = _io.prepare_output(args.out, extras=(() if args.exit_trace is None else ("exit",))
+                                + (("spectrum",) if args.save_spectrum else ()),
                                 inputs={"--V0": args.V0})
     out = output.data
     device = torch_device(args.device)
@@ -116,6 +127,9 @@ def run(args: argparse.Namespace) -> int:
             "V0": V0.tolist(), "V0_file": args.V0, "out": str(out),
             "n_nonfinite": int((~np.isfinite(V).all(axis=(-2, -1))).sum()),
             "exit_trace": args.exit_trace, **exits}
+    if args.save_spectrum:
+        extras["spectrum"], spectrum_meta = spectrum_sidecar(V, output)
+        meta.update(spectrum_meta)
     _io.write_outputs(output, V, meta, extras=extras)
     params = ", ".join(f"{k}={v:g}" for k, v in blk.kernel_params().items())
     line = (f"finite {blk.name}({params}): {args.nets} nets, width {args.width}, "
@@ -125,6 +139,8 @@ def run(args: argparse.Namespace) -> int:
                  f"{exits['n_exits']} nets, "
                  f"P(exit) = {exits['p_exit']:.4f} +- {exits['p_exit_se']:.4f}")
     print(line)
+    if (warn := spectrum_warning(meta)) is not None:
+        print(warn, file=sys.stderr)
     if meta["n_nonfinite"]:  # e.g. a V0 near the float64 limit overflows
         print(f"warning: {meta['n_nonfinite']} of {nets} networks became non-finite; their rows "
               f"in {out} are not finite (n_nonfinite in {output.meta})", file=sys.stderr)

@@ -52,3 +52,11 @@ def add_insist(p: argparse.ArgumentParser) -> None:
 def add_device(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="cpu", metavar="DEV",
                    help="torch device: cpu (default) or cuda")
+
+
+def add_save_spectrum(p: argparse.ArgumentParser) -> None:
+    """--save-spectrum: write OUT.spectrum.npy, the log-eigenvalues of V (sorted)."""
+    p.add_argument("--save-spectrum", action="store_true",
+                   help="also write the log-eigenvalues of each V, sorted ascending, to "
+                        "OUT.spectrum.npy (N, m); NaN rows where V is NaN, NaN entries (counted "
+                        "in OUT.json) for an eigenvalue <= 0 of rounding")

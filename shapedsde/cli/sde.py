@@ -22,10 +22,19 @@ from .common import (
     coefficients,
     dtype_bytes,
     load_matrix,
+    spectrum_sidecar,
+    spectrum_warning,
     torch_device,
     torch_dtype,
 )
-from .options import EXAMPLE_V, add_block_args, add_device, add_exit_trace, add_insist
+from .options import (
+    EXAMPLE_V,
+    add_block_args,
+    add_device,
+    add_exit_trace,
+    add_insist,
+    add_save_spectrum,
+)
 
 
 def add_parser(sub: Any, fmt: Any) -> None:
@@ -61,6 +70,7 @@ def add_parser(sub: Any, fmt: Any) -> None:
                    help="also write the states at K + 1 equally spaced times in [0, T] "
                         "(the steps land on them) to OUT.trajectory.npy and OUT.times.npy")
     add_exit_trace(p, "path")
+    add_save_spectrum(p)
     add_insist(p)
     p.add_argument("--dtype", choices=("float64", "float32"), default="float64")
     add_device(p)
@@ -85,7 +95,8 @@ def run(args: argparse.Namespace) -> int:
     saves = _save_request(args)
     output = _io.prepare_output(
         args.out, extras=("exploded",) + (() if args.exit_trace is None else ("exit",))
-        + (("trajectory", "times") if saves else ()), inputs={"--V0": args.V0})
+        + (("trajectory", "times") if saves else ())
+        + (("spectrum",) if args.save_spectrum else ()), inputs={"--V0": args.V0})
     V0 = load_matrix(args.V0, "V0")
     T = val.check_time(args.T)
     paths = val.check_positive_int("paths", args.paths)
@@ -116,12 +127,18 @@ def run(args: argparse.Namespace) -> int:
         extras["times"] = np.asarray(res.times, dtype=np.float64)
     if args.exit_trace is not None:
         extras["exit"] = res.exit_time.numpy()
-    _io.write_outputs(output, res.V.cpu().numpy(),
-                      {**res.meta, **block_meta(blk),
+    V = res.V.cpu().numpy()
+    spectrum_meta: dict[str, Any] = {}
+    if args.save_spectrum:
+        extras["spectrum"], spectrum_meta = spectrum_sidecar(V, output)
+    _io.write_outputs(output, V,
+                      {**res.meta, **block_meta(blk), **spectrum_meta,
                        "V0": np.asarray(V0).tolist(), "V0_file": args.V0, "out": str(out),
                        **{f"{k}_file": str(output.extras[k]) for k in extras}},
                       extras=extras)
     print(res.summary())
+    if (line := spectrum_warning(spectrum_meta)) is not None:
+        print(line, file=sys.stderr)
     if res.meta["n_nonfinite"]:
         print(f"warning: {res.meta['n_nonfinite']} paths became non-finite; their rows in "
               f"{out} are NaN", file=sys.stderr)
