@@ -82,6 +82,11 @@ class Tangent:
     def kernel_params(self) -> dict[str, float]:
         return self.block.kernel_params()
 
+    @property
+    def noise_groups(self) -> None:
+        """No structured noise: the solver factorises the full Sigma(Q) (2m small)."""
+        return None
+
     def monitored_tokens(self, size: int) -> int:
         """How many leading rows of a (size x size) state the exit trace reads: the tokens."""
         return size // 2

@@ -17,6 +17,7 @@ from ..parameters import PARAMETERS, Parameter, declared
 from ..registry import block, block_classes
 from ..sde import check_device
 from ..spectrum import log_spectrum_flags
+from ..tangent import Tangent, initial_joint, tangent
 from ..userfile import load_block_file as load_block_file
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
@@ -72,9 +73,20 @@ def block_from_args(args: argparse.Namespace) -> Block:
     return block(args.block, **given)
 
 
+def with_tangent(args: argparse.Namespace, blk: Block, V0: np.ndarray
+                 ) -> tuple[Any, np.ndarray]:
+    """(tangent(blk), Q0 = [[V0, 0], [0, I]]) with --tangent, else (blk, V0)."""
+    if not getattr(args, "tangent", False):
+        return blk, V0
+    if V0.ndim != 2:
+        raise ValueError(f"--tangent starts from one (m, m) V0; got shape {V0.shape}")
+    return tangent(blk), initial_joint(V0)
+
+
 def block_meta(blk: Block) -> dict[str, Any]:
     """{"block", "params"} for the outputs, with the activation of a smooth MLP."""
-    meta: dict[str, Any] = {"block": blk.name, "params": blk.kernel_params()}
+    meta: dict[str, Any] = {"block": blk.name, "params": blk.kernel_params(),
+                            "tangent": isinstance(blk, Tangent)}
     if getattr(blk, "smooth", None) is not None:
         meta["activation"] = blk.activation_name
     return meta

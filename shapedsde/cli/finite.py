@@ -23,6 +23,7 @@ from .common import (
     spectrum_warning,
     torch_device,
     torch_dtype,
+    with_tangent,
 )
 from .options import (
     EXAMPLE_V,
@@ -31,6 +32,7 @@ from .options import (
     add_exit_trace,
     add_insist,
     add_save_spectrum,
+    add_tangent,
 )
 
 
@@ -57,6 +59,7 @@ def add_parser(sub: Any, fmt: Any) -> None:
                    help="sampler (see shapedsde.finite; default: its default)")
     add_exit_trace(p, "net")
     add_save_spectrum(p)
+    add_tangent(p, "net")
     p.add_argument("--dtype", choices=("float64", "float32"), default="float64",
                    help="precision of hidden states and weights (V is accumulated in "
                         "float64 either way)")
@@ -86,6 +89,7 @@ def run(args: argparse.Namespace) -> int:
     """`shapedsde finite`: the exit status."""
     blk = block_from_args(args)
     V0 = load_matrix(args.V0, "V0")
+    blk, V0 = with_tangent(args, blk, V0)
     if V0.ndim != 2:
         raise ValueError(f"V0 must be one (m, m) matrix; got shape {V0.shape}")
     # Validate here too, so bad numbers fail before the (heavier) sampler is imported.

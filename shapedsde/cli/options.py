@@ -60,3 +60,13 @@ def add_save_spectrum(p: argparse.ArgumentParser) -> None:
                    help="also write the log-eigenvalues of each V, sorted ascending, to "
                         "OUT.spectrum.npy (N, m); NaN rows where V is NaN, NaN entries (counted "
                         "in OUT.json) for an eigenvalue <= 0 of rounding")
+
+
+def add_tangent(p: argparse.ArgumentParser, unit: str) -> None:
+    """--tangent: the block's tangent (JVP) carried beside the tokens."""
+    p.add_argument("--tangent", action="store_true",
+                   help=f"carry the input-output Jacobian: each {unit} starts from the joint "
+                        "Gram Q0 = [[V0, 0], [0, I_m]] of the tokens and a tangent direction "
+                        "independent of them, and OUT.npy holds Q = [[V, C], [C^T, U]] "
+                        "(N, 2m, 2m); tr U / m is the squared Jacobian norm along the "
+                        "direction; --exit-trace reads tr V (docs/tangent.md)")

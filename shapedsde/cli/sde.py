@@ -26,6 +26,7 @@ from .common import (
     spectrum_warning,
     torch_device,
     torch_dtype,
+    with_tangent,
 )
 from .options import (
     EXAMPLE_V,
@@ -34,6 +35,7 @@ from .options import (
     add_exit_trace,
     add_insist,
     add_save_spectrum,
+    add_tangent,
 )
 
 
@@ -71,6 +73,7 @@ def add_parser(sub: Any, fmt: Any) -> None:
                         "(the steps land on them) to OUT.trajectory.npy and OUT.times.npy")
     add_exit_trace(p, "path")
     add_save_spectrum(p)
+    add_tangent(p, "path")
     add_insist(p)
     p.add_argument("--dtype", choices=("float64", "float32"), default="float64")
     add_device(p)
@@ -98,6 +101,7 @@ def run(args: argparse.Namespace) -> int:
         + (("trajectory", "times") if saves else ())
         + (("spectrum",) if args.save_spectrum else ()), inputs={"--V0": args.V0})
     V0 = load_matrix(args.V0, "V0")
+    blk, V0 = with_tangent(args, blk, V0)
     T = val.check_time(args.T)
     paths = val.check_positive_int("paths", args.paths)
     steps = solver.default_steps(T) if args.steps is None else val.check_positive_int("steps",
