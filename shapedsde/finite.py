@@ -439,7 +439,8 @@ def _check_method(block: Block, method: str) -> str:
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}; got {method!r}")
     if method == "gram" and not supports_gram(block):
-        raise ValueError(f"block {block.name!r} has no gram sampler; use method='full'")
+        raise ValueError(f"block {getattr(block, 'label', block.name)!r} has no gram sampler; "
+                         "use method='full' or 'reduced'")
     return method
 
 

@@ -742,7 +742,8 @@ def _check_coefficients(obj: Any) -> None:
 
 
 def _describe(coefficients: Any) -> str:
-    name = getattr(coefficients, "name", "") or type(coefficients).__name__
+    name = (getattr(coefficients, "label", "") or getattr(coefficients, "name", "")
+            or type(coefficients).__name__)
     params = getattr(coefficients, "kernel_params", None)
     if callable(params):
         inner = ", ".join(f"{k}={v:g}" for k, v in params().items())
