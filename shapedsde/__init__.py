@@ -8,11 +8,12 @@ from .blocks import (
     MlpBlock,
     TransformerBlock,
 )
+from .normalised import Normalised, normalised
 from .registry import block, block_classes
 from .serial import Serial, serial
 
-__all__ = ["AttentionBlock", "block_classes", "Block", "LinearBlock", "MlpBlock", "Serial",
-           "TransformerBlock", "block", "serial"]
+__all__ = ["AttentionBlock", "block_classes", "Block", "LinearBlock", "MlpBlock", "Normalised",
+           "Serial", "TransformerBlock", "block", "normalised", "serial"]
 __version__ = "0.1.0"
 
 # Unshaped baselines and ablations (finite face only).

@@ -43,6 +43,7 @@ from ._linalg import psd_factor
 # gram_logits and gaussian_product: the laws the samplers draw from, re-exported here.
 from .blocks import Block, defining_class
 from .blocks import gram_logits as gram_logits
+from .normalised import Normalised
 from .progress import progress_bar
 from .scheme import monitored_tokens, monitored_trace
 from .spectrum import log_spectrum
@@ -114,12 +115,15 @@ def initial_hidden(
     dtype: torch.dtype = torch.float64,
     device: str | torch.device = "cpu",
     seed: int = 0,
+    mean_free: bool = False,
 ) -> torch.Tensor:
     """A hidden state X0 of shape (m, n) with X0 X0^T / n == V0 (to rounding).
 
     X0 = sqrt(n) F O with F F^T = V0 (eigen factor, so singular PSD V0 works)
     and O (m, n) random orthonormal rows (QR of a seeded Gaussian matrix).
     Computed in float64 on the CPU, then cast, so X0 does not depend on device.
+    `mean_free`: the rows of O are also orthogonal to the all-ones vector (each token's
+    feature mean is 0, as after a LayerNorm; needs n > m).
     """
     seed = val.check_seed(seed)
     V0 = _as_matrix(V0, "V0")
@@ -130,6 +134,10 @@ def initial_hidden(
                          "attainable with a full-rank V0")
     gen = torch.Generator().manual_seed(int(seed))
     G = torch.randn(n, m, generator=gen, dtype=torch.float64)
+    if mean_free:
+        if n <= m:
+            raise ValueError(f"a mean-free hidden state needs width n > m = {m}; got {n}")
+        G = G - G.mean(0, keepdim=True)  # columns orthogonal to 1, and so is Q
     Q, _ = torch.linalg.qr(G)  # (n, m), orthonormal columns
     X0 = math.sqrt(n) * psd_factor(V0) @ Q.T
     return X0.to(device=device, dtype=dtype)
@@ -206,7 +214,8 @@ def simulate(
                                     getattr(block, "heads", 1), dev, dtype)
     batch_size = min(batch_size, nets)
     gen = torch.Generator(device=dev).manual_seed(int(seed))
-    X0 = initial_hidden(V0, n, dtype=dtype, device=dev, seed=seed)
+    X0 = initial_hidden(V0, n, dtype=dtype, device=dev, seed=seed,
+                        mean_free=layer_normalised(block))
     record = _record_depths(depth, record_every)
     step = _gram_runner if method == "gram" else _full_runner
     if method == "reduced":
@@ -320,17 +329,51 @@ class _ExitClock:
 
 
 def gram_step(block: Block, V: torch.Tensor, n: int, generator: torch.Generator) -> torch.Tensor:
-    """One sub-layer of the V chain at width n: V (B, m, m) -> V' (B, m, m), exact in law."""
+    """One sub-layer of the V chain at width n: V (B, m, m) -> V' (B, m, m), exact in law.
+
+    Normalised blocks (`shapedsde.normalised`): post-norm is the inner block's step
+    followed by N(V) = D^-1/2 V D^-1/2 (D = diag V); with LayerNorm the state's tokens
+    have zero feature mean (X e = 0, e = 1 / sqrt(n): the previous layer's LayerNorm, or
+    the mean-free X0 `simulate` starts such blocks from), so the unit vector e is one
+    more direction orthogonal to X's rows: writing G = W-columns in the basis (X's rows,
+    e, the rest), the mean removed is mu = gam A L h / sqrt(n) with h = G e ~ N(0, I_m)
+    independent of the rest, and V - mu mu^T is the step with the h h^T part of the
+    Wishart(n - m) remainder dropped, i.e. a Wishart(n - m - 1) remainder. Pre-norm (RMS)
+    feeds the branch with L_n = D^-1/2 L (the same orthonormal rows) and keeps lam^2 V.
+    """
+    if isinstance(block, Normalised):
+        if block.at == "post":
+            Vn = _residual_gram_step(block.inner, V, n, generator,
+                                     mean_free=block.norm == "layer")
+            return _normalised(Vn)
+        return _residual_gram_step(block.inner, V, n, generator, pre_norm=True)
+    return _residual_gram_step(block, V, n, generator)
+
+
+def _residual_gram_step(block: Block, V: torch.Tensor, n: int, generator: torch.Generator,
+                        *, mean_free: bool = False, pre_norm: bool = False) -> torch.Tensor:
     B, m, _ = V.shape
     L = psd_factor(V)
-    A = gram_mixing(block, L, n, generator)
-    AL = L if A is None else A @ L
+    Lb = L * torch.rsqrt(torch.diagonal(V, 0, -2, -1))[..., :, None] if pre_norm else L
+    A = gram_mixing(block, Lb, n, generator)
+    AL = Lb if A is None else A @ Lb
     H = standard_normal(generator, V, B, m, m)
     cross = AL @ H @ L.transpose(-1, -2)
-    wish = H @ H.transpose(-1, -2) + wishart_identity(B, m, n - m, generator, V)
+    wish = H @ H.transpose(-1, -2) + wishart_identity(B, m, n - m - int(mean_free),
+                                                      generator, V)
     Vn = (block.lam**2 * V + block.lam * block.gamma * (cross + cross.transpose(-1, -2))
           / math.sqrt(n) + block.gamma**2 * AL @ wish @ AL.transpose(-1, -2) / n)
     return 0.5 * (Vn + Vn.transpose(-1, -2))  # keep exact symmetry over many layers
+
+
+def _normalised(V: torch.Tensor) -> torch.Tensor:
+    r = torch.rsqrt(torch.diagonal(V, 0, -2, -1))
+    return V * r[..., :, None] * r[..., None, :]
+
+
+def layer_normalised(block: Block) -> bool:
+    """Whether the block ends in a LayerNorm (post): its states have zero feature mean."""
+    return isinstance(block, Normalised) and block.norm == "layer" and block.at == "post"
 
 
 def supports_gram(block: Block) -> bool:
@@ -342,10 +385,14 @@ def supports_gram(block: Block) -> bool:
     so the next V depends on the per-block Gram matrices of X, not on V alone. Causal
     attention has one: the mask acts on the logits only, whose law given X depends on V
     alone (tests/test_finite.py checks the chain against block.finite, with the
-    non-causal chain as a control that the test rejects)."""
+    non-causal chain as a control that the test rejects).
+    A normalised block has one where its inner block has, except pre-LayerNorm (the
+    stream's feature mean is not a function of V)."""
     own = getattr(block, "exact_chain", None)  # a wrapper (a tangent) says for itself
     if callable(own):
         return bool(own())
+    if isinstance(block, Normalised):
+        return supports_gram(block.inner) and (block.at == "post" or block.norm == "rms")
     return has_gram_face(block) and getattr(block, "heads", 1) == 1
 
 
@@ -365,6 +412,8 @@ def gram_mixing(block: Block, L: torch.Tensor, n: int,
     if not supports_gram(block):
         raise ValueError(f"block {block.name!r} ({type(block).__name__}, "
                          f"{block.kernel_params()}) has no gram sampler; use method='full'")
+    if isinstance(block, Normalised):
+        return gram_mixing(block.inner, L, n, generator)
     return block.gram_mixing(L, n, generator)
 
 
@@ -403,7 +452,8 @@ def _check_method(block: Block, method: str) -> str:
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}; got {method!r}")
     if method == "gram" and not supports_gram(block):
-        raise ValueError(f"block {block.name!r} has no gram sampler; use method='full'")
+        raise ValueError(f"block {getattr(block, 'label', block.name)!r} has no gram sampler; "
+                         "use method='full' or 'reduced'")
     return method
 
 

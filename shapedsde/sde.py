@@ -8,7 +8,10 @@ Conventions (see docs/solver.md and `shapedsde.blocks`):
   `shapedsde.block(...)`. Sigma^{ab,cd} = lim n Cov[dV^{ab}, dV^{cd}]. Optional hooks, used
   where present: `ito_contraction(V)` and `trace_variance(V)` (generated kernels; else
   computed from the full Sigma), `noise_groups` + `structured_noise(V, N, factor=R)` (an
-  O(m^3) draw with covariance Sigma; else Sigma is eigen-factorised, O(m^6)).
+  O(m^3) draw with covariance Sigma; else Sigma is eigen-factorised, O(m^6)),
+  `project_factor(L)`: for an SDE that keeps V on an invariant set (post-normalised
+  blocks: unit diagonal, `shapedsde.normalised`), the Cholesky factor of the state put
+  back on it after each step (the step leaves it by O(h) pathwise, O(h^2) in mean).
 
 The scheme (`shapedsde.scheme`): the Cholesky factor of V is stepped multiplicatively,
 L' = L chol(exp(M)) with a positive-definite approximation of exp, so every state is
@@ -322,6 +325,8 @@ class _Run:
         self.coef, self.T, self.fixed = coefficients, T, steps
         self.rtol, self.dt_max, self.gen, self.nonfinite = rtol, dt_max, generator, nonfinite
         self.structured = structured
+        project = getattr(coefficients, "project_factor", None)
+        self.project = project if callable(project) else None
         P, m = V.shape[0], V.shape[-1]
         dev, f64 = V.device, dict(dtype=torch.float64, device=V.device)
         self.L = _initial_factor(V)
@@ -404,6 +409,8 @@ class _Run:
         M, small = scheme.step_matrix(Linv, -0.5 * Kd, *self._noise(xi, V, L, Linv), hs)
         self.n_uncorrected += int((~small).sum())
         L_new = scheme.factor_step(L @ scheme.drift_factor(D, hs), M)
+        if self.project is not None:
+            L_new = self.project(L_new)
         V_new = L_new @ L_new.transpose(-1, -2)
         t_new = torch.where(target - (t + h) <= _SNAP * h, target, t + h)
         ok = _finite_rows(V_new)
@@ -755,7 +762,8 @@ def _check_coefficients(obj: Any) -> None:
 
 
 def _describe(coefficients: Any) -> str:
-    name = getattr(coefficients, "name", "") or type(coefficients).__name__
+    name = (getattr(coefficients, "label", "") or getattr(coefficients, "name", "")
+            or type(coefficients).__name__)
     params = getattr(coefficients, "kernel_params", None)
     if callable(params):
         inner = ", ".join(f"{k}={v:g}" for k, v in params().items())

@@ -13,6 +13,7 @@ from .. import _io
 from .. import _validation as val
 from .. import sde as solver
 from ..blocks import Block
+from ..normalised import NORMS, PLACES, Normalised, normalised
 from ..parameters import PARAMETERS, Parameter, declared
 from ..registry import block, block_classes
 from ..sde import check_device
@@ -47,11 +48,24 @@ def load_matrix(path: str, name: str) -> np.ndarray:
 
 
 def block_from_args(args: argparse.Namespace) -> Block:
-    """Build the block from --block and the block options the user gave.
+    """Build the block from --block and the block options the user gave, normalised
+    with --norm (and --norm-at) where given.
 
     A block receives only parameters it declares (linear takes only gamma); an
     option given for a block that does not take it is an error, not ignored.
     """
+    norm, at = getattr(args, "norm", None), getattr(args, "norm_at", None)
+    if at is not None and norm is None:
+        raise ValueError(f"--norm-at {at} needs --norm (one of {', '.join(NORMS)})")
+    if norm is not None and norm not in NORMS:
+        raise ValueError(f"unknown --norm {norm!r}; choose one of {', '.join(NORMS)}")
+    if at is not None and at not in PLACES:
+        raise ValueError(f"unknown --norm-at {at!r}; choose one of {', '.join(PLACES)}")
+    blk = _plain_block_from_args(args)
+    return blk if norm is None else normalised(blk, norm=norm, at=at or "post")
+
+
+def _plain_block_from_args(args: argparse.Namespace) -> Block:
     given = {p.name: getattr(args, p.name) for p in block_options()
              if getattr(args, p.name, None) is not None}
     if ".py:" in args.block:
@@ -87,6 +101,9 @@ def block_meta(blk: Block) -> dict[str, Any]:
     """{"block", "params"} for the outputs, with the activation of a smooth MLP."""
     meta: dict[str, Any] = {"block": blk.name, "params": blk.kernel_params(),
                             "tangent": isinstance(blk, Tangent)}
+    if isinstance(blk, Normalised):
+        meta.update(block=blk.inner.name, norm=blk.norm, norm_at=blk.at)
+        blk = blk.inner
     if getattr(blk, "smooth", None) is not None:
         meta["activation"] = blk.activation_name
     return meta

@@ -136,7 +136,8 @@ def run(args: argparse.Namespace) -> int:
         meta.update(spectrum_meta)
     _io.write_outputs(output, V, meta, extras=extras)
     params = ", ".join(f"{k}={v:g}" for k, v in blk.kernel_params().items())
-    line = (f"finite {blk.name}({params}): {args.nets} nets, width {args.width}, "
+    label = getattr(blk, "label", blk.name)
+    line = (f"finite {label}({params}): {args.nets} nets, width {args.width}, "
             f"depth {depth} (T={T:g}), seed {args.seed}, {device} -> {out}")
     if exits:
         line += (f" | exit at tr V >= {val.fmt_level(args.exit_trace)} tr V0: "

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from ..blocks import Block
+from ..normalised import NORMS, PLACES
 from ..parameters import Parameter, declared
 from .common import MAX_STEPS, block_options, option_blocks
 
@@ -33,6 +34,14 @@ def add_block_args(p: argparse.ArgumentParser, *, finite: bool = False,
         shown = finite or not prm.finite_only
         g.add_argument(prm.option, dest=prm.name, **prm.cli,
                        help=option_help(prm, blocks) if shown else argparse.SUPPRESS)
+    g.add_argument("--norm", metavar="NORM", dest="norm",
+                   help=f"per-token normalisation, one of {', '.join(NORMS)} (RMSNorm, or "
+                        "LayerNorm without gain: the feature mean removed first); "
+                        "docs/normalisation.md")
+    g.add_argument("--norm-at", metavar="WHERE", dest="norm_at",
+                   help=f"with --norm: where, one of {', '.join(PLACES)} (post: X' = "
+                        "Norm(lam X + gam Branch(X)), the default; pre: X' = lam X + gam "
+                        "Branch(Norm(X)))")
 
 
 def option_help(prm: Parameter, blocks: dict[str, type[Block]]) -> str:

@@ -1,0 +1,153 @@
+"""Per-token normalisation around a block: `normalised(blk, norm="rms", at="post")`.
+
+- at="post": X' = Norm(lam X + gam Branch(X)), i.e. the block's finite face followed by
+  Norm. V stays a correlation matrix. Its SDE is derived for any block from the block's
+  b and Sigma by Ito's formula applied to N(V)^{ab} = V^{ab} / sqrt(V^{aa} V^{bb})
+  (`shapedsde.symbolic.normalisation.ito_map`), evaluated at the correlation matrix N(V)
+  of the state, so the coefficients are functions of the correlation only and the
+  diagonal has zero drift and diffusion (tr V = m for ever: no finite-time blow-up).
+- at="pre": X' = lam X + gam Branch(Norm(X)) (one residual sub-layer: its branch is read
+  off its finite face, gam Branch(Z) = blk.finite(Z) - lam Z). Its SDE is the post-norm
+  SDE plus the averaged drift of the fast diagonal fluctuations
+  (`shapedsde.symbolic.normalisation.prenorm_correction`, docs/normalisation.md),
+  evaluated at N(V): the slow correlation's SDE. The stream's own diagonal is not
+  modelled by it (it relaxes to 1 at rate O(n) in t).
+
+Norm: "rms" (x -> x / sqrt(|x|^2 / n), no gain) or "layer" (LayerNorm without gain or
+bias: the token's feature mean removed first). Both have the same SDE
+(docs/normalisation.md: the removed mean moves V by -mu mu^T = O(1/n) a layer, whose mean
+is proportional to V at leading order, and N is scale invariant).
+
+Exact V chains (`shapedsde.finite`, method="gram") exist where the block has one: post
+(RMS and LayerNorm) and pre (RMS); see `shapedsde.finite.gram_step`.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import torch
+
+from . import _validation as val
+from .blocks import Block, TransformerBlock, _check_hidden, contract_ito, contract_trace
+from .serial import Serial
+from .symbolic.normalisation import ito_map, normalise, prenorm_correction
+from .weights import RandomSource
+
+NORMS = ("rms", "layer")
+PLACES = ("pre", "post")
+
+
+@dataclass(frozen=True)
+class Normalised(Block):
+    """A block with per-token normalisation before its branch (`at="pre"`) or after the
+    residual sum (`at="post"`). `gamma` is the inner block's."""
+
+    inner: Block | None = None
+    norm: str = "rms"
+    at: str = "post"
+    gamma: float = field(init=False, default=math.nan)
+    name: ClassVar[str] = "normalised"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.inner, Block):
+            raise ValueError(f"normalised needs a shapedsde Block to normalise; got "
+                             f"{type(self.inner).__name__}")
+        if self.norm not in NORMS:
+            raise ValueError(f"unknown norm {self.norm!r}; choose one of {NORMS}")
+        if self.at not in PLACES:
+            raise ValueError(f"unknown norm place {self.at!r}; choose one of {PLACES}")
+        if isinstance(self.inner, Normalised):
+            raise ValueError("the block is normalised already")
+        if self.at == "pre" and isinstance(self.inner, Serial | TransformerBlock):
+            raise ValueError("pre-normalisation acts on one residual sub-layer: normalise "
+                             "each part, serial(*(normalised(p, at='pre') for p in parts))")
+        object.__setattr__(self, "gamma", self.inner.gamma)
+
+    @property
+    def lam(self) -> float:
+        return self.inner.lam
+
+    @property
+    def label(self) -> str:
+        """e.g. 'attention+rms@post'."""
+        return f"{self.inner.name}+{self.norm}@{self.at}"
+
+    def kernel_params(self) -> dict[str, float]:
+        return self.inner.kernel_params()
+
+    # -- the SDE -----------------------------------------------------------
+
+    def coefficients_at(self, V: Any) -> tuple[Any, Any]:
+        """(drift, diffusion) at V: the normalised SDE at R = N(V)."""
+        R = normalise(V)
+        b = self.inner.drift(R, check=False)
+        S = self.inner.diffusion(R, check=False)
+        mu, C = ito_map(b, S, R)
+        if self.at == "pre":
+            mu = mu + prenorm_correction(S, R, self.lam)
+        return mu, C
+
+    def drift(self, V: Any, *, check: bool = True) -> Any:
+        V = val.check_covariance(V) if check else V
+        return self.coefficients_at(V)[0]
+
+    def diffusion(self, V: Any, *, check: bool = True) -> Any:
+        V = val.check_covariance(V) if check else V
+        return self.coefficients_at(V)[1]
+
+    def ito_contraction(self, V: Any, *, check: bool = True) -> Any:
+        V = val.check_covariance(V) if check else V
+        return contract_ito(self.coefficients_at(V)[1], V)
+
+    def drift_and_ito(self, V: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, C = self.coefficients_at(V)
+        return mu, contract_ito(C, V)
+
+    def trace_variance(self, V: Any, *, check: bool = True) -> Any:
+        V = val.check_covariance(V) if check else V
+        return contract_trace(self.coefficients_at(V)[1])  # 0: the diagonal is fixed
+
+    def project_factor(self, L: torch.Tensor) -> torch.Tensor:
+        """The solver's hook: the factor of N(L L^T), D^-1/2 L (rows of L to unit length),
+        so that every state is a correlation matrix (the SDE keeps the unit diagonal; the
+        discrete step leaves it by O(h))."""
+        return L * torch.rsqrt((L * L).sum(-1, keepdim=True))
+
+    @property
+    def noise_groups(self) -> None:
+        return None  # the solver factorises the (m^2 x m^2) diffusion
+
+    def derivation(self):
+        raise ValueError("a normalised block's SDE is built from its inner block's kernels "
+                         "(shapedsde.symbolic.normalisation); it has no derivation of its own")
+
+    # -- the finite face ---------------------------------------------------
+
+    def check_width(self, n: int) -> int:
+        return self.inner.check_width(n)
+
+    def apply_norm(self, X: torch.Tensor) -> torch.Tensor:
+        """Norm per token (row of X, shape (B, m, n)): RMSNorm, or LayerNorm (the feature
+        mean removed first), no gain or bias."""
+        if self.norm == "layer":
+            X = X - X.mean(-1, keepdim=True)
+        return X * torch.rsqrt((X * X).mean(-1, keepdim=True))
+
+    def finite(self, X: torch.Tensor, generator: RandomSource, *, check: bool = True
+               ) -> torch.Tensor:
+        _check_hidden(X, values=check)
+        self.check_width(X.shape[-1])
+        if self.at == "post":
+            return self.apply_norm(self.inner.finite(X, generator, check=False))
+        Z = self.apply_norm(X)
+        branch = self.inner.finite(Z, generator, check=False) - self.lam * Z  # gam Branch(Z)
+        return self.lam * X + branch
+
+
+def normalised(blk: Block, norm: str = "rms", at: str = "post") -> Normalised:
+    """`blk` with per-token `norm` ("rms" or "layer") before its branch (`at="pre"`) or
+    after its residual sum (`at="post"`)."""
+    return Normalised(inner=blk, norm=norm, at=at)
