@@ -52,6 +52,8 @@ class Tangent:
     """The tangent of `block`: the SDE of the joint Gram Q (2m x 2m) of tokens and JVP."""
 
     block: Block
+    #: A control, not the Jacobian: the mixing matrix held fixed along the tangent (dA = 0).
+    frozen_mixing: bool = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.block, Block):
@@ -61,7 +63,7 @@ class Tangent:
 
     @property
     def name(self) -> str:
-        return f"tangent({self.block.name})"
+        return f"tangent({self.block.name}{', dA = 0' if self.frozen_mixing else ''})"
 
     @property
     def lam(self) -> float:
@@ -107,7 +109,7 @@ class Tangent:
         """The blocks' face, summed over serial parts (independent weights add)."""
         V, C, U = _split(Q)
         parts = self.block.parts if isinstance(self.block, Serial) else (self.block,)
-        outs = [_block_face(p, face, V, C, U) for p in parts]
+        outs = [_block_face(p, face, V, C, U, self.frozen_mixing) for p in parts]
         if face == "drift":
             return tuple(functools.reduce(operator.add, xs) for xs in zip(*outs, strict=True))
         return {k: functools.reduce(operator.add, (o[k] for o in outs)) for k in outs[0]}
@@ -125,6 +127,8 @@ class Tangent:
         if Z.shape[1] % 2:
             raise ValueError(f"the tangent's hidden state stacks X and T: it needs an even "
                              f"number of rows; got {Z.shape[1]}")
+        if self.frozen_mixing:
+            raise ValueError("the dA = 0 control has an exact chain (method='gram') only")
         m = Z.shape[1] // 2
         X, T = Z[:, :m], Z[:, m:]
         out, jvp = torch.func.jvp(lambda x: self.block.finite(x, generator, check=False),
@@ -156,14 +160,17 @@ class Tangent:
         Y = gram_logits(blk, L, n, generator)
         z, dz = Y[:, :m, :m], Y[:, m:, :m] + Y[:, :m, m:]
         A, dA = torch.func.jvp(lambda y: shaped_mixing(y, causal=blk.causal), (z,), (dz,))
+        if self.frozen_mixing:
+            dA = torch.zeros_like(dA)
         zero = torch.zeros_like(A)
         return torch.cat([torch.cat([A, zero], -1), torch.cat([dA, A], -1)], -2)
 
 
-def tangent(block: Block) -> Tangent:
+def tangent(block: Block, *, frozen_mixing: bool = False) -> Tangent:
     """The tangent of `block` (a built-in block, `serial(...)` or a user's): its
-    coefficients act on the joint Gram Q = [[V, C], [C^T, U]] (module docstring)."""
-    return Tangent(block)
+    coefficients act on the joint Gram Q = [[V, C], [C^T, U]] (module docstring).
+    frozen_mixing=True: the control with dA = 0 (not the Jacobian)."""
+    return Tangent(block, frozen_mixing)
 
 
 def initial_joint(V0: Any, scale: float = 1.0) -> np.ndarray:
@@ -177,13 +184,13 @@ def initial_joint(V0: Any, scale: float = 1.0) -> np.ndarray:
     return Q
 
 
-def _block_face(blk: Block, face: str, V: Any, C: Any, U: Any) -> Any:
+def _block_face(blk: Block, face: str, V: Any, C: Any, U: Any, frozen: bool) -> Any:
     """One block's tangent kernel `face` at (V, C, U), the block's parameters passed."""
     d = blk.derivation()
     if not d.has_matrix_form:
         raise ValueError(f"block {blk.name!r}: its tangent is derived from the matrix form of "
                          "its update rule, which it does not declare")
-    fn = tangent_kernel(d, face, V, blk._declared_with_derivations())
+    fn = tangent_kernel(d, face, V, blk._declared_with_derivations(), frozen)
     params = blk.kernel_params()
     names = fn.__code__.co_varnames[3:fn.__code__.co_argcount]
     return fn(V, C, U, **{k: params[k] for k in names})

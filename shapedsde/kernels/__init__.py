@@ -67,26 +67,26 @@ def _built(d: Derivation, backend: str, own: tuple[Parameter, ...]) -> types.Mod
     return mod
 
 
-def tangent_kernel(d: Derivation, face: str, V: Any, params: tuple[Parameter, ...] = ()
-                   ) -> Callable[..., Any]:
-    """The `{d.name}_tangent_{face}` kernel (face: drift or diffusion) of the tangent of
-    derivation `d`, for V's array library: checked in for the package's blocks, else
-    printed from `shapedsde.symbolic.tangent` and compiled in memory."""
+def tangent_kernel(d: Derivation, face: str, V: Any, params: tuple[Parameter, ...] = (),
+                   frozen: bool = False) -> Callable[..., Any]:
+    """The `{d.name}_tangent[_frozen]_{face}` kernel (face: drift or diffusion) of the
+    tangent of derivation `d`, for V's array library: checked in for the package's blocks,
+    else printed from `shapedsde.symbolic.tangent` and compiled in memory."""
     backend = "torch" if is_torch(V) else "numpy"
     generated = _generated_tangent_torch if backend == "torch" else _generated_tangent_numpy
-    name = f"{d.name}_tangent_{face}"
+    name = f"{d.name}_tangent{'_frozen' if frozen else ''}_{face}"
     if hasattr(generated, name):
         return getattr(generated, name)
-    return getattr(_built_tangent(d, backend, tuple(p for p in params if p not in PARAMETERS)),
-                   name)
+    own = tuple(p for p in params if p not in PARAMETERS)
+    return getattr(_built_tangent(d, backend, own, frozen), name)
 
 
 @cache
-def _built_tangent(d: Derivation, backend: str, own: tuple[Parameter, ...]
+def _built_tangent(d: Derivation, backend: str, own: tuple[Parameter, ...], frozen: bool
                    ) -> types.ModuleType:
     """Print and compile the tangent kernels of one derivation."""
-    source = tangent_kernel_source({f"{d.name}_tangent": tangent_form(d)}, backend,
-                                   PARAMETERS + own)
+    c = tangent_form(d, frozen)
+    source = tangent_kernel_source({c.name: c}, backend, PARAMETERS + own)
     mod = types.ModuleType(f"shapedsde.kernels.built_{d.name}_tangent_{backend}")
     exec(compile(source, f"<shapedsde tangent kernels of {d.name!r} ({backend})>", "exec"),
          mod.__dict__)

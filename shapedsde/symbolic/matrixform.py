@@ -139,7 +139,7 @@ def mlp_update(src: dict[str, sp.MatrixSymbol], heads: sp.Expr) -> MatrixExpr:
 
 def mlp_smooth_update(src: dict[str, sp.MatrixSymbol], heads: sp.Expr) -> MatrixExpr:
     """The shaped smooth MLP: kappa(V) is the activation's polynomial kernel."""
-    return residual_update(src, heads, kernel=smooth.kernel_matrix(V))
+    return residual_update(src, heads, kernel=smooth.kernel_node(V))
 
 
 def _symmetrise(expr):

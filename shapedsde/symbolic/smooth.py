@@ -24,6 +24,8 @@ from functools import cache
 import sympy as sp
 from sympy.matrices.expressions import MatrixExpr
 
+from .activation import RHO
+from .entrywise_kernel import Entrywise
 from .wick import gaussian_expectation
 
 EPS = sp.Symbol("epsilon", positive=True)  # n^{-1/2}
@@ -110,3 +112,20 @@ def kernel_matrix(V: MatrixExpr) -> MatrixExpr:
                   else sp.HadamardProduct(*([V] * k)))
         total += coef * sp.MatMul(*([Dg] * i), middle, *([Dg] * j))
     return total
+
+
+class SmoothKernel(Entrywise):
+    """kappa(V) of a smooth activation as one node: its entries are the polynomial
+    `drift_kernel` (read through rho), and `doit` writes it in matrix form
+    (`kernel_matrix`), so the block's own derivation sees the matrix polynomial while the
+    tangent's (`shapedsde.symbolic.tangent`) can read the kernel as a function of one
+    entry and differentiate it."""
+
+    def doit(self, **hints) -> MatrixExpr:
+        return kernel_matrix(self.args[2])
+
+
+def kernel_node(V: MatrixExpr) -> SmoothKernel:
+    """kappa(V) as a `SmoothKernel` node."""
+    formula = drift_kernel().subs(V_AB, RHO * sp.sqrt(V_AA * V_BB))
+    return SmoothKernel(sp.Symbol("kappa_smooth"), sp.expand(formula), V)

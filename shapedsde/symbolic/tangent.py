@@ -46,6 +46,7 @@ from .matrixform import (
     as_linear,
     expectation,
 )
+from .smooth import SmoothKernel
 
 C = sp.MatrixSymbol("C", M_TOKENS, M_TOKENS)  # X T^T / n: not symmetric
 U = sp.MatrixSymbol("U", M_TOKENS, M_TOKENS)  # T T^T / n
@@ -117,13 +118,17 @@ def kernel_derivatives(node: Entrywise) -> dict[tuple[int, int], MatrixExpr]:
     at0 = {s: 0, r: 0}
     derivs = {(1, 0): sp.diff(moved, s).subs(at0), (0, 1): sp.diff(moved, r).subs(at0),
               (1, 1): sp.diff(moved, s, r).subs(at0)}
-    if node.name.name not in DIAGONALS:
+    if isinstance(node, SmoothKernel):  # a polynomial: its diagonal is its value at a = b
+        same = {vb: va, vab: va, cb: ca, cab: ca, cba: ca}
+        diag = {k: sp.expand(v.subs(same)) for k, v in derivs.items()}
+    elif node.name.name in DIAGONALS:
+        cross, joint = DIAGONALS[node.name.name]()
+        one = {sp.Symbol("V_aa", positive=True): va, sp.Symbol("C_aa", real=True): ca,
+               sp.Symbol("U_aa", real=True): uab}
+        diag = {(1, 0): cross.subs(one), (0, 1): cross.subs(one), (1, 1): joint.subs(one)}
+    else:
         raise ValueError(f"no tangent derived for the activation kernel {node.name}: its "
                          "diagonal (one token and its own tangent) is not declared")
-    cross, joint = DIAGONALS[node.name.name]()
-    one = {sp.Symbol("V_aa", positive=True): va, sp.Symbol("C_aa", real=True): ca,
-           sp.Symbol("U_aa", real=True): uab}
-    diag = {(1, 0): cross.subs(one), (0, 1): cross.subs(one), (1, 1): joint.subs(one)}
     out = {}
     for key, off in derivs.items():
         out[key] = JointEntrywise(sp.Symbol(f"{node.name}_{'sr'[:key[0]]}{'r' * key[1]}"),
@@ -163,15 +168,17 @@ def tangent_sources() -> tuple[dict[str, sp.MatrixSymbol], CovarianceTable]:
     return {s: sp.MatrixSymbol(s, M_TOKENS, M_TOKENS) for s in terms}, table
 
 
-def _perturbation(src: dict[str, sp.MatrixSymbol]) -> dict[MatrixExpr, MatrixExpr]:
-    """Each quantity of V' -> its value in V'(s, r) = X'(s) X'(r)^T / n (module docstring)."""
+def _perturbation(src: dict[str, sp.MatrixSymbol], frozen: bool = False
+                  ) -> dict[MatrixExpr, MatrixExpr]:
+    """Each quantity of V' -> its value in V'(s, r) = X'(s) X'(r)^T / n (module docstring).
+    `frozen`: the logits do not move with the input (dA = 0), a control."""
     s, r = S_LEFT, R_RIGHT
     out: dict[MatrixExpr, MatrixExpr] = {V: V + s * C.T + r * C + s * r * U}
     for name in PAIRED:
         base, tx, xt, tt = (src[name], src[f"{name}_tx"], src[f"{name}_xt"], src[f"{name}_tt"])
         out[base] = base + s * tx + r * xt + s * r * tt
         out[base.T] = (base + r * tx + s * xt + s * r * tt).T
-    for name in INSIDE:  # second order in one side's parameter never reaches s r
+    for name in () if frozen else INSIDE:  # second order in one side's parameter: no s r
         base, tx, xt = src[name], src[f"{name}_tx"], src[f"{name}_xt"]
         out[base] = base + s * (tx + xt)
         out[base.T] = (base + r * (tx + xt)).T
@@ -231,17 +238,22 @@ def _by_order(expr: MatrixExpr) -> dict[tuple[int, int, int], list[tuple[sp.Expr
     return out
 
 
-def derive_tangent(d: Derivation | str) -> TangentCoefficients:
-    """b^V, b^C, b^U and the blocks of Sigma for the tangent of derivation `d`."""
+def derive_tangent(d: Derivation | str, frozen: bool = False) -> TangentCoefficients:
+    """b^V, b^C, b^U and the blocks of Sigma for the tangent of derivation `d`.
+
+    frozen: a control that holds the mixing matrix fixed along the tangent (dA = 0, the
+    logits do not move with the input): not the block's Jacobian.
+    """
     d = d if isinstance(d, Derivation) else find(d)
+    name = f"{d.name}_tangent" + ("_frozen" if frozen else "")
     if d.parts:  # sub-layers in sequence: the chain rule composes the tangents, and at
         # leading order independent sub-layers' coefficients add
-        parts = [derive_tangent(p) for p in d.parts]
+        parts = [derive_tangent(p, frozen) for p in d.parts]
         drift = {X: _tidy_matrix(sum((p.drift[X] for p in parts[1:]), parts[0].drift[X]))
                  for X in BLOCKS}
         diffusion = {k: tuple(_collect([t for p in parts for t in p.diffusion[k]]))
                      for k in parts[0].diffusion}
-        return TangentCoefficients(d.name, drift, diffusion)
+        return TangentCoefficients(name, drift, diffusion)
     if d.update is None or d.rows:
         raise ValueError(f"{d.name!r} has no matrix-form update rule read as one matrix: its "
                          "tangent is not derived in matrix form")
@@ -250,7 +262,7 @@ def derive_tangent(d: Derivation | str) -> TangentCoefficients:
     update = _updated(d, base)
     kernels, back = _kernel_perturbation(update)  # a kernel is no source: held apart
     update = _symmetrise(sp.expand(update.xreplace(kernels)).doit())
-    orders = _by_order(update.xreplace(_perturbation(src)))
+    orders = _by_order(update.xreplace(_perturbation(src, frozen)))
     which = {"V": (0, 0), "C": (0, 1), "U": (1, 1)}
     zero = sp.ZeroMatrix(M_TOKENS, M_TOKENS)
     drift, first = {}, {}
@@ -267,7 +279,7 @@ def derive_tangent(d: Derivation | str) -> TangentCoefficients:
     drift = {X: e.xreplace(back) for X, e in drift.items()}
     diffusion = {k: tuple(Kron(t.coef, t.X.xreplace(back), t.xl, t.Y.xreplace(back), t.yl)
                           for t in ks) for k, ks in diffusion.items()}
-    return TangentCoefficients(f"{d.name}_tangent", drift, diffusion)
+    return TangentCoefficients(name, drift, diffusion)
 
 
 def _check_identity_at_zero(X: str, terms: list) -> None:
@@ -280,6 +292,6 @@ def _check_identity_at_zero(X: str, terms: list) -> None:
 
 
 @cache
-def tangent_form(d: Derivation) -> TangentCoefficients:
+def tangent_form(d: Derivation, frozen: bool = False) -> TangentCoefficients:
     """Cached `derive_tangent`."""
-    return derive_tangent(d)
+    return derive_tangent(d, frozen)
