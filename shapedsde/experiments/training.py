@@ -266,7 +266,7 @@ class TrainSettings:
     depth: int = 32
     steps: int = 200
     batch: int = 32
-    eval_batch: int = 512
+    eval_batch: int = 256
     evals: int = 10
     vocab: int = 4
     length: int = 12
