@@ -18,6 +18,7 @@ from shapedsde.experiments.training import (
     Point,
     TrainableTransformer,
     TrainSettings,
+    initial_signal,
     load_results,
     run_training,
     train_run,
@@ -179,3 +180,13 @@ def test_cli_train(tmp_path, capsys):
     assert [r["seed"] for r in res["runs"]] == [3, 3] and res["meta"]["settings"]["steps"] == 3
     assert cli_main(["train", "--points", "1.5,1", "--out", str(out)]) == 2
     assert cli_main(["train", "--seeds", "-1", "--out", str(out)]) == 2
+
+
+def test_initial_signal():
+    """gamma = 0: the blocks are the identity, tr V_d = tr V_0 and rho unchanged."""
+    s = TrainSettings(width=16, depth=3, length=6)
+    sig = initial_signal(Point("shaped", 0.0, 1.0), s, 0, batch=32)
+    assert sig["trace_ratio"] == pytest.approx(1.0) and sig["frac_nonfinite"] == 0.0
+    assert sig["rho_mean"] == pytest.approx(sig["rho0_mean"])
+    strong = initial_signal(Point("shaped", 0.9, 0.2), s, 0, batch=32)
+    assert strong["rho_mean"] != pytest.approx(sig["rho_mean"])

@@ -342,6 +342,41 @@ def _evaluate(model: nn.Module, tokens: torch.Tensor) -> float:
         return float(next_token_loss(model(tokens), tokens))
 
 
+def initial_signal(point: Point, settings: TrainSettings, seed: int, batch: int = 256
+                   ) -> dict[str, float]:
+    """The forward signal at initialisation (no training), on `batch` held-out sequences:
+    V_l = X_l X_l^T / n per sequence; `trace_ratio` = mean tr V_d / tr V_0, `rho_mean`
+    the mean off-diagonal correlation of V_d (`rho0_mean` of V_0) and `p_degenerate`
+    the fraction of sequences whose correlation matrix has lambda_min < 0.05, the
+    stability map's statistics (docs/stability.md); non-finite V_d counted in
+    `frac_nonfinite`."""
+    s, task = settings, settings.task
+    model = point.model(task, s.width, s.depth, seed, c_plus=s.c_plus, c_minus=s.c_minus)
+    x, _ = task.sample(batch, child_seed(seed, "eval"))
+    with torch.no_grad():
+        X = X0 = model.hidden(x).double()
+        model.double()
+        for i, W in enumerate(model.W):
+            X = model.block(X, W, i)
+    n = s.width
+
+    def stats(X: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        V = X @ X.transpose(-1, -2) / n
+        d = V.diagonal(dim1=-2, dim2=-1)
+        C = V / (d[..., :, None] * d[..., None, :]).sqrt()
+        off = ~torch.eye(V.shape[-1], dtype=torch.bool)
+        return d.sum(-1), C[:, off].mean(-1), C
+
+    tr0, rho0, _ = stats(X0)
+    tr, rho, C = stats(X)
+    finite = torch.isfinite(C).all(-1).all(-1)
+    lmin = torch.linalg.eigvalsh(C[finite]).min(-1).values if finite.any() else C.new_zeros(0)
+    return {"trace_ratio": float((tr[finite] / tr0[finite]).mean()),
+            "rho0_mean": float(rho0.mean()), "rho_mean": float(rho[finite].mean()),
+            "p_degenerate": float((lmin < 0.05).double().mean()),
+            "frac_nonfinite": float(1 - finite.double().mean())}
+
+
 # ----------------------------------------------------------------------------
 # The grid, its files and figure
 
