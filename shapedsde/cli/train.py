@@ -10,7 +10,7 @@ from .. import _validation as val
 from .common import EXIT_OK
 
 #: --quick: a small grid that runs in about a minute on one CPU thread.
-QUICK = {"width": 32, "depth": 8, "steps": 60, "length": 8, "eval_batch": 256}
+QUICK = {"width": 32, "depth": 8, "steps": 60}
 
 
 def add_parser(sub: Any, fmt: Any) -> None:
@@ -28,7 +28,7 @@ def add_parser(sub: Any, fmt: Any) -> None:
                     "(docs/trainability.md).",
         epilog="example:\n  shapedsde train --quick --out results/train\n"
                "  shapedsde train --points 0.5,1 0.9,0.2 preln --lrs 0.003,0.01 "
-               "--seeds 0 1 --steps 200 --out results/train")
+               "--seeds 0 1 --steps 150 --out results/train")
     p.add_argument("--points", nargs="+", type=_point, default=None, metavar="POINT",
                    help="GAMMA,TAU0 (shaped) or 'standard' / 'preln' (default: six shaped "
                         "points and both baselines)")
@@ -36,18 +36,18 @@ def add_parser(sub: Any, fmt: Any) -> None:
                    help="comma-separated Adam learning rates (default 0.003,0.01,0.03)")
     p.add_argument("--seeds", nargs="+", type=int, default=None,
                    help="seeds: each gives data, held-out set and weights (default 0 1 2)")
-    p.add_argument("--steps", type=int, default=None, help="Adam steps (default 200)")
+    p.add_argument("--steps", type=int, default=None, help="Adam steps (default 150)")
     p.add_argument("--width", type=int, default=None, help="width n (default 64)")
     p.add_argument("--depth", type=int, default=None, help="blocks d (default 32)")
-    p.add_argument("--length", type=int, default=None, help="tokens m (default 12)")
+    p.add_argument("--length", type=int, default=None, help="tokens m (default 8)")
     p.add_argument("--vocab", type=int, default=None, help="vocabulary V (default 4)")
     p.add_argument("--batch", type=int, default=None, help="batch size (default 32)")
     p.add_argument("--concentration", type=float, default=None,
-                   help="Dirichlet concentration of the chains' rows (default 0.3)")
+                   help="Dirichlet concentration of the chains' rows (default 0.1)")
     p.add_argument("--out", default="results/train", help="output folder (default "
                                                           "results/train)")
     p.add_argument("--quick", action="store_true",
-                   help="small run: width 32, depth 8, m 8, 60 steps (explicit options win)")
+                   help="small run: width 32, depth 8, 60 steps (explicit options win)")
     p.add_argument("--progress", action="store_true", help="tqdm progress bar")
     p.add_argument("--quiet", action="store_true", help="no line per run")
     p.set_defaults(func=run)

@@ -87,8 +87,8 @@ class MarkovTask:
     iid Dirichlet(`concentration`) (0: one-hot rows, a random successor function)."""
 
     vocab: int = 4
-    length: int = 16
-    concentration: float = 0.5
+    length: int = 8
+    concentration: float = 0.1
 
     def __post_init__(self) -> None:
         if self.vocab < 2 or self.length < 2:
@@ -264,13 +264,13 @@ class TrainSettings:
 
     width: int = 64
     depth: int = 32
-    steps: int = 200
+    steps: int = 150
     batch: int = 32
     eval_batch: int = 256
     evals: int = 10
     vocab: int = 4
-    length: int = 12
-    concentration: float = 0.3
+    length: int = 8
+    concentration: float = 0.1
     c_plus: float = 0.0
     c_minus: float = -1.0
 
