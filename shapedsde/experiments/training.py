@@ -57,6 +57,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .. import _io
 from .. import _validation as val
 from ..blocks import MlpBlock, shaped_mixing
 from ..progress import progress_bar
@@ -70,9 +71,11 @@ RUN_FIELDS = ("label", "kind", "gamma", "tau0", "lr", "seed", "steps", "diverged
               "initial_grad_norm", "bayes_floor", "entropy_floor", "uniform_loss",
               "unigram_loss", "final_excess", "best_excess", "seconds")
 #: One row of `training_summary.csv` / `load_results(dir)["summary"]`: one (point, lr),
-#: statistics over seeds; mean and sd over the seeds that did not diverge (NaN if none).
+#: statistics over seeds; mean, sd and median over the seeds that did not diverge (NaN if
+#: none); `worse_than_uniform` counts those that ended above log V (final excess > 1).
 SUMMARY_FIELDS = ("label", "kind", "gamma", "tau0", "lr", "seeds", "diverged",
-                  "final_excess_mean", "final_excess_sd", "best_excess_mean",
+                  "worse_than_uniform", "final_excess_mean", "final_excess_sd",
+                  "final_excess_median", "best_excess_mean",
                   "final_loss_mean", "final_loss_sd", "initial_loss_mean",
                   "initial_grad_norm_mean", "bayes_floor", "uniform_loss", "seconds_mean")
 
@@ -387,8 +390,6 @@ def run_training(out: str | Path, points: Sequence[Point] = DEFAULT_POINTS,
                  log: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Train every point x lr x seed; write `training.{json,csv,png}` and
     `training_summary.csv` into `out`; return what `load_results(out)` reads back."""
-    from .. import _io
-
     s = settings or TrainSettings()
     seeds = [val.check_seed(x, "seed") for x in seeds]
     folder = _io.make_folder(out)
@@ -406,18 +407,33 @@ def run_training(out: str | Path, points: Sequence[Point] = DEFAULT_POINTS,
                     bar.update(1)
                     if log is not None:
                         log(_run_line(row))
-    summary = summarize(runs)
     meta = {"settings": asdict(s), "points": [asdict(p) for p in points], "lrs": list(lrs),
             "seeds": seeds, "optimizer": "torch.optim.Adam (defaults but lr), no clipping",
             "torch": torch.__version__, "threads": 1,
-            "total_seconds": time.perf_counter() - t0,
-            "schema": {"runs": RUN_FIELDS, "summary": SUMMARY_FIELDS}}
+            "total_seconds": time.perf_counter() - t0}
+    write_results(folder, meta, runs)
+    return load_results(folder)
+
+
+def write_results(folder: str | Path, meta: dict[str, Any], runs: Sequence[dict[str, Any]]
+                  ) -> None:
+    """Write the runs, their `summarize` and figure into `folder` (one atomic set)."""
+    folder = Path(folder)
+    summary = summarize(runs)
+    meta = dict(meta, schema={"runs": RUN_FIELDS, "summary": SUMMARY_FIELDS})
     files = {folder / "training.json": _io.dumps({"meta": meta, "runs": runs,
                                                   "summary": summary}).encode(),
              folder / "training.csv": _csv(runs, RUN_FIELDS).encode(),
              folder / "training_summary.csv": _csv(summary, SUMMARY_FIELDS).encode()}
     files.update(plot_training(summary, runs, folder / "training"))
     _io.write_files(files)
+
+
+def resummarize(folder: str | Path) -> dict[str, Any]:
+    """Recompute the summary and figure of `folder` from its runs (after a change of
+    `summarize` or the figure: the runs are not repeated)."""
+    data = load_results(folder)
+    write_results(folder, data["meta"], data["runs"])
     return load_results(folder)
 
 
@@ -437,8 +453,10 @@ def summarize(runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
         rows.append({"label": label, "kind": rs[0]["kind"], "gamma": rs[0]["gamma"],
                      "tau0": rs[0]["tau0"], "lr": lr, "seeds": len(rs),
                      "diverged": len(rs) - len(ok),
+                     "worse_than_uniform": sum(r["final_excess"] > 1 for r in ok),
                      "final_excess_mean": stat("final_excess", np.mean),
                      "final_excess_sd": stat("final_excess", _sd),
+                     "final_excess_median": stat("final_excess", np.median),
                      "best_excess_mean": stat("best_excess", np.mean),
                      "final_loss_mean": stat("final_loss", np.mean),
                      "final_loss_sd": stat("final_loss", _sd),
@@ -481,14 +499,15 @@ def best_lr_table(summary: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
 def markdown_table(summary: Sequence[dict[str, Any]]) -> str:
     """The summary as a Markdown table (the one in docs/trainability.md)."""
     lines = ["| point | lr | final loss (mean ± sd) | excess over floor (mean ± sd) | "
-             "best excess | diverged | initial loss | initial grad norm |",
-             "|---|---|---|---|---|---|---|---|"]
+             "median excess | best excess | diverged | > uniform | initial loss | "
+             "initial grad norm |", "|---|---|---|---|---|---|---|---|---|---|"]
     for r in summary:
         lines.append(
             f"| {r['label']} | {r['lr']:g} | {_num(r['final_loss_mean'])} ± "
             f"{_num(r['final_loss_sd'])} | {_num(r['final_excess_mean'])} ± "
-            f"{_num(r['final_excess_sd'])} | {_num(r['best_excess_mean'])} | "
-            f"{r['diverged']}/{r['seeds']} | {r['initial_loss_mean']:.3g} | "
+            f"{_num(r['final_excess_sd'])} | {_num(r['final_excess_median'])} | "
+            f"{_num(r['best_excess_mean'])} | {r['diverged']}/{r['seeds']} | "
+            f"{r['worse_than_uniform']}/{r['seeds']} | {r['initial_loss_mean']:.3g} | "
             f"{r['initial_grad_norm_mean']:.3g} |")
     return "\n".join(lines)
 
@@ -501,44 +520,59 @@ def _num(x: float) -> str:
 def plot_training(summary: Sequence[dict[str, Any]], runs: Sequence[dict[str, Any]],
                   base: Path) -> dict[Path, bytes]:
     """`<base>.png`: final excess over the Bayes floor against the learning rate, one line
-    per point (mean over seeds, each seed a dot; a diverged seed an x at the top)."""
+    per point (median over the seeds that did not diverge), each seed a dot; a seed above
+    the plot's top a triangle there, a diverged seed an x above it. Dotted: the Bayes
+    floor (0) and the in-context unigram predictor; dashed: the uniform guess (1)."""
     import io
 
     from ._common import pyplot
 
     plt = pyplot()
-    fig, ax = plt.subplots(figsize=(7.5, 4.6))
+    fig, ax = plt.subplots(figsize=(7.8, 4.6))
     labels = list(dict.fromkeys(r["label"] for r in summary))
     cmap = plt.get_cmap("tab10")
-    top = 1.6
+    top, cross = 1.6, 1.75
     for i, label in enumerate(labels):
         color = cmap(i % 10)
         rows = [r for r in summary if r["label"] == label]
-        lrs = [r["lr"] for r in rows]
-        ax.plot(lrs, [min(r["final_excess_mean"], top) for r in rows], "-", color=color,
-                label=label, lw=1.5)
-        shift = 1 + 0.03 * (i - len(labels) / 2)
+        ys = [cross if r["diverged"] == r["seeds"] else min(r["final_excess_median"], top)
+              for r in rows]
+        ax.plot([r["lr"] for r in rows], ys, "-", color=color, label=label, lw=1.5)
+        shift = 1 + 0.025 * (i - (len(labels) - 1) / 2)
         for r in runs:
             if r["label"] != label:
                 continue
-            if r["diverged"] or not math.isfinite(r["final_excess"]):
-                ax.plot(r["lr"] * shift, top, "x", color=color, ms=7)
+            x, y = r["lr"] * shift, r["final_excess"]
+            if r["diverged"] or not math.isfinite(y):
+                ax.plot(x, cross, "x", color=color, ms=7, mew=1.5)
+            elif y > top:
+                ax.plot(x, top, "^", color=color, ms=5, alpha=0.8)
             else:
-                ax.plot(r["lr"] * shift, min(r["final_excess"], top), "o", color=color,
-                        ms=3.5, alpha=0.7)
-    ax.axhline(1.0, color="0.4", ls="--", lw=1)
-    ax.axhline(0.0, color="0.4", ls=":", lw=1)
-    ax.text(min(r["lr"] for r in summary), 1.02,
-            "uniform guess", fontsize=8, color="0.3")
+                ax.plot(x, y, "o", color=color, ms=3.5, alpha=0.75)
+    lr_all = sorted({r["lr"] for r in summary})
+    uni = [(r["unigram_loss"] - r["bayes_floor"]) / (r["uniform_loss"] - r["bayes_floor"])
+           for r in runs if "unigram_loss" in r]
+    for y, style, text in ((1.0, "--", "uniform guess"), (0.0, ":", "Bayes floor"),
+                           (float(np.mean(uni)) if uni else math.nan, ":",
+                            "in-context unigram")):
+        if math.isfinite(y):
+            ax.axhline(y, color="0.4", ls=style, lw=1)
+            ax.text(lr_all[0] * 0.8, y + 0.02, text, fontsize=8, color="0.3")
+    ax.axhspan(top + 0.03, cross + 0.1, color="0.93", zorder=0)
+    ax.text(lr_all[0] * 0.72, top + 0.07, f"> {top:g}: blew up\nx: diverged (NaN/inf)",
+            fontsize=7, color="0.3", va="center")
     ax.set_xscale("log")
-    ax.set_ylim(-0.05, top + 0.08)
+    ax.set_xticks(lr_all, [f"{v:g}" for v in lr_all])
+    ax.minorticks_off()
+    ax.set_xlim(lr_all[0] * 0.7, lr_all[-1] * 2.2)
+    ax.set_ylim(-0.05, cross + 0.1)
     ax.set_xlabel("Adam learning rate")
-    ax.set_ylabel("(final loss - Bayes) / (log V - Bayes)")
-    ax.set_title("Final held-out loss after training (dots: seeds; x: diverged; "
-                 f"clipped at {top})", fontsize=10)
+    ax.set_ylabel("final excess (loss - Bayes) / (log V - Bayes)")
+    ax.set_title("Held-out loss after training: median over seeds (line), each seed (marker)",
+                 fontsize=10)
     ax.legend(fontsize=7.5, loc="center left", bbox_to_anchor=(1.01, 0.5))
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
     plt.close(fig)
     return {base.with_suffix(".png"): buf.getvalue()}
 
