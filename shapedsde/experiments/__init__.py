@@ -17,6 +17,11 @@ attention terms), `stability_stats` (statistics of V_T with standard errors),
 `stability_grid` (the map over (gamma, tau0)), `stability_spot` (finite networks against
 the SDE at one point) and `stability_report` (the run behind the command).
 
+Training (`shapedsde train`): `training` trains small causal shaped Transformers at
+points (gamma, tau0), with unshaped and pre-LN baselines, on an in-context Markov-chain
+task (docs/trainability.md, "Tested by training"); import it as
+`shapedsde.experiments.training` (not re-exported here).
+
 Every random stream is a child of one root seed (`shapedsde.seeds`); every law
 comparison is `shapedsde.verification.engine.compare_law`. Finite networks use
 `shapedsde.finite.simulate`: the exact-in-law V chain where a block has one
