@@ -19,6 +19,8 @@ from .codegen import (
 from .latex import latex_correlation
 from .registry import derivations
 from .symbolic.matrixform import MatrixCoefficients, matrix_form
+from .symbolic.tangent import TangentCoefficients, tangent_form
+from .tangent_codegen import tangent_kernel_source, tangent_latex
 
 #: The source checkout the files are written into.
 ROOT = Path(__file__).resolve().parent.parent
@@ -30,6 +32,14 @@ def package_coefficients() -> dict[str, MatrixCoefficients]:
             if d.has_matrix_form}
 
 
+def package_tangents() -> dict[str, TangentCoefficients]:
+    """The block forms of the tangents of the package's blocks whose update is one matrix
+    expression (causal attention's, read per entry, has none), by kernel name."""
+    found = derivations(package_only=True)
+    tangents = [tangent_form(d) for d in found.values() if d.has_kernels]
+    return {c.name: c for c in tangents}
+
+
 def artifacts() -> dict[Path, str]:
     """Every generated file, path -> content."""
     found = derivations(package_only=True)
@@ -37,6 +47,12 @@ def artifacts() -> dict[Path, str]:
     printed = {name: c for name, c in coeffs.items() if found[name].has_kernels}
     files = {ROOT / "shapedsde" / "kernels" / f"_generated_{b}.py": kernel_source(printed, b)
              for b in BACKENDS}
+    tangents = package_tangents()
+    for b in BACKENDS:
+        files[ROOT / "shapedsde" / "kernels" / f"_generated_tangent_{b}.py"] = \
+            tangent_kernel_source(tangents, b)
+    for name, c in tangents.items():
+        files[ROOT / "docs" / "formulas" / f"{name}.tex"] = tangent_latex(c)
     for name, c in coeffs.items():
         files[ROOT / "docs" / "formulas" / f"{name}.tex"] = latex_source(c)
     for name, d in found.items():

@@ -358,6 +358,9 @@ class _FormulaPrinter(LatexPrinter):
     def _print_Entrywise(self, expr):
         return rf"{self._print(expr.name)}(V)"
 
+    def _print_JointEntrywise(self, expr):
+        return rf"{self._print(expr.name)}(V, C, U)"
+
     def _print_OneMatrix(self, expr):
         return r"\mathbf{1}\mathbf{1}^{\top}"
 

@@ -12,6 +12,7 @@ import sympy as sp
 from sympy.matrices.expressions import MatrixExpr
 
 from .codegen import BACKENDS, HEADER, _KernelPrinter, _kron_spec
+from .latex import drift_terms, equation, formula_latex, sigma_terms
 from .parameters import PARAMETERS, Parameter
 from .symbolic.tangent import BLOCKS, JOINT_ENTRIES, JointEntrywise, TangentCoefficients
 
@@ -111,3 +112,28 @@ def tangent_kernel_source(coeffs: dict[str, TangentCoefficients], backend: str,
                   "    m, I, J, P = _setup(V)", *pr.lines,
                   "    return {", *(f"        {e}" for e in entries), "    }", ""]
     return "\n".join(parts).replace("\n\n\n\n", "\n\n\n").rstrip() + "\n"
+
+
+def tangent_latex(c: TangentCoefficients) -> str:
+    """The block form of a tangent's coefficients as a paper-style LaTeX fragment:
+    b^V, b^C, b^U, the joint kernels they read, and Cov[dX^{ab}, dY^{cd}] / dt."""
+    key = c.name.replace("+", "-").replace("_", "-")
+    lines: list[str] = []
+    for X in BLOCKS:
+        lines += equation(f"b^{{{X}}}", drift_terms(c.drift[X]), f"eq:{key}-b{X}", ",")
+    joint = set().union(*(e.atoms(JointEntrywise) for e in c.drift.values()))
+    for j in sorted(joint, key=sp.default_sort_key):
+        lines.append(rf"{formula_latex(j.name)}^{{ab}} &= {formula_latex(sp.factor(j.off))}"
+                     r" \quad (a \neq b), \nonumber")
+        lines.append(rf"{formula_latex(j.name)}^{{aa}} &= {formula_latex(j.diag)}, \nonumber")
+    for (X, Y), ks in c.diffusion.items():
+        end = "." if (X, Y) == ("U", "U") else ","
+        lines += equation(rf"\Sigma^{{{X}{Y}}}", sigma_terms(ks), f"eq:{key}-S{X}{Y}", end)
+    rows = " \\\\\n".join(lines)
+    return (f"% {HEADER[2:]}"
+            f"% Tangent of {c.name.removesuffix('_tangent')}: Q = [[V, C], [C^T, U]], "
+            "C = X T^T / n, U = T T^T / n;\n"
+            "% Sigma^{XY} is Cov[dX^{ab}, dY^{cd}] / dt; P = I - 11^T/m, Dg(X) = I o X; the "
+            "joint kernels read\n% V_a = V^{aa}, V_b = V^{bb}, V_ab = V^{ab}, C_a = C^{aa}, "
+            "C_ab = C^{ab}, C_ba = C^{ba}, U_ab = U^{ab}.\n"
+            f"\\begin{{align}}\n{rows}\n\\end{{align}}\n")

@@ -83,7 +83,12 @@ class JointEntrywise(MatrixExpr):
         return self
 
     def _eval_transpose(self) -> MatrixExpr:
-        raise NotImplementedError("a joint entrywise matrix is not transposed here")
+        """F^T: the off formula with a and b exchanged (U is symmetric)."""
+        va, vb, vab, ca, cb, cab, cba, uab = JOINT_ENTRIES
+        swap = {va: vb, vb: va, ca: cb, cb: ca, cab: cba, cba: cab}
+        name = self.name.name
+        name = name[:-2] if name.endswith("^T") else name + "^T"
+        return JointEntrywise(sp.Symbol(name), self.off.xreplace(swap), self.diag)
 
     @property
     def name(self) -> sp.Symbol:
