@@ -467,7 +467,9 @@ class _Run:
         (the step scales it by sqrt(h): it is linear in dB), from the Gaussians `xi`.
         Structured (O(m^3)) where the coefficients offer it."""
         if not self.uses_structured:
-            return _noise(self.coef, V, xi), False
+            if callable(getattr(self.coef, "diffusion_prod", None)):
+                return _noise(self.coef, V, xi), False
+            return _factor_coordinates_noise(self.coef, V, Linv, xi), True
         if callable(getattr(self.coef, "factor_noise", None)):
             return self.coef.factor_noise(V, xi, L, Linv), True
         return self.coef.structured_noise(V, xi, check=False, factor=L), False
@@ -647,6 +649,24 @@ def _noise(coefficients: Any, V: torch.Tensor, dB: torch.Tensor) -> torch.Tensor
         return prod(V, dB, check=False)
     P, m = V.shape[0], V.shape[-1]
     S = coefficients.diffusion(V, check=False).reshape(P, m * m, m * m)
+    bad = ~_finite_rows(S)  # such paths get NaN noise, so the caller freezes them
+    out = _psd_sqrt_times(_zero_where(bad, S), dB.reshape(P, m * m)).reshape(P, m, m)
+    return torch.where(bad[:, None, None], math.nan, out)
+
+
+def _factor_coordinates_noise(coefficients: Any, V: torch.Tensor, Linv: torch.Tensor,
+                              dB: torch.Tensor) -> torch.Tensor:
+    """L^{-1} dN L^{-T} for dN with covariance Sigma(V), drawn from dB (paths, m, m) with the
+    square root taken in factor coordinates: Sigma_d = (L^{-1} (x) L^{-1}) Sigma (L^{-T} (x)
+    L^{-T}) is O(1) however ill-conditioned V is (its eigen-factor then has relative, not
+    absolute, accuracy in V's small directions), and the draw is equivariant under
+    V -> D V D (L -> D L) path by path, as the structured noise is."""
+    P, m = V.shape[0], V.shape[-1]
+    S = coefficients.diffusion(V, check=False)
+    for spec in ("pai,pibcd->pabcd", "pbi,paicd->pabcd", "pci,pabid->pabcd",
+                 "pdi,pabci->pabcd"):
+        S = torch.einsum(spec, Linv, S)
+    S = S.reshape(P, m * m, m * m)
     bad = ~_finite_rows(S)  # such paths get NaN noise, so the caller freezes them
     out = _psd_sqrt_times(_zero_where(bad, S), dB.reshape(P, m * m)).reshape(P, m, m)
     return torch.where(bad[:, None, None], math.nan, out)
