@@ -33,10 +33,10 @@ def package_coefficients() -> dict[str, MatrixCoefficients]:
 
 
 def package_tangents() -> dict[str, TangentCoefficients]:
-    """The block forms of the tangents of the package's blocks whose update is one matrix
-    expression (causal attention's, read per entry, has none), by kernel name."""
+    """The block forms of the tangents of the package's blocks with a matrix form (causal
+    attention's read per entry), by kernel name."""
     found = derivations(package_only=True)
-    tangents = [tangent_form(d) for d in found.values() if d.has_kernels]
+    tangents = [tangent_form(d) for d in found.values() if d.has_matrix_form]
     return {c.name: c for c in tangents}
 
 

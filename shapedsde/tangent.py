@@ -190,10 +190,100 @@ def _block_face(blk: Block, face: str, V: Any, C: Any, U: Any, frozen: bool) -> 
     if not d.has_matrix_form:
         raise ValueError(f"block {blk.name!r}: its tangent is derived from the matrix form of "
                          "its update rule, which it does not declare")
-    fn = tangent_kernel(d, face, V, blk._declared_with_derivations(), frozen)
+    own = blk._declared_with_derivations()
+    if d.rows:
+        fn = tangent_kernel(d, "rows", V, own, frozen)
+        return _read_rows(fn, face, V, C, U, _arguments(fn, blk, 11))
+    fn = tangent_kernel(d, face, V, own, frozen)
+    return fn(V, C, U, **_arguments(fn, blk, 3))
+
+
+def _arguments(fn: Any, blk: Block, skip: int) -> dict[str, Any]:
+    """The block's parameters a generated kernel takes (after its `skip` array arguments)."""
     params = blk.kernel_params()
-    names = fn.__code__.co_varnames[3:fn.__code__.co_argcount]
-    return fn(V, C, U, **{k: params[k] for k in names})
+    return {k: params[k] for k in fn.__code__.co_varnames[skip:fn.__code__.co_argcount]}
+
+
+#: Paths per chunk where the rows are read: a chunk holds about m^6 numbers a path.
+_ROWS_CHUNK = 2**20
+
+
+def _read_rows(fn: Any, face: str, V: Any, C: Any, U: Any, params: dict[str, Any]) -> Any:
+    """A face of a tangent read per entry (causal attention): every factor is evaluated with
+    P_x, l_x broadcast on its own label axis x in (a, b, c, d), then read at each entry."""
+    torch_ = val.is_torch(V)
+    lib = torch if torch_ else np
+    m = V.shape[-1]
+    batch = tuple(V.shape[:-2])
+    flat = [X.reshape((-1, m, m)) for X in (V, C, U)]
+    size = max(1, _ROWS_CHUNK // m**6)
+    outs = []
+    for s in range(0, flat[0].shape[0], size):
+        parts = [X[s:s + size] for X in flat]
+        outs.append(_read_rows_chunk(fn, face, *parts, params))
+    if face == "drift":
+        return tuple(lib.concatenate([o[i] for o in outs]).reshape(batch + (m, m))
+                     if not torch_ else torch.cat([o[i] for o in outs]).reshape(batch + (m, m))
+                     for i in range(3))
+    cat = torch.cat if torch_ else np.concatenate
+    return {k: cat([o[k] for o in outs]).reshape(batch + (m,) * 4) for k in outs[0]}
+
+
+def _read_rows_chunk(fn: Any, face: str, V: Any, C: Any, U: Any, params: dict[str, Any]
+                     ) -> Any:
+    m, B = V.shape[-1], V.shape[0]
+    P, lengths = _prefix_projectors(m, V)
+    axes = "abcd"
+
+    def on_axis(X: Any, i: int) -> Any:  # X (m, ...) placed on label axis i of four
+        shape = [1, 1, 1, 1] + list(X.shape[1:])
+        shape[i] = m
+        return X.reshape(shape)
+
+    rows = [on_axis(P, i) for i in range(4)] + [on_axis(lengths, i) for i in range(4)]
+    drift, sigma = fn(*(X[:, None, None, None, None] for X in (V, C, U)), *rows, **params)
+    ar = torch.arange(m, device=V.device) if val.is_torch(V) else np.arange(m)
+    zero = _full(np.zeros((B,) + (m,) * (2 if face == "drift" else 4)), V)
+    if face == "drift":
+        at = {"a": ar[:, None], "b": ar[None, :], "c": 0 * ar[:1, None], "d": 0 * ar[:1, None]}
+        return tuple(zero + _read(_full(b, V), at, "ab") for b in drift)
+    at = {x: ar.reshape([-1 if i == j else 1 for j in range(4)]) for i, x in enumerate(axes)}
+    out = {}
+    for key, terms in sigma.items():
+        total = zero
+        for coef, X, xl, Y, yl in terms:
+            total = total + (_read(_full(coef, V), at, None) * _read(_full(X, V), at, xl)
+                             * _read(_full(Y, V), at, yl))
+        out[key] = total
+    return out
+
+
+def _full(X: Any, like: Any) -> Any:
+    """X as an array of the state's library (a generated constant may be a float)."""
+    if val.is_torch(like):
+        return torch.as_tensor(X, dtype=like.dtype, device=like.device)
+    return np.asarray(X, dtype=like.dtype)
+
+
+def _read(X: Any, at: dict[str, Any], labels: str | None) -> Any:
+    """X (B, la, lb, lc, ld, r, c) (label axes of size 1 or m; missing leading axes
+    broadcast) read at each entry: label axis x at token at[x], and the element
+    (labels[0], labels[1]) of the last two axes (None: a scalar, element (0, 0))."""
+    if X.ndim < 7:
+        X = X.reshape((1,) * (7 - X.ndim) + tuple(X.shape))
+    sel = [at[x] if X.shape[1 + i] > 1 else 0 * at[x] for i, x in enumerate("abcd")]
+    tail = [0 * at["a"]] * 2 if labels is None else [at[labels[0]], at[labels[1]]]
+    return X[(slice(None), *sel, *tail)]
+
+
+def _prefix_projectors(m: int, like: Any) -> tuple[Any, Any]:
+    """P_x (m, m, m): the centring projector on tokens 0..x (zero elsewhere), and l_x = x + 1
+    (m, 1, 1), in the state's library."""
+    P = np.zeros((m, m, m))
+    for x in range(m):
+        P[x, :x + 1, :x + 1] = np.eye(x + 1) - 1.0 / (x + 1)
+    lengths = np.arange(1, m + 1, dtype=np.float64).reshape(m, 1, 1)
+    return _full(P, like), _full(lengths, like)
 
 
 def _split(Q: Any) -> tuple[Any, Any, Any]:

@@ -94,6 +94,9 @@ def tangent_kernel_source(coeffs: dict[str, TangentCoefficients], backend: str,
              "", b["import"], "", b["prelude"], _JOINT_HELPER[backend]]
     for name, c in coeffs.items():
         args = "".join(f", {a}" for a in tangent_arguments(c, params))
+        if c.rows:
+            parts += _rows_source(name, c, args, params)
+            continue
         pr = _TangentPrinter(params)
         outs = [pr.matrix(c.drift[X]) for X in BLOCKS]
         parts += ["", f"def {name}_drift(V, C, U{args}):",
@@ -112,6 +115,27 @@ def tangent_kernel_source(coeffs: dict[str, TangentCoefficients], backend: str,
                   "    m, I, J, P = _setup(V)", *pr.lines,
                   "    return {", *(f"        {e}" for e in entries), "    }", ""]
     return "\n".join(parts).replace("\n\n\n\n", "\n\n\n").rstrip() + "\n"
+
+
+def _rows_source(name: str, c: TangentCoefficients, args: str,
+                 params: tuple[Parameter, ...]) -> list[str]:
+    """`<name>_rows(V, C, U, P_a, ..., P_d, l_a, ..., l_d, ...)`: every factor of a tangent
+    read per entry (causal attention), unread: the drift blocks (labels a, b) and, per
+    block pair, (coef, X, labels of X, Y, labels of Y) with the row projectors broadcast
+    on their own axes (`shapedsde.tangent` reads them at each entry)."""
+    pr = _TangentPrinter(params)
+    outs = [pr.matrix(c.drift[X]) for X in BLOCKS]
+    entries = []
+    for (X, Y), ks in c.diffusion.items():
+        items = [f'({pr.scalar(k.coef)}, {pr.matrix(k.X)}, "{"".join(k.xl)}", '
+                 f'{pr.matrix(k.Y)}, "{"".join(k.yl)}")' for k in ks]
+        entries.append(f'("{X}", "{Y}"): [{", ".join(items)}],')
+    rows = "P_a, P_b, P_c, P_d, l_a, l_b, l_c, l_d"
+    return ["", f"def {name}_rows(V, C, U, {rows}{args}):",
+            f'    """Factors of {name}, read per entry with the row projectors P_x, l_x."""',
+            "    m, I, J, P = _setup(V)", *pr.lines,
+            f"    return ({', '.join(outs)}), {{", *(f"        {e}" for e in entries),
+            "    }", ""]
 
 
 def tangent_latex(c: TangentCoefficients) -> str:

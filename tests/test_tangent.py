@@ -38,6 +38,7 @@ BLOCK_CASES = [
     ("linear", dict(gamma=0.7)),
     ("attention", dict(gamma=0.6, tau0=0.7)),
     ("attention", dict(gamma=0.6, tau0=0.7, heads=2)),
+    ("attention", dict(gamma=0.6, tau0=0.7, causal=True)),
     ("mlp", dict(gamma=0.7, c_plus=0.5, c_minus=-1.0)),
     ("mlp", dict(gamma=0.7, activation="tanh")),
     ("transformer", dict(gamma=0.6, tau0=0.7)),
@@ -252,8 +253,6 @@ def test_bad_input_is_refused_with_a_clear_error():
         tangent("attention")
     with pytest.raises(ValueError, match="even number"):
         t.finite(torch.zeros(1, 5, 8, dtype=torch.float64), torch.Generator())
-    with pytest.raises(ValueError, match="matrix form"):
-        tangent(shapedsde.block("attention", gamma=0.8, tau0=0.6, causal=True)).drift(np.eye(6))
 
 
 def test_cli_writes_the_joint_gram(tmp_path):

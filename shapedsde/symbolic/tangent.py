@@ -36,6 +36,7 @@ from .derivation import Derivation, find
 from .entrywise_kernel import Entrywise
 from .kron import CovarianceTable, Kron, covariance, outer_product_covariances
 from .matrixform import (
+    _ROW_RENAME,
     EPS,
     M_TOKENS,
     V,
@@ -147,11 +148,15 @@ class TangentCoefficients:
 
     drift[X] = b^X (m x m matrix expressions in V, C, U) for X in V, C, U;
     diffusion[X, Y] = Cov[dX^{ab}, dY^{cd}] / dt as Kronecker patterns, for X <= Y.
+    rows: read per entry with causal attention's row projectors P_x, l_x (`matrixform`):
+    b^{X,ab} is entry (a, b) of b^X read with P_a, P_b; each Kronecker factor (and
+    coefficient) of Sigma^{ab,cd} with the P_x, l_x of x = a, b, c, d.
     """
 
     name: str
     drift: dict[str, MatrixExpr]
     diffusion: dict[tuple[str, str], tuple[Kron, ...]]
+    rows: bool = False
 
 
 def tangent_sources() -> tuple[dict[str, sp.MatrixSymbol], CovarianceTable]:
@@ -258,33 +263,42 @@ def derive_tangent(d: Derivation | str, frozen: bool = False) -> TangentCoeffici
                  for X in BLOCKS}
         diffusion = {k: tuple(_collect([t for p in parts for t in p.diffusion[k]]))
                      for k in parts[0].diffusion}
-        return TangentCoefficients(name, drift, diffusion)
-    if d.update is None or d.rows:
-        raise ValueError(f"{d.name!r} has no matrix-form update rule read as one matrix: its "
-                         "tangent is not derived in matrix form")
+        return TangentCoefficients(name, drift, diffusion, any(p.rows for p in parts))
+    if d.update is None:
+        raise ValueError(f"{d.name!r} has no matrix-form update rule: its tangent is not "
+                         "derived in matrix form")
     src, table = tangent_sources()
     base = {name: src[name] for name in PAIRED | INSIDE}
     update = _updated(d, base)
     kernels, back = _kernel_perturbation(update)  # a kernel is no source: held apart
-    update = _symmetrise(sp.expand(update.xreplace(kernels)).doit())
-    orders = _by_order(update.xreplace(_perturbation(src, frozen)))
+    perturbed = _perturbation(src, frozen)
+
+    def orders_of(expr: MatrixExpr) -> dict:
+        return _by_order(_symmetrise(sp.expand(expr.xreplace(kernels)).doit()).xreplace(
+            perturbed))
+
+    orders = orders_of(update)
+    # Rows read per entry: entry (c, d)'s first-order terms carry P_c, P_d.
+    second_orders = orders_of(update.xreplace(_ROW_RENAME)) if d.rows else orders
     which = {"V": (0, 0), "C": (0, 1), "U": (1, 1)}
     zero = sp.ZeroMatrix(M_TOKENS, M_TOKENS)
-    drift, first = {}, {}
+    drift, first, second = {}, {}, {}
     for X, (i, j) in which.items():
         drift[X] = _tidy_matrix(sum((expectation(c, f, src, table)
                                      for c, f in orders.get((i, j, 2), [])), zero))
         first[X] = [as_linear(c, f, src) for c, f in orders.get((i, j, 1), [])]
-        _check_identity_at_zero(X, orders.get((i, j, 0), []))
+        second[X] = [as_linear(c, f, src) for c, f in second_orders.get((i, j, 1), [])]
+        if not d.rows:
+            _check_identity_at_zero(X, orders.get((i, j, 0), []))
     diffusion = {}
     for X, Y in combinations_with_replacement(BLOCKS, 2):
         terms = [Kron(k.coef / d.heads, k.X, k.xl, k.Y, k.yl)
-                 for t1 in first[X] for t2 in first[Y] for k in covariance(t1, t2, table)]
+                 for t1 in first[X] for t2 in second[Y] for k in covariance(t1, t2, table)]
         diffusion[X, Y] = tuple(_collect(terms))
     drift = {X: e.xreplace(back) for X, e in drift.items()}
     diffusion = {k: tuple(Kron(t.coef, t.X.xreplace(back), t.xl, t.Y.xreplace(back), t.yl)
                           for t in ks) for k, ks in diffusion.items()}
-    return TangentCoefficients(name, drift, diffusion)
+    return TangentCoefficients(name, drift, diffusion, d.rows)
 
 
 def _check_identity_at_zero(X: str, terms: list) -> None:
