@@ -156,13 +156,16 @@ def cholesky_velocity(L: torch.Tensor, D: torch.Tensor) -> torch.Tensor:
     return L @ half
 
 
-def step_rate(L: torch.Tensor, D: torch.Tensor, Kd: torch.Tensor) -> torch.Tensor:
+def step_rate(L: torch.Tensor, D: torch.Tensor, Kd: torch.Tensor,
+              noise_weight: float = 1.0) -> torch.Tensor:
     """The rate r (P,) of the adaptive step h = rtol / r (module docstring):
-    max(noise_rate(K_d), max_j |D_jj|, max_i |(L Phi(D))_i| / |L_i|), from the drift
-    D = L^-1 b L^-T and the Ito contraction K_d = L^-1 K L^-T in factor coordinates
-    (`sandwich`). Non-finite where the coefficients are."""
+    max(noise_weight noise_rate(K_d), max_j |D_jj|, max_i |(L Phi(D))_i| / |L_i|), from
+    the drift D = L^-1 b L^-T and the Ito contraction K_d = L^-1 K L^-T in factor
+    coordinates (`sandwich`). `noise_weight` < 1 allows the noise a larger tolerance
+    (the matched map: 1 / MATCHED_NOISE_FACTOR). Non-finite where the coefficients are."""
     rows = cholesky_velocity(L, D).norm(dim=-1) / L.norm(dim=-1)
-    parts = (noise_rate(Kd), torch.diagonal(D, 0, -2, -1).abs().amax(-1), rows.amax(-1))
+    parts = (noise_weight * noise_rate(Kd), torch.diagonal(D, 0, -2, -1).abs().amax(-1),
+             rows.amax(-1))
     return torch.stack(parts).amax(0)
 
 
@@ -241,14 +244,78 @@ def positive_exp(M: torch.Tensor) -> torch.Tensor:
     return E
 
 
-def factor_step(L: torch.Tensor, M: torch.Tensor) -> torch.Tensor:
-    """One step of the factor, L' = L chol(exp_+(M)).
+def factor_step(L: torch.Tensor, M: torch.Tensor, exp: Any = None) -> torch.Tensor:
+    """One step of the factor, L' = L chol(exp_+(M)) (`exp`: another positive-definite
+    exponential, e.g. `pade_exp`; default `positive_exp`).
 
     L' is lower triangular (a product of lower-triangular factors: its upper part is
     exactly zero) with L' L'^T positive definite whenever M is finite; rows where the
     Cholesky of exp_+(M) fails (only if M was not finite or exp_+(M) overflowed) are NaN.
     """
-    U, info = torch.linalg.cholesky_ex(positive_exp(M))
+    U, info = torch.linalg.cholesky_ex((exp or positive_exp)(M))
     if bool((info != 0).any()):
         U = torch.where((info == 0)[:, None, None], U, torch.full_like(U, math.nan))
     return L @ U
+
+
+# ---------------------------------------------------------------------------
+# The "matched" noise map (docs/solver.md, "Many tokens"): the same factor step with
+# M = X + a_m (W^2 - K_d h) and a positive-definite exponential exact to 4th order.
+
+#: The solver's noise maps: "corrected" (M = X - excess(X), exp_+; the default) and
+#: "matched" (M = X + a_m (W^2 - K_d h), `pade_exp`).
+SCHEMES = ("corrected", "matched")
+#: The matched map's noise tolerance is this many times rtol: h |K_d|_inf <= 5 rtol
+#: (measured error model, docs/solver.md "Many tokens"); the drift's rates keep rtol.
+MATCHED_NOISE_FACTOR = 5.0
+MATCHED_NAME = ("positive-definite Euler on the Cholesky factor, matched noise map: "
+                "L' = L U_D chol(exp(M)), M = X + a_m (W^2 - K_d h), X = -K_d h/2 + W, "
+                "a_m^2 + a_m = (m+2)(m-1) / (12 (m^2+3m+4)), exp by Pade [2/2] and one "
+                "squaring (positive definite, exact to 4th order)")
+
+
+def spread_coefficient(m: int) -> float:
+    """a_m, the root in [0, 1) of a^2 + a = (m + 2)(m - 1) / (12 (m^2 + 3m + 4)).
+
+    With W symmetric Gaussian and isotropic in factor coordinates (the linear block:
+    E[W^2] = (m+1) k h I, E[W^4] = (2m^2+5m+5) k^2 h^2 I), exp(X + a (W^2 - K_d h)) has
+    mean I + O(h^3): the s^4 part of exp(X) has mean -(m+2)(m-1) k^2 h^2 / 24 I (the
+    deficit `mean_excess` removes), and the spread term adds (a^2 + a)/2 E[W^4 - (E W^2)^2]
+    = (a^2 + a)(m^2 + 3m + 4) k^2 h^2 / 2. Its trace has mean zero, so E tr M = E tr X and
+    log det exp(M) = tr M keeps the exact mean of the Ito log det (the corrected map
+    moves it by tr excess, about m^3 k^2 h^2 / 24 a step). a_1 = 0 (scalar: exp of a
+    Gaussian is exact), a_3 = 0.0366, a_m -> (sqrt(4/3) - 1) / 2 = 0.0774."""
+    q = (m + 2) * (m - 1) / (12.0 * (m * m + 3 * m + 4))
+    return 0.5 * (math.sqrt(1.0 + 4.0 * q) - 1.0)
+
+
+def matched_step_matrix(Linv: torch.Tensor, drift: torch.Tensor, noise: torch.Tensor,
+                        in_factor: bool, h: torch.Tensor) -> torch.Tensor:
+    """M = X + a_m (W^2 - K_d h), X = D h + W, with `drift` D = -K_d / 2 in factor
+    coordinates (so K_d h = -2 D h) and W as in `step_matrix`. No guard: `pade_exp` is
+    positive definite for every finite symmetric M."""
+    h = h[:, None, None]
+    Dh = drift * h
+    W = noise * h.sqrt() if in_factor else sandwich(Linv, noise * h.sqrt())
+    a = spread_coefficient(W.shape[-1])
+    M = torch.baddbmm(Dh + W, W, W, alpha=a)
+    return M + (2.0 * a) * Dh
+
+
+def pade_exp(M: torch.Tensor) -> torch.Tensor:
+    """exp(M) for symmetric M (P, m, m) as R(M/2)^2, R(Y) = (I - Y/2 + Y^2/12)^-1
+    (I + Y/2 + Y^2/12), the [2/2] Pade approximant: both factors have eigenvalues
+    (y -+ 3)^2 / 12 + 1/4 > 0 and commute, so R(Y) is symmetric positive definite for
+    every symmetric Y, and R(y) = e^y + O(y^5): log det R(M/2)^2 = tr M + O(tr M^5)
+    (exp_+ of the corrected map: tr M - tr M^3 / 96)."""
+    Y = 0.5 * M
+    Y2 = (Y @ Y) * (1.0 / 12.0)
+    eye = torch.eye(M.shape[-1], dtype=M.dtype, device=M.device)
+    num = Y2 + 0.5 * Y + eye
+    den = Y2 - 0.5 * Y + eye
+    C, info = torch.linalg.cholesky_ex(den)
+    R = torch.cholesky_solve(num, C)
+    if bool((info != 0).any()):  # only for non-finite M
+        R = torch.where((info == 0)[:, None, None], R, torch.full_like(R, math.nan))
+    R = 0.5 * (R + R.transpose(-1, -2))
+    return R @ R

@@ -204,8 +204,8 @@ def solve(coefficients: Any, V0: Any, T: float, *, paths: int, seed: int,
           exit_trace: float | None = None, blowup: float = BLOWUP,
           device: str | torch.device = "cpu", dtype: torch.dtype = torch.float64,
           save_every: int | None = None, save_times: Any = None, progress: bool = False,
-          nonfinite: str = "warn", noise: str = "auto", max_steps: int = MAX_STEPS
-          ) -> SDEResult:
+          nonfinite: str = "warn", noise: str = "auto", max_steps: int = MAX_STEPS,
+          noise_map: str = "corrected") -> SDEResult:
     """Simulate `paths` independent paths of the covariance SDE from V0 to time T.
 
     coefficients: object with `drift`/`diffusion` (and optional hooks, module docstring).
@@ -226,6 +226,10 @@ def solve(coefficients: Any, V0: Any, T: float, *, paths: int, seed: int,
     device, dtype: where and in what precision to compute (float32 or float64).
     progress: a tqdm bar on stderr. nonfinite: "warn" or "raise" (module docstring).
     noise: "auto" (structured O(m^3) noise where the coefficients offer it) or "generic".
+    noise_map: "corrected" (default: M = X - excess(X), exp_+, noise tolerance rtol) or
+        "matched" (M = X + a_m (W^2 - K_d h), Pade exp, noise tolerance 5 rtol: about a
+        fifth of the steps where the noise sets the step, many tokens; docs/solver.md,
+        "Many tokens").
     max_steps: most steps one path may take: a run that needs more (fixed steps, or
         T / dt_max) is refused up front, and an adaptive run that reaches it stops with a
         WorkLimitError (a ValueError and RuntimeError).
@@ -248,6 +252,8 @@ def solve(coefficients: Any, V0: Any, T: float, *, paths: int, seed: int,
             raise ValueError(f"exit_trace must lie in (1, blowup = {blowup:g}); got {exit_trace}")
     if nonfinite not in NONFINITE_POLICIES:
         raise ValueError(f"nonfinite must be one of {NONFINITE_POLICIES}; got {nonfinite!r}")
+    if noise_map not in scheme.SCHEMES:
+        raise ValueError(f"noise_map must be one of {scheme.SCHEMES}; got {noise_map!r}")
     if noise not in ("auto", "generic"):
         raise ValueError(f"noise must be 'auto' or 'generic'; got {noise!r}")
     device, dtype = check_device(device), val.check_float_dtype(dtype)
@@ -260,7 +266,8 @@ def solve(coefficients: Any, V0: Any, T: float, *, paths: int, seed: int,
     coefficients, Q = _restrict_to_range(coefficients, V)
     if Q is not None:  # V0 singular with a kept null space: solve for Q^T V Q
         V = Q.T @ V @ Q
-    rate, rate_K = _probe(coefficients, V[:1])
+    weight = 1.0 / scheme.MATCHED_NOISE_FACTOR if noise_map == "matched" else 1.0
+    rate, rate_K = _probe(coefficients, V[:1], weight)
     if steps is None:
         # The adaptive step is at most about rtol / |K_d|, which is bounded on every state
         # (the drift's rate can be large for a few steps only: scheme's docstring).
@@ -286,7 +293,7 @@ def solve(coefficients: Any, V0: Any, T: float, *, paths: int, seed: int,
     start = time.perf_counter()
     run = _Run(coefficients, V, T, steps, rtol, dt_max, exit_trace, blowup, grid,
                torch.Generator(device=device).manual_seed(seed), nonfinite,
-               structured=noise == "auto")
+               structured=noise == "auto", noise_map=noise_map)
     run.solve(progress, max_steps)
     wall = time.perf_counter() - start
 
@@ -300,8 +307,9 @@ def solve(coefficients: Any, V0: Any, T: float, *, paths: int, seed: int,
         warnings.warn(f"{meta['n_nonfinite']} of {paths} SDE paths became non-finite; their V "
                       "is NaN (see SDEResult.finite)", RuntimeWarning, stacklevel=2)
     m = V.shape[-1] if Q is None else Q.shape[0]
-    meta.update(T=T, m=m, paths=paths, seed=seed, scheme=SCHEME,
-                weak_order=scheme.WEAK_ORDER, device=str(device),
+    meta.update(T=T, m=m, paths=paths, seed=seed,
+                scheme=SCHEME if noise_map == "corrected" else scheme.MATCHED_NAME,
+                noise_map=noise_map, weak_order=scheme.WEAK_ORDER, device=str(device),
                 dtype=str(dtype).removeprefix("torch."),
                 coefficients=_describe(coefficients), nonfinite_policy=nonfinite,
                 noise="structured" if run.uses_structured else "generic", wall_s=wall)
@@ -321,10 +329,12 @@ class _Run:
     def __init__(self, coefficients: Any, V: torch.Tensor, T: float, steps: int | None,
                  rtol: float, dt_max: float, exit_trace: float | None, blowup: float,
                  grid: np.ndarray, generator: torch.Generator, nonfinite: str,
-                 structured: bool) -> None:
+                 structured: bool, noise_map: str = "corrected") -> None:
         self.coef, self.T, self.fixed = coefficients, T, steps
         self.rtol, self.dt_max, self.gen, self.nonfinite = rtol, dt_max, generator, nonfinite
         self.structured = structured
+        self.matched = noise_map == "matched"
+        self.noise_weight = 1.0 / scheme.MATCHED_NOISE_FACTOR if self.matched else 1.0
         project = getattr(coefficients, "project_factor", None)
         self.project = project if callable(project) else None
         P, m = V.shape[0], V.shape[-1]
@@ -406,9 +416,13 @@ class _Run:
         D, Kd = scheme.sandwich(Linv, b), scheme.sandwich(Linv, K)  # factor coordinates
         h = torch.minimum(self._dt(L, D, Kd, t, idx), target - t)
         hs = h.to(V.dtype)
-        M, small = scheme.step_matrix(Linv, -0.5 * Kd, *self._noise(xi, V, L, Linv), hs)
-        self.n_uncorrected += int((~small).sum())
-        L_new = scheme.factor_step(L @ scheme.drift_factor(D, hs), M)
+        if self.matched:
+            M = scheme.matched_step_matrix(Linv, -0.5 * Kd, *self._noise(xi, V, L, Linv), hs)
+            L_new = scheme.factor_step(L @ scheme.drift_factor(D, hs), M, scheme.pade_exp)
+        else:
+            M, small = scheme.step_matrix(Linv, -0.5 * Kd, *self._noise(xi, V, L, Linv), hs)
+            self.n_uncorrected += int((~small).sum())
+            L_new = scheme.factor_step(L @ scheme.drift_factor(D, hs), M)
         if self.project is not None:
             L_new = self.project(L_new)
         V_new = L_new @ L_new.transpose(-1, -2)
@@ -440,7 +454,7 @@ class _Run:
             idx: torch.Tensor) -> torch.Tensor:
         """The per-path step (float64): fixed T / steps (path-steps with h r(V) > COARSE
         counted), or adaptive (`scheme.step_rate`)."""
-        rate = scheme.step_rate(L, D, Kd).to(torch.float64)
+        rate = scheme.step_rate(L, D, Kd, self.noise_weight).to(torch.float64)
         if self.fixed is not None:
             h = torch.full_like(t, self.T / self.fixed)
             coarse = ~(h * rate <= COARSE)  # NaN rates count as coarse
@@ -734,7 +748,8 @@ def check_step_count(T: float, steps: int | None, dt_max: float, max_steps: int)
     return math.ceil(least)
 
 
-def _probe(coefficients: Any, V: torch.Tensor) -> tuple[float, float]:
+def _probe(coefficients: Any, V: torch.Tensor, noise_weight: float = 1.0
+           ) -> tuple[float, float]:
     """Evaluate the drift (with its Ito contraction) once at V (1, m, m) before any work:
     a coefficient object whose faces return something else than (1, m, m) arrays, or
     raise, fails here with its name instead of deep inside a step. Returns the step's
@@ -766,7 +781,7 @@ def _probe(coefficients: Any, V: torch.Tensor) -> tuple[float, float]:
     with torch.no_grad():
         Linv = scheme.triangular_inverse(L)
         D, Kd = scheme.sandwich(Linv, b), scheme.sandwich(Linv, K)
-        rates = (scheme.step_rate(L, D, Kd), scheme.noise_rate(Kd))
+        rates = (scheme.step_rate(L, D, Kd, noise_weight), noise_weight * scheme.noise_rate(Kd))
         return tuple(float(r) if math.isfinite(float(r)) else math.inf for r in rates)
 
 

@@ -1,0 +1,135 @@
+"""The matched noise map (`solve(..., noise_map="matched")`, docs/solver.md "Many tokens").
+
+M = X + a_m (W^2 - K_d h) with a positive-definite [2/2] Pade exponential: tr of the
+spread term has mean zero and the exponential is exact to 4th order, so E log det V_T is
+exact up to O(h^3) a step (weak order 2 on it), and a_m makes E[exp(M)] = I + O(h^3) for
+the linear block. The order is measured here on the linear block's exact
+E log det V_T = log det V_0 - k m (m + 1) T / 2, fixed seeds, tolerances from the MC SE;
+the corrected map (weak order 1) is the control the test would reject.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+
+import shapedsde
+from shapedsde import scheme
+from shapedsde.sde import solve
+
+Z = 3.0
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_spread_coefficient() -> None:
+    assert scheme.spread_coefficient(1) == 0.0
+    for m in (2, 3, 16, 64, 10**6):
+        a = scheme.spread_coefficient(m)
+        assert a * a + a == pytest.approx((m + 2) * (m - 1) / (12 * (m * m + 3 * m + 4)))
+    assert scheme.spread_coefficient(3) == pytest.approx(0.0366, abs=1e-4)
+    assert scheme.spread_coefficient(10**6) == pytest.approx((math.sqrt(4 / 3) - 1) / 2,
+                                                             abs=1e-6)
+
+
+def test_pade_exp_positive_definite_and_accurate() -> None:
+    g = torch.Generator().manual_seed(0)
+    A = torch.randn(50, 6, 6, generator=g, dtype=torch.float64)
+    big = 20.0 * (A + A.transpose(-1, -2))  # eigenvalues far beyond exp_+'s -4
+    C = scheme.pade_exp(big)
+    assert torch.allclose(C, C.transpose(-1, -2), atol=1e-9 * float(C.abs().max()))
+    assert bool((torch.linalg.eigvalsh(C) > 0).all())
+    errs = []
+    for scale in (0.1, 0.05):
+        small = scale * (A + A.transpose(-1, -2))
+        exact = torch.stack([torch.as_tensor(scipy.linalg.expm(x.numpy())) for x in small])
+        errs.append(float((scheme.pade_exp(small) - exact).abs().max()))
+    assert errs[0] < 1e-4 and errs[0] / errs[1] > 20  # O(|M|^5): 32 per halving
+    # log det = tr M to 5th order (exp_+ is off by tr M^3 / 96)
+    M = 0.1 * (A + A.transpose(-1, -2))
+    logdet = torch.linalg.slogdet(scheme.pade_exp(M))[1]
+    tr = torch.diagonal(M, 0, -2, -1).sum(-1)
+    assert float((logdet - tr).abs().max()) < 1e-4
+
+
+def _logdet_errors(noise_map: str, steps: list[int]) -> tuple[list[float], float]:
+    """E[log det V_T]/m - exact, linear block m = 8, gamma = 1 (k = 1), T = 1, V0 = I,
+    4000 paths, the same seed at every step count; and the largest SE."""
+    m, T, paths = 8, 1.0, 4000
+    blk = shapedsde.block("linear", gamma=1.0)
+    exact = -m * (m + 1) * T / 2
+    errs, ses = [], []
+    for n in steps:
+        with warnings.catch_warnings():  # coarse fixed steps are the point here
+            warnings.simplefilter("ignore", RuntimeWarning)
+            r = solve(blk, np.eye(m), T, paths=paths, seed=5, steps=n, noise_map=noise_map)
+        ld = torch.linalg.slogdet(r.V)[1]
+        errs.append((float(ld.mean()) - exact) / m)
+        ses.append(float(ld.std()) / m / math.sqrt(paths))
+    return errs, max(ses)
+
+
+def test_matched_map_weak_order_two_on_log_det() -> None:
+    """Measured (seed 5): errors +0.171, +0.036, +0.008 at 2, 4, 8 steps (SE 0.011), about
+    h^2; the corrected map at the same steps: +1.59, +0.65, +0.30 (order 1)."""
+    errs, se = _logdet_errors("matched", [2, 4, 8])
+    assert errs[0] > 6 * se  # resolved at the coarsest step
+    order = 1.5  # accept anything steeper than h^1.5 within Z SE
+    assert abs(errs[1]) <= abs(errs[0]) / 2**order + Z * se
+    assert abs(errs[2]) <= abs(errs[0]) / 4**order + Z * se
+    # The control: the corrected map (order 1) fails the same criterion.
+    ctrl, cse = _logdet_errors("corrected", [2, 4])
+    assert abs(ctrl[1]) > abs(ctrl[0]) / 2**order + Z * cse
+
+
+def test_matched_map_mean_one_step() -> None:
+    """E[V_h] = V0 (the linear block's mean is constant): one coarse step, k (m+1) h = 1,
+    m = 16, where the uncorrected exponential's mean would be low by
+    (m+2)(m-1) k^2 h^2 / 24 = 0.039 (relative)."""
+    m, paths = 16, 4000
+    h = 1.0 / (m + 1)
+    r = solve(shapedsde.block("linear", gamma=1.0), np.eye(m), h, paths=paths, seed=7,
+              steps=1, noise_map="matched")
+    tr = torch.diagonal(r.V, 0, -2, -1).sum(-1) / m
+    mean, se = float(tr.mean()), float(tr.std()) / math.sqrt(paths)
+    assert abs(mean - 1.0) < Z * se + 0.005
+    assert se < 0.01  # power against the 0.039 deficit
+
+
+def test_matched_map_noise_step_and_default() -> None:
+    blk = shapedsde.block("linear", gamma=0.5)
+    V0 = np.eye(16)
+    old = solve(blk, V0, 0.1, paths=4, seed=0, dt_max=1.0)
+    new = solve(blk, V0, 0.1, paths=4, seed=0, noise_map="matched", dt_max=1.0)
+    assert old.meta["noise_map"] == "corrected"  # the default is unchanged
+    assert new.meta["noise_map"] == "matched"
+    k = 0.25 * 1.75
+    # the noise sets the step: h = 5 rtol / (k (m + 1)) against rtol / (k (m + 1))
+    assert new.meta["steps"] == math.ceil(0.1 * k * 17 / 0.5)
+    assert old.meta["steps"] == math.ceil(0.1 * k * 17 / 0.1)
+    with pytest.raises(ValueError, match="noise_map"):
+        solve(blk, V0, 0.1, paths=4, seed=0, noise_map="exact")
+
+
+def test_matched_map_near_singular_attention_stays_positive_definite() -> None:
+    """The hard corner of tests/test_hard_corners.py (nearly null direction turned by the
+    attention drift, V0 = O diag(1e-8, 0.8, 1.5) O^T): no made-up explosions (the chains'
+    P(exit) is 0.0125; the pre-issue-18 step gave 0.73) and every state positive definite."""
+    rot, _ = np.linalg.qr(np.random.default_rng(1).standard_normal((3, 3)))
+    V0 = rot @ np.diag([1e-8, 0.8, 1.5]) @ rot.T
+    r = solve(shapedsde.block("attention", gamma=0.6, tau0=0.8), 0.5 * (V0 + V0.T), 0.25,
+              paths=1000, seed=0, exit_trace=5, noise_map="matched")
+    assert bool(r.finite.all()) and not bool(r.exploded.any())
+    assert r.meta["p_exit"] < 0.0125 + Z * 0.0035 + 0.01
+    assert bool((torch.linalg.cholesky_ex(r.V)[1] == 0).all())
