@@ -94,3 +94,24 @@ def test_truncation_is_checked():
     # kappa tiny: the dropped Softmax orders would sit above the leading noise
     with pytest.raises(ValueError, match="raise `order`"):
         R.regime(R.Parametrisation("k", "attention", HALF, sp.Rational(1, 20)), order=1)
+
+
+@pytest.mark.slow
+def test_finite_networks_follow_the_count():
+    """Tiny finite checks (exact V chain): at depth n the 1/sqrt(n)-branch linear block's sd
+    of rho shrinks like n^{-1/2} (frozen), the paper's shaped attention's does not (SDE);
+    standard attention collapses within the same O(1) depth at every width."""
+    import numpy as np
+    import torch
+
+    from shapedsde.experiments import regimes as E
+
+    torch.set_num_threads(1)
+    table = {p.label: p for p in R.PARAMETRISATIONS}
+    frozen = E.check_row(table["linear, 1/sqrt(n) branch"], 1000, (32, 128, 512))
+    assert abs(frozen["sd_slope"] + 0.5) < 0.1
+    sde = E.check_row(table["shaped attention (paper)"], 1000, (32, 128, 512))
+    assert abs(sde["sd_slope"]) < 0.1
+    std = E.check_row(table["standard attention"], 500, (32, 512))
+    curves = np.array([c["mean"] for c in std["curves"].values()])
+    assert std["max_spread_over_n"] < 0.05 and (curves[:, -1] > 0.95).all()
