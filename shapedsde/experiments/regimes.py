@@ -47,7 +47,7 @@ COLLAPSE_DEPTHS = (1, 2, 4, 8, 16, 32)
 class ConstantMixing(LinearBlock):
     """X' = lam X + gam A0 X W^V / sqrt(n) with a constant A0 = a I + (b - c) 11^T / m: SAS's
     a I + b Softmax(Z) - c 11^T/m at zero logits (a finite face for the table; not a named
-    block)."""
+    block). Its drift and diffusion are the linear block's, right only where A0 = I."""
 
     a: float = 1.0
     b: float = 1.0
