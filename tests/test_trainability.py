@@ -97,6 +97,11 @@ def test_predict_thresholds():
     assert tmm.predict(base | {"growth_rate": -tmm.GROWTH_MAX - 0.1}) == "collapsing"
     assert tmm.predict(base | {"sens_rate": tmm.SENSITIVITY_MIN - 0.1}) == "collapsing"
     assert tmm.predict(base | {"p_singular": 0.9}) == "collapsing"
+    both = base | {"p_exit": 0.5, "growth_rate": -2.0}
+    assert tmm.predict(both) == "exploding"
+    assert tmm.criteria(both) == [f"P(exit) > {tmm.EXIT_MAX:g}",
+                                  f"growth/T < -{tmm.GROWTH_MAX:g}"]
+    assert tmm.criteria(base) == []
 
 
 def test_map_table_columns_counts_and_files(linear_points, tmp_path):

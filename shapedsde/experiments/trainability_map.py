@@ -150,6 +150,17 @@ def predict(row: dict[str, Any]) -> str:
     return "healthy"
 
 
+def criteria(row: dict[str, Any]) -> list[str]:
+    """Every threshold of `predict` that the row crosses (a point may cross several:
+    `predict` reports the first class, exploding before collapsing)."""
+    tests = (("P(exit) > {}", row["p_exit"] > EXIT_MAX, EXIT_MAX),
+             ("growth/T > {}", row["growth_rate"] > GROWTH_MAX, GROWTH_MAX),
+             ("growth/T < -{}", row["growth_rate"] < -GROWTH_MAX, GROWTH_MAX),
+             ("sens/T < {}", row["sens_rate"] < SENSITIVITY_MIN, SENSITIVITY_MIN),
+             ("P(sing) > {}", row["p_singular"] > SINGULAR_MAX, SINGULAR_MAX))
+    return [label.format(f"{v:g}") for label, hit, v in tests if hit]
+
+
 def solve_point(block_name: str, gamma: float, tau0: float, block_params: dict[str, Any],
                 V0: np.ndarray, T: float, paths: int, seed: int, steps: int, device: str,
                 exit_trace: float, singular_threshold: float) -> dict[str, Any]:
@@ -322,7 +333,7 @@ class TrainabilityMap:
                      f"$P$(exit) = {EXIT_MAX:g}, 0.5 (white); growth rate = "
                      f"$\\pm${GROWTH_MAX:g}, 0 (black dashed)", fontsize=9)
         fig.tight_layout()
-        return plot_files(fig, base, dpi=90)
+        return plot_files(fig, base, dpi=72)
 
 
 def _contour(ax: Any, a: np.ndarray, levels: Sequence[float], color: str, ls: str) -> None:
@@ -451,6 +462,7 @@ def join_training(tm: TrainabilityMap, results: dict[str, Any]) -> list[dict[str
                     "growth_rate_se": math.nan if m is None else m["growth_rate_se"],
                     "sens_rate": math.nan if m is None else m["sens_rate"],
                     "p_singular": math.nan if m is None else m["p_singular"],
+                    "criteria": [] if m is None else criteria(m),
                     "lr": r["lr"], "excess_mean": r["final_excess_mean"],
                     "excess_median": med, "worse_than_uniform": r["worse_than_uniform"],
                     "diverged": r["diverged"], "seeds": r["seeds"], "trained": trained,
@@ -461,13 +473,14 @@ def join_training(tm: TrainabilityMap, results: dict[str, Any]) -> list[dict[str
 def join_markdown(rows: Sequence[dict[str, Any]]) -> str:
     """`join_training`'s rows as the Markdown table of docs/trainability.md."""
     lines = ["| point (gamma, tau0) | predicted | P(exit) | mean growth / T | mean sens. / T | "
-             "P(sing.) | trained (best lr: median excess, > uniform, diverged) | agreement |",
-             "|---|---|---|---|---|---|---|---|"]
+             "P(sing.) | thresholds crossed | trained (best lr: median excess, > uniform, "
+             "diverged) | agreement |", "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(
             f"| ({r['gamma']:g}, {r['tau0']:g}) | {r['prediction'] or 'not on grid'} | "
             f"{r['p_exit']:.3f} ± {r['p_exit_se']:.3f} | {r['growth_rate']:+.2f} ± "
             f"{r['growth_rate_se']:.2f} | {r['sens_rate']:+.2f} | {r['p_singular']:.2f} | "
+            f"{', '.join(r['criteria']) or 'none'} | "
             f"{r['trained']} (lr {r['lr']:g}: {r['excess_median']:.2f}, "
             f"{r['worse_than_uniform']}/{r['seeds']}, {r['diverged']}/{r['seeds']}) | "
             f"{r['agree'] or '-'} |")
