@@ -17,7 +17,9 @@ summarised by (`point_statistics`):
 
 The outcome of every path falls in exactly one class: exited (finite exit time), exploded
 without an exit time, non-finite, survivor; the four counts sum to `paths`. P(exit) counts
-the first two (an exploded path crossed the ball on its way).
+the first two. The solver's blow-up check reads the whole trace tr Q = tr V + tr U, so an
+exploded path without an exit either jumped past both levels in one step or had its
+Jacobian (U) blow up with V still inside the ball: an explosion either way.
 
 `predict` reads a point as "exploding" (P(exit) > EXIT_MAX or mean growth rate >
 GROWTH_MAX), else "collapsing" (mean growth rate < -GROWTH_MAX, mean sensitivity rate <
