@@ -8,11 +8,11 @@ from collections.abc import Sequence
 
 from .. import __version__
 from ..userfile import attributed
-from . import coeffs, derive, figures, finite, sde, stability, train, verify
+from . import coeffs, derive, figures, finite, sde, stability, train, trainability, verify
 from .common import EXIT_OK, EXIT_USAGE, Parser, UsageError, one_line
 
 #: The commands in the order `shapedsde --help` lists them; each module adds its parser.
-COMMANDS = (coeffs, sde, finite, derive, verify, figures, stability, train)
+COMMANDS = (coeffs, sde, finite, derive, verify, figures, stability, train, trainability)
 
 def build_parser() -> argparse.ArgumentParser:
     """The parser of every command; a command's `func` runs it."""
