@@ -172,11 +172,13 @@ def gbm_exit_probability(mu: float, sigma: float, R: float, T: float) -> float:
 
 
 def test_exit_probability_matches_reflection_principle() -> None:
-    """P(exit) of the stopped process is exact at coarse steps (Brownian-bridge test);
-    reading the exit off the steps alone (discrete monitoring) is biased low: control."""
+    """P(exit) of the stopped process is accurate at coarse steps (Brownian-bridge test);
+    reading the exit off the steps alone (discrete monitoring, an O(sqrt h) bias) is biased
+    low: control. What is left is the scheme's O(h) weak error: measured -0.011 +- 0.002 at
+    10 steps (z -3.5 on average over four seeds), -0.003 at 40 (z -1.1), so 40 steps."""
     mu, sigma, R, T, paths = 0.1, 0.6, 1.8, 1.0, 20_000
     exact = gbm_exit_probability(mu, sigma, R, T)
-    res = solve(ScalarGBM(mu, sigma), V0_2, T, paths=paths, seed=5, steps=10,
+    res = solve(ScalarGBM(mu, sigma), V0_2, T, paths=paths, seed=5, steps=40,
                 exit_trace=R, save_every=1)
     p = float(res.exited.double().mean())
     se = math.sqrt(exact * (1 - exact) / paths)
