@@ -32,8 +32,11 @@ from typing import Any
 import numpy as np
 from scipy.stats import ks_2samp
 
-from ..spectrum import eigenvalues
-from .engine import LawComparison, compare_laws
+from ..finite import simulate
+from ..registry import block as make_block
+from ..spectrum import eigenvalues, log_spectrum_flags
+from .common import LINE_ALPHA, derive_seed
+from .engine import LawComparison, compare_laws, solve_quiet, verdict
 
 SPECTRUM_STATISTICS = ("log_min", "log_max", "log_cond")
 
@@ -100,3 +103,75 @@ def moment_table(V: Any, k: int, scale: float | None = None) -> dict[str, Any]:
     return {"k": list(range(1, k + 1)), "mean": mu.mean(axis=0),
             "se": mu.std(axis=0, ddof=1) / math.sqrt(n) if n > 1 else np.full(k, np.nan),
             "n": n, "n_dropped": total - n}
+
+
+# ----------------------------------------------------------------------------
+# The verification check: the SDE's log-spectrum against exact chains at m = 16
+
+#: (label, block name, parameters) checked at m = 16 from V0 = I; the control is the same
+#: block at CONTROL_GAMMA (a wrong noise level: the spectrum spreads at rate ~ gamma^2 m).
+SPECTRUM_SETTINGS = [
+    ("linear", "linear", {"gamma": 0.5}),
+    ("attention", "attention", {"gamma": 0.5, "tau0": 1.0}),
+]
+CONTROL_GAMMA = 0.55
+
+
+def spectrum_check(label: str, name: str, params: dict, *, m: int, T: float, width: int,
+                   nets: int, paths: int, seed: int, control_gamma: float = CONTROL_GAMMA,
+                   device: str = "cpu") -> dict[str, Any]:
+    """log_min, log_max, log_cond of V_T: exact chains (method="gram") at `width` against
+    SDE paths from V0 = I_m, with the block at `control_gamma` as the control; Bonferroni
+    over the three statistics at `LINE_ALPHA`."""
+    blk = make_block(name, **params)
+    control_params = {**params, "gamma": control_gamma}
+    V0 = np.eye(m)
+    sde = solve_quiet(blk, V0, T, paths=paths, seed=derive_seed(seed, "sde"), device=device)
+    ctl = solve_quiet(make_block(name, **control_params), V0, T, paths=paths,
+                      seed=derive_seed(seed, "control"), device=device)
+    fin = simulate(blk, V0, width=width, T=T, nets=nets, seed=derive_seed(seed, "finite"),
+                   method="gram", device=device)
+    flags = {}
+    spectra = {}
+    for key, V in (("finite", fin), ("sde", sde.V), ("control", ctl.V)):
+        ls, bad, low = log_spectrum_flags(V)
+        spectra[key] = ls
+        flags[key] = {"nonpositive": int(bad.sum()), "below_rounding": int(low.sum()),
+                      "nonfinite": int((~np.isfinite(ls).all(axis=1)).sum())}
+    alpha = LINE_ALPHA / len(SPECTRUM_STATISTICS)
+    cname = f"gamma={control_gamma:g}"
+    res = compare_spectra(spectra["finite"], spectra["sde"], {cname: spectra["control"]},
+                          alpha=alpha)
+    laws = res["laws"]
+    status = [verdict(laws[k].true, laws[k].controls, alpha) for k in SPECTRUM_STATISTICS]
+    v = ("FAIL" if any(s == "FAIL" for s, _ in status) else
+         "PASS" if any(powered for _, powered in status) else "NO POWER")
+    stats = {key: spectrum_statistics(x) for key, x in spectra.items()}
+    means = {key: {k: float(np.mean(s[k])) for k in SPECTRUM_STATISTICS}
+             for key, s in stats.items()}
+    parts = [f"{k} mean finite {means['finite'][k]:.3f} SDE {means['sde'][k]:.3f} KS "
+             f"{laws[k].true['ks']:.3f} p={laws[k].true['p']:.2g}, control "
+             f"{means['control'][k]:.3f} KS {laws[k].controls[cname]['ks']:.3f} "
+             f"p={laws[k].controls[cname]['p']:.2g}" for k in SPECTRUM_STATISTICS]
+    line = (f"{v} spectrum {label} {params} m={m} T={T:g} n={width}: " + "; ".join(parts)
+            + f" (control: {cname}; pooled density L1 {res['density_l1']:.3f})")
+    return {"label": label, "block": name, "params": params, "m": m, "T": T, "width": width,
+            "nets": nets, "paths": paths, "control_params": control_params,
+            "sde_meta": sde.meta, "control_meta": ctl.meta, "flags": flags, "means": means,
+            "laws": {k: {"true": laws[k].true, "controls": laws[k].controls}
+                     for k in SPECTRUM_STATISTICS},
+            "density_l1": res["density_l1"], "pooled_ks": res["pooled_ks"],
+            "verdict": v, "line": line}
+
+
+def spectrum_sizes(quick: bool) -> dict[str, Any]:
+    if quick:
+        return dict(m=16, T=0.25, width=1024, nets=2000, paths=2000)
+    return dict(m=16, T=0.25, width=4096, nets=8000, paths=8000)
+
+
+def spectrum_checks(*, quick: bool, seed: int, device: str = "cpu") -> list[dict[str, Any]]:
+    """`spectrum_check` for each of `SPECTRUM_SETTINGS`."""
+    return [spectrum_check(label, name, params, **spectrum_sizes(quick),
+                           seed=derive_seed(seed, f"spectrum/{label}"), device=device)
+            for label, name, params in SPECTRUM_SETTINGS]
