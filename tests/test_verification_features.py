@@ -98,7 +98,7 @@ def test_normalised_law_check_runs_small(setting) -> None:
 
 
 def test_spectrum_check_runs_small() -> None:
-    r = spectrum_check("linear", "linear", {"gamma": 0.5}, m=4, T=0.05, width=32, nets=100,
+    r = spectrum_check("linear", "linear", {"gamma": 0.5}, m=4, T=0.05, widths=[16, 32], nets=100,
                        paths=100, seed=3)
     assert r["verdict"] in ("PASS", "FAIL", "NO POWER")
     assert set(r["laws"]) == {"log_min", "log_max", "log_cond"}
