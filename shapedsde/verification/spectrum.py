@@ -21,6 +21,10 @@ two pooled densities and the KS distance of the pooled samples as descriptions, 
 (1/m) tr (V / v)^j, j = 1..k, v = tr V0 / m, whose means the large-m limit
 (`shapedsde.symbolic.free_limit`) predicts; `moment_table` their means and standard errors.
 Rows with a non-finite V (exploded or failed paths) are dropped and counted.
+
+`spectrum_check` is the verifier's check (`shapedsde verify`, stage `spectrum`): the SDE's
+log_min, log_max and log_cond at m = 16 against exact chains, with the block at another
+gamma as the negative control (verify/README.md).
 """
 
 from __future__ import annotations
