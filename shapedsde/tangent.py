@@ -154,11 +154,17 @@ class Tangent:
         blk = self.block
         if not self.exact_chain():
             raise NotImplementedError(f"the tangent of {blk.name!r} has no exact chain")
-        m = L.shape[-1] // 2
         if not isinstance(blk, AttentionBlock):  # A = I (linear): the chain on 2m rows
             return blk.gram_mixing(L, n, generator)
-        Y = gram_logits(blk, L, n, generator)
-        z, dz = Y[:, :m, :m], Y[:, m:, :m] + Y[:, :m, m:]
+        return self.mixing_from_logits(gram_logits(blk, L, n, generator))
+
+    def mixing_from_logits(self, Y: torch.Tensor) -> torch.Tensor:
+        """[[A, 0], [dA, A]] (..., 2m, 2m) from the joint logits Y (..., 2m, 2m) of Z = [X; T]
+        (attention): A = Softmax mixing of the tokens' logits, dA its JVP along
+        Y_tx + Y_xt (zero for the frozen_mixing control)."""
+        blk = self.block
+        m = Y.shape[-1] // 2
+        z, dz = Y[..., :m, :m], Y[..., m:, :m] + Y[..., :m, m:]
         A, dA = torch.func.jvp(lambda y: shaped_mixing(y, causal=blk.causal), (z,), (dz,))
         if self.frozen_mixing:
             dA = torch.zeros_like(dA)

@@ -20,7 +20,10 @@ import pytest
 from shapedsde.verification import all_blocks, depth
 from shapedsde.verification.common import LINE_ALPHA, derive_seed
 from shapedsde.verification.html import render_html
+from shapedsde.verification.normalised import normalised_sizes
 from shapedsde.verification.report import MACHINE_KEYS, NAMED_V, Config
+from shapedsde.verification.spectrum import spectrum_sizes
+from shapedsde.verification.tangent import tangent_sizes
 
 REF = Path(__file__).resolve().parents[1] / "verify" / "out"
 REPORT = json.loads((REF / "report.json").read_text())
@@ -155,3 +158,16 @@ def test_reference_every_block_checks_are_the_current_settings(monkeypatch) -> N
                                                                want["params"])
         assert [s["width"] for s in rec["one_step"]] == want["widths"], rec["label"]
         assert [x["width"] for x in rec["law"]] == want["law_widths"], rec["label"]
+
+
+def test_reference_feature_checks_are_the_current_settings() -> None:
+    """The sizes of the tangent, normalised and spectrum checks the reference was run with
+    are the code's. A reference from before those checks has none (verify/README.md)."""
+    if "feature_checks" not in SETTINGS:
+        pytest.skip("verify/out/ predates the tangent, normalised and spectrum checks "
+                    f"(verify/README.md); run `{REGENERATE}`")
+    quick = SETTINGS["quick"]
+    want = {"tangent": tangent_sizes(quick), "normalised": normalised_sizes(quick),
+            "spectrum": spectrum_sizes(quick)}
+    assert SETTINGS["feature_checks"] == json.loads(json.dumps(want)), f"run `{REGENERATE}`"
+    assert {"tangent", "normalised", "spectrum"} <= set(REPORT["checks"])

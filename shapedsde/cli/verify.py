@@ -18,7 +18,8 @@ def add_parser(sub: Any, fmt: Any) -> None:
                        help="check the SDE against finite networks",
                        description="Run the verification suite (one-step moments, laws at T "
                                    "with negative controls, every block, the stopped process "
-                                   "at depth), print each verdict line once and a tally, and "
+                                   "at depth, tangents, normalised blocks, the log-spectrum), "
+                                   "print each verdict line once and a tally, and "
                                    "write report.html (verdicts, figures, settings, the "
                                    "command that reproduces it), report.json and PNG figures. "
                                    "Exit status 1 if a check fails.",
@@ -29,8 +30,8 @@ def add_parser(sub: Any, fmt: Any) -> None:
     mode.add_argument("--quick", action="store_true", help="small, fast settings (default)")
     mode.add_argument("--full", action="store_true", help="the full-size checks")
     mode.add_argument("--tiny", action="store_true",
-                      help="a smoke run in seconds: tiny samples (no power), no every-block "
-                           "and depth checks")
+                      help="a smoke run in seconds: tiny samples (no power), no every-block, "
+                           "depth, tangent, normalised or spectrum checks")
     p.add_argument("--out", metavar="DIR",
                    help="where to write the report and figures (default results/verify)")
     p.add_argument("--reference", action="store_true",

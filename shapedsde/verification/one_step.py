@@ -198,13 +198,21 @@ def one_step_estimate(block: Block, V: torch.Tensor, n: int, pairs: int,
         raise ValueError(f"the one-step estimator does not support block {block.name!r}: it "
                          "needs X' = lam X + gam A X W^V / sqrt(n) with A drawn from V "
                          "(linear, or attention with one A per head)")
-    gam, K = block.gamma, pairs
+    return estimate_from_G(V, sample_G(block, V, n, pairs, gen), block.gamma, n)
+
+
+def estimate_from_G(V: torch.Tensor, G: torch.Tensor | None, gam: float, n: int
+                    ) -> OneStepEstimate:
+    """`one_step_estimate` from the sampled G_h = A_h V A_h^T of antithetic logit pairs,
+    (pairs, H, 2, m, m) (None: A = I, deterministic moments). Any residual sub-layer
+    X' = lam X + gam M X W^V / sqrt(n) with M independent of W^V is covered, e.g. a
+    tangent's joint chain on Z = [X; T] with M = [[A, 0], [dA, A]] and V the joint Gram."""
     lam2 = 1.0 - gam**2
-    G = sample_G(block, V, n, pairs, gen)
     if G is None:  # A = I: the one-step moments are deterministic
         mean, cov = moments_given_G(V, V, gam, n)
         z2, z4 = torch.zeros_like(V), torch.zeros_like(cov)
         return OneStepEstimate(n, 0, n * (mean - V), z2, n * cov, z4, z4, z4, n * cov, z4)
+    K = G.shape[0]
     Gbar = G.mean(1)  # (K, 2, m, m): the heads' average per logit draw
     g1 = Gbar.mean(1)  # (K, m, m): antithetic pair averages, the iid units
     g2 = torch.einsum("kiab,kicd->kabcd", Gbar, Gbar) / 2

@@ -12,7 +12,13 @@ Checks (see verify/README.md for how to read them):
 6. law at T against the SDE, with negative controls;
 7. every block (MLP, Transformer, multi-head, causal): one step and law at T;
 8. at depth (T = 1, strong attention): the stopped process, P(exit), survival curve,
-   near-singular fraction and survivors' laws against exact finite networks (`depth`).
+   near-singular fraction and survivors' laws against exact finite networks (`depth`);
+9. tangents (`tangent`): the stopped law of the joint Gram of tokens and JVP at T = 0.5
+   and its one-step moments, with the dA = 0 control;
+10. normalised blocks (`normalised`): post- and pre-RMS attention at T = 0.5 against exact
+   chains, with the unnormalised and the naive SDE as controls;
+11. spectrum (`spectrum`): log_min, log_max, log_cond at m = 16 against exact chains, with
+   another gamma as the control.
 Seeds: every check draws from its own seed, derived from the root seed and the
 check's label (`common.derive_seed`), so results are reproducible and do not
 depend on which other checks run.
@@ -49,7 +55,10 @@ from .figures import render_figures
 from .html import render_html
 from .law import STATISTICS, LawSetting, gram_vs_full_check, law_check
 from .multihead import heads_check
+from .normalised import normalised_checks, normalised_sizes
 from .one_step import PARTS, closed_form_check, one_step_check, raw_consistency_check
+from .spectrum import spectrum_checks, spectrum_sizes
+from .tangent import tangent_checks, tangent_sizes
 
 # A generic V0 (m = 3): unequal norms and correlations, so P V P is far from 0
 # and the attention terms are not degenerate. The one-step check also visits V1:
@@ -161,6 +170,7 @@ def run_verification(*, quick: bool = True, out_dir: str | Path = "results/verif
                      progress: bool = True, config: Config | None = None,
                      every_block: bool = True, workers: int = 1,
                      scheduler: str | None = None, depth: bool | None = None,
+                     features: bool | None = None,
                      reference: bool = False, command: str | None = None) -> dict:
     """Run the checks, write `out_dir/report.json`, `report.html` and PNG figures, return
     the report.
@@ -174,6 +184,8 @@ def run_verification(*, quick: bool = True, out_dir: str | Path = "results/verif
     cluster at `scheduler`); the numbers do not depend on the number of workers.
     depth: run the stopped-process checks at depth (`verification.depth`); default: with
     every_block.
+    features: run the checks of tangents, normalised blocks and the log-spectrum
+    (`verification.tangent`, `.normalised`, `.spectrum`); default: with every_block.
     progress: print each verdict line once (stdout), announce each stage and show
     progress bars (stderr; bars only on a terminal).
     reference: a report for the source tree: no wall times, platform or git commit
@@ -187,11 +199,12 @@ def run_verification(*, quick: bool = True, out_dir: str | Path = "results/verif
     seed = check_seed(seed)
     cfg = config or (Config.quick() if quick else Config.full())
     depth = every_block if depth is None else depth
+    features = every_block if features is None else features
     out = _output_dir(out_dir)
     mode = cfg.mode()
     command = command or (f"shapedsde.verification.run_verification(quick={quick}, "
                           f"seed={seed}, config=Config.{mode}(), every_block={every_block}, "
-                          f"depth={depth}, device={device!r})")
+                          f"depth={depth}, features={features}, device={device!r})")
     V0 = torch.tensor(DEFAULT_V0, dtype=torch.float64)
     seeds: dict[str, int] = {}
 
@@ -204,12 +217,19 @@ def run_verification(*, quick: bool = True, out_dir: str | Path = "results/verif
         "command": command,
         "settings": {"mode": mode, "quick": quick, "seed": seed, "device": device, "V": NAMED_V,
                      "config": asdict(cfg), "every_block": every_block, "depth": depth,
+                     "features": features,
                      "line_alpha": LINE_ALPHA,
                      "seed_scheme": "numpy SeedSequence(seed, spawn_key=(crc32(label),))"
                                     ".generate_state(1, uint64)[0] >> 1, per check label"},
         "versions": _versions(), "seeds": seeds, "checks": {}, "verdicts": [], "seconds": {}}
     checks, verdicts = report["checks"], report["verdicts"]
-    stages = [s for s in STAGES if (s != "every_block" or every_block) and (s != "depth" or depth)]
+    if features:  # the sizes and settings of the feature checks (each result repeats its own)
+        report["settings"]["feature_checks"] = {
+            "tangent": tangent_sizes(quick), "normalised": normalised_sizes(quick),
+            "spectrum": spectrum_sizes(quick)}
+    optional = {"every_block": every_block, "depth": depth, "tangent": features,
+                "normalised": features, "spectrum": features}
+    stages = [s for s in STAGES if optional.get(s, True)]
     prog = Progress(progress, stages, report["seconds"])
 
     def log(line: str) -> None:
@@ -288,6 +308,15 @@ def run_verification(*, quick: bool = True, out_dir: str | Path = "results/verif
             for r in checks["depth"]:
                 log(r["line"])
 
+    if features:
+        for stage, run in (("tangent", tangent_checks), ("normalised", normalised_checks),
+                           ("spectrum", spectrum_checks)):
+            with prog.stage(stage):
+                checks[stage] = []
+                for r in run(quick=quick, seed=seed_of(stage), device=device):
+                    checks[stage].append(r)
+                    log(r["line"])
+
     with prog.stage("figures"):
         figures = render_figures(report, samples, dpi=cfg.figure_dpi)
     report["figures"] = list(figures)
@@ -310,6 +339,10 @@ STAGES = {"closed_form": "closed form of the W^V moments",
           "every_block": "every block: one step and law at T (MLP, Transformer, multi-head, "
                          "causal)",
           "depth": "at depth: the stopped process against exact finite networks",
+          "tangent": "tangents: stopped law of tokens and JVP, one-step moments (dA = 0 "
+                     "control)",
+          "normalised": "normalised blocks: post- and pre-RMS attention against exact chains",
+          "spectrum": "log-spectrum at m = 16 against exact chains",
           "figures": "figures"}
 
 #: Keys of fields that depend on the machine or the moment of the run (wall times, the

@@ -21,6 +21,10 @@ two pooled densities and the KS distance of the pooled samples as descriptions, 
 (1/m) tr (V / v)^j, j = 1..k, v = tr V0 / m, whose means the large-m limit
 (`shapedsde.symbolic.free_limit`) predicts; `moment_table` their means and standard errors.
 Rows with a non-finite V (exploded or failed paths) are dropped and counted.
+
+`spectrum_check` is the verifier's check (`shapedsde verify`, stage `spectrum`): the SDE's
+log_min, log_max and log_cond at m = 16 against exact chains, with the block at another
+gamma as the negative control (verify/README.md).
 """
 
 from __future__ import annotations
@@ -32,8 +36,11 @@ from typing import Any
 import numpy as np
 from scipy.stats import ks_2samp
 
-from ..spectrum import eigenvalues
-from .engine import LawComparison, compare_laws
+from ..finite import simulate
+from ..registry import block as make_block
+from ..spectrum import eigenvalues, log_spectrum_flags
+from .common import LINE_ALPHA, derive_seed
+from .engine import LawComparison, compare_laws, solve_quiet, verdict
 
 SPECTRUM_STATISTICS = ("log_min", "log_max", "log_cond")
 
@@ -100,3 +107,85 @@ def moment_table(V: Any, k: int, scale: float | None = None) -> dict[str, Any]:
     return {"k": list(range(1, k + 1)), "mean": mu.mean(axis=0),
             "se": mu.std(axis=0, ddof=1) / math.sqrt(n) if n > 1 else np.full(k, np.nan),
             "n": n, "n_dropped": total - n}
+
+
+# ----------------------------------------------------------------------------
+# The verification check: the SDE's log-spectrum against exact chains at m = 16
+
+#: (label, block name, parameters) checked at m = 16 from V0 = I; the control is the same
+#: block at CONTROL_GAMMA (a wrong noise level: the spectrum spreads at rate ~ gamma^2 m).
+SPECTRUM_SETTINGS = [
+    ("linear", "linear", {"gamma": 0.5}),
+    ("attention", "attention", {"gamma": 0.5, "tau0": 1.0}),
+]
+CONTROL_GAMMA = 0.55
+
+
+def spectrum_check(label: str, name: str, params: dict, *, m: int, T: float,
+                   widths: list[int], nets: int, paths: int, seed: int,
+                   control_gamma: float = CONTROL_GAMMA, device: str = "cpu") -> dict[str, Any]:
+    """log_min, log_max, log_cond of V_T: exact chains (method="gram") at `widths` against
+    SDE paths from V0 = I_m, with the block at `control_gamma` as the control; the verdict
+    at the largest width, Bonferroni over the three statistics at `LINE_ALPHA`."""
+    blk = make_block(name, **params)
+    control_params = {**params, "gamma": control_gamma}
+    V0 = np.eye(m)
+    sde = solve_quiet(blk, V0, T, paths=paths, seed=derive_seed(seed, "sde"), device=device)
+    ctl = solve_quiet(make_block(name, **control_params), V0, T, paths=paths,
+                      seed=derive_seed(seed, "control"), device=device)
+    width = max(widths)
+    runs = {f"n={n}": simulate(blk, V0, width=n, T=T, nets=nets,
+                               seed=derive_seed(seed, "finite" if n == width else f"n={n}"),
+                               method="gram", device=device) for n in widths}
+    flags = {}
+    spectra = {}
+    for key, V in (*runs.items(), ("sde", sde.V), ("control", ctl.V)):
+        ls, bad, low = log_spectrum_flags(V)
+        spectra[key] = ls
+        flags[key] = {"nonpositive": int(bad.sum()), "below_rounding": int(low.sum()),
+                      "nonfinite": int((~np.isfinite(ls).all(axis=1)).sum())}
+    alpha = LINE_ALPHA / len(SPECTRUM_STATISTICS)
+    cname = f"gamma={control_gamma:g}"
+    spectra["finite"] = spectra[f"n={width}"]
+    res = compare_spectra(spectra["finite"], spectra["sde"], {cname: spectra["control"]},
+                          alpha=alpha)
+    trend = {n: compare_spectra(spectra[f"n={n}"], spectra["sde"], alpha=alpha)["laws"]
+             for n in widths}
+    laws = res["laws"]
+    status = [verdict(laws[k].true, laws[k].controls, alpha) for k in SPECTRUM_STATISTICS]
+    v = ("FAIL" if any(s == "FAIL" for s, _ in status) else
+         "PASS" if any(powered for _, powered in status) else "NO POWER")
+    stats = {key: spectrum_statistics(x) for key, x in spectra.items() if key != "finite"}
+    stats["finite"] = stats[f"n={width}"]
+    means = {key: {k: float(np.mean(s[k])) for k in SPECTRUM_STATISTICS}
+             for key, s in stats.items()}
+    parts = [f"{k} mean finite {means['finite'][k]:.3f} SDE {means['sde'][k]:.3f} KS "
+             f"{laws[k].true['ks']:.3f} p={laws[k].true['p']:.2g}, control "
+             f"{means['control'][k]:.3f} KS {laws[k].controls[cname]['ks']:.3f} "
+             f"p={laws[k].controls[cname]['p']:.2g}" for k in SPECTRUM_STATISTICS]
+    ks_trend = " -> ".join(f"{trend[n]['log_min'].true['ks']:.3f}" for n in widths)
+    line = (f"{v} spectrum {label} {params} m={m} T={T:g} n={width}: " + "; ".join(parts)
+            + f"; log_min KS {ks_trend} (n={'->'.join(map(str, widths))}) (control: {cname}; "
+            f"pooled density L1 {res['density_l1']:.3f})")
+    return {"label": label, "block": name, "params": params, "m": m, "T": T, "widths": widths,
+            "nets": nets, "paths": paths, "control_params": control_params,
+            "sde_meta": sde.meta, "control_meta": ctl.meta, "flags": flags, "means": means,
+            "laws": {k: {"true": laws[k].true, "controls": laws[k].controls}
+                     for k in SPECTRUM_STATISTICS},
+            "per_width": {n: {k: trend[n][k].true for k in SPECTRUM_STATISTICS}
+                          for n in widths},
+            "density_l1": res["density_l1"], "pooled_ks": res["pooled_ks"],
+            "verdict": v, "line": line}
+
+
+def spectrum_sizes(quick: bool) -> dict[str, Any]:
+    if quick:
+        return dict(m=16, T=0.25, widths=[256, 1024], nets=2000, paths=2000)
+    return dict(m=16, T=0.25, widths=[256, 1024, 4096], nets=8000, paths=8000)
+
+
+def spectrum_checks(*, quick: bool, seed: int, device: str = "cpu") -> list[dict[str, Any]]:
+    """`spectrum_check` for each of `SPECTRUM_SETTINGS`."""
+    return [spectrum_check(label, name, params, **spectrum_sizes(quick),
+                           seed=derive_seed(seed, f"spectrum/{label}"), device=device)
+            for label, name, params in SPECTRUM_SETTINGS]
