@@ -12,12 +12,16 @@ import sympy as sp
 from sympy.matrices.expressions import MatrixExpr
 
 from .codegen import BACKENDS, HEADER, _KernelPrinter, _kron_spec
-from .latex import drift_terms, equation, formula_latex, sigma_terms
+from .latex import drift_terms, entry_lines, equation, formula_latex, sigma_terms
 from .parameters import PARAMETERS, Parameter
 from .symbolic.tangent import BLOCKS, JOINT_ENTRIES, JointEntrywise, TangentCoefficients
 
 #: Printed names of the joint entries (`JOINT_ENTRIES`), in the helper's argument order.
 _ENTRY_NAMES = ("Va", "Vb", "Vab", "Ca", "Cb", "Cab", "Cba", "Uab")
+#: The joint entries as the LaTeX reads them (matrix-form notation V^{ab}, ...).
+_ENTRY_TEX = {x: sp.Symbol(t, **x.assumptions0) for x, t in zip(JOINT_ENTRIES, (
+    "V^{aa}", "V^{bb}", "V^{ab}", "C^{aa}", "C^{bb}", "C^{ab}", "C^{ba}", "U^{ab}"),
+    strict=True)}
 #: The helper evaluating a `JointEntrywise` (off-diagonal and diagonal formulas).
 _JOINT_HELPER = {
     "numpy": '''
@@ -138,6 +142,19 @@ def _rows_source(name: str, c: TangentCoefficients, args: str,
             "    }", ""]
 
 
+def _with_angle(e: sp.Expr) -> tuple[sp.Expr, bool]:
+    """An arc-cosine kernel's formula in the angle theta^{ab} = arccos(rho^{ab}) (for
+    display only: V^{ab} = cos(theta) sqrt(V^{aa} V^{bb}), sin(theta) > 0)."""
+    va, vb, vab = JOINT_ENTRIES[:3]
+    pa, pb = (sp.Symbol(x.name, positive=True) for x in (va, vb))  # variances: positive
+    theta = sp.Symbol(r"\theta^{ab}", positive=True)
+    e = e.xreplace({va: pa, vb: pb}).subs(vab, sp.cos(theta) * sp.sqrt(pa) * sp.sqrt(pb))
+    e = sp.simplify(e).replace(sp.Abs, lambda x: x).replace(
+        lambda x: isinstance(x, sp.acos) and isinstance(x.args[0], sp.cos),
+        lambda x: x.args[0].args[0])
+    return sp.simplify(e).xreplace({pa: va, pb: vb}), True
+
+
 def tangent_latex(c: TangentCoefficients) -> str:
     """The block form of a tangent's coefficients as a paper-style LaTeX fragment:
     b^V, b^C, b^U, the joint kernels they read, and Cov[dX^{ab}, dY^{cd}] / dt."""
@@ -146,10 +163,17 @@ def tangent_latex(c: TangentCoefficients) -> str:
     for X in BLOCKS:
         lines += equation(f"b^{{{X}}}", drift_terms(c.drift[X]), f"eq:{key}-b{X}", ",")
     joint = set().union(*(e.atoms(JointEntrywise) for e in c.drift.values()))
+    angle = False
     for j in sorted(joint, key=sp.default_sort_key):
-        lines.append(rf"{formula_latex(j.name)}^{{ab}} &= {formula_latex(sp.factor(j.off))}"
-                     r" \quad (a \neq b), \nonumber")
-        lines.append(rf"{formula_latex(j.name)}^{{aa}} &= {formula_latex(j.diag)}, \nonumber")
+        name = formula_latex(j.name)
+        off, angle = _with_angle(j.off) if j.off.has(sp.acos) else (j.off, angle)
+        for lhs, e, end in ((f"{name}^{{ab}}", off, r", \quad a \neq b,"),
+                            (f"{name}^{{aa}}", j.diag, ",")):
+            e = sp.factor(e).xreplace(_ENTRY_TEX)
+            lines += [f"{x} \\nonumber" for x in entry_lines(lhs, e, end)]
+    if angle:
+        lines.append(r"\theta^{ab} &= \arccos\bigl(V^{ab} / \sqrt{V^{aa} V^{bb}}\bigr) "
+                     r"\in (0, \pi), \nonumber")
     for (X, Y), ks in c.diffusion.items():
         end = "." if (X, Y) == ("U", "U") else ","
         lines += equation(rf"\Sigma^{{{X}{Y}}}", sigma_terms(ks), f"eq:{key}-S{X}{Y}", end)
@@ -158,6 +182,5 @@ def tangent_latex(c: TangentCoefficients) -> str:
             f"% Tangent of {c.name.removesuffix('_tangent')}: Q = [[V, C], [C^T, U]], "
             "C = X T^T / n, U = T T^T / n;\n"
             "% Sigma^{XY} is Cov[dX^{ab}, dY^{cd}] / dt; P = I - 11^T/m, Dg(X) = I o X; the "
-            "joint kernels read\n% V_a = V^{aa}, V_b = V^{bb}, V_ab = V^{ab}, C_a = C^{aa}, "
-            "C_ab = C^{ab}, C_ba = C^{ba}, U_ab = U^{ab}.\n"
+            "joint kernels' entries are read at tokens a and b.\n"
             f"\\begin{{align}}\n{rows}\n\\end{{align}}\n")
