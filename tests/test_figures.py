@@ -13,6 +13,7 @@ from shapedsde.cli import main
 
 TINY = {
     "fig1": dict(nets=48, width=16, depth=6),
+    "fig1n": dict(nets=32, width=16, depth=6),
     "fig2": dict(widths=(8, 16), nets=48, sde_paths=48),
     "fig3": dict(transformer_widths=(8,), transformer_nets=24, multihead_widths=(8,),
                  multihead_nets=24, sde_paths=48),
@@ -44,6 +45,12 @@ def test_figure_functions(key: str, tmp_path: Path) -> None:
         assert set(res.numbers["final_mean_rho"]) == {"standard", "pre-LN", "shaped"}
         assert 0 <= res.numbers["ks_final_rho"]["ks"] <= 1
         assert 0 <= res.numbers["ks_final_rho_reference"]["ks"] <= 1
+    if key == "fig1n":
+        shaped = ("shaped", "shaped pre-RMS", "shaped post-RMS")
+        assert set(res.numbers["final_mean_rho"]) == {"standard", "pre-LN", *shaped}
+        assert set(res.numbers["ks_final_rho"]) == set(shaped)
+        # post-RMS keeps tr V = m: its SDE never blows up
+        assert res.numbers["sde_meta"]["shaped post-RMS"]["n_exploded"] == 0
     if key == "fig2":
         assert list(res.numbers) == ["case0", "case1"]
         assert len(res.numbers["case1"]["ks_rho"]) == 2
@@ -77,6 +84,7 @@ def test_parse_only() -> None:
     assert F.parse_only(None) == F.FIGURES
     assert F.parse_only("3,1") == ("fig1", "fig3")
     assert F.parse_only("5") == ("fig5",)
+    assert F.parse_only("2,1n,1") == ("fig1", "fig1n", "fig2")
     for bad in ("6", "", "x"):
         with pytest.raises(ValueError):
             F.parse_only(bad)
@@ -98,3 +106,12 @@ def test_cli_figures_help_and_errors(capsys) -> None:
         code = main(argv)
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 2 and len(err) == 1 and err[0].startswith("error: ") and needle in err[0]
+
+
+def test_figure1_normalised_reuses_the_paper_figures_draws(tmp_path: Path) -> None:
+    """The first three rows of fig1n are fig1's networks and shaped SDE (same seeds)."""
+    a = F.figure1(tmp_path / "a", seed=0, reference_dt=None, **TINY["fig1n"])
+    b = F.figure1_normalised(tmp_path / "b", seed=0, **TINY["fig1n"])
+    for label in ("standard", "pre-LN", "shaped"):
+        assert a.numbers["final_mean_rho"][label] == b.numbers["final_mean_rho"][label]
+    assert a.numbers["sde_final_mean_rho"] == b.numbers["sde_final_mean_rho"]["shaped"]

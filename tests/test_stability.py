@@ -258,3 +258,49 @@ def test_small_tau0_raises_degeneracy_and_taming():
     for k in ("p_exit",):
         diff = s[k][0, 0] - s[k][0, 1]
         assert diff > 5 * np.hypot(e[k][0, 0], e[k][0, 1]), k
+
+
+@pytest.mark.parametrize("at", ["post", "pre"])
+def test_normalised_map_keeps_the_trace_and_swaps_panels(at, tmp_path):
+    """A normalised block's map: tr V_T = m on every path (no exit), the attention-free
+    column is the same normalisation around the linear block, and the figure's trace and
+    P(exit) panels become mean and median rho_T."""
+    m = stability_map("attention", [0.7], [0.5, 2.0], T=0.2, V0=equicorrelated(3, 0.2),
+                      paths=24, seed=0, steps=10, bootstrap=20, norm="rms", norm_at=at)
+    np.testing.assert_allclose(m.stats["trace_median"], 1.0, atol=1e-9)
+    np.testing.assert_allclose(m.stats["trace_q99"], 1.0, atol=1e-9)
+    assert np.all(m.stats["p_exit"] == 0) and np.all(m.stats["n"] == 24)
+    np.testing.assert_allclose(m.reference["trace_q99"], 1.0, atol=1e-9)
+    assert m.plot_stats == ("rho_std", "rho_range", "p_degenerate", "p_collapse", "rho_mean",
+                            "rho_q50")
+    assert "normalised: tr V_T / tr V_0 in [1" in m.summary()
+    assert all(p.stat().st_size > 0 for p in m.plot(tmp_path / "map"))
+
+
+def test_normalised_map_blocks_and_errors():
+    from shapedsde import Normalised
+    from shapedsde.experiments.stability_scales import map_block
+
+    blk = map_block("attention", 0.7, 0.5, norm="layer")
+    assert isinstance(blk, Normalised) and (blk.norm, blk.at) == ("layer", "post")
+    free = attention_free(map_block("transformer", 0.7, 0.5, norm="rms"))
+    assert isinstance(free, Normalised) and free.inner.name == "serial"
+    assert attention_free(map_block("attention", 0.7, 0.5)).name == "linear"  # unchanged
+    with pytest.raises(ValueError, match="norm_at needs norm"):
+        map_block("attention", 0.7, 0.5, norm_at="pre")
+    with pytest.raises(ValueError, match="pre-normalisation"):
+        map_block("transformer", 0.7, 0.5, norm="rms", norm_at="pre")
+
+
+def test_cli_normalised(tmp_path, capsys):
+    assert main(["--paths", "16", "--out", str(tmp_path), "--T", "0.2", "--steps", "10",
+                 "--gammas", "0.7", "--tau0s", "0.7", "--nets", "16", "--widths", "16",
+                 "--spot", "0.7,0.7", "--norm", "rms", "--norm-at", "pre"]) == 0
+    out = capsys.readouterr().out
+    assert "normalised: tr V_T" in out and "spot check" in out
+    assert (tmp_path / "stability_attention_m3_rms_pre.png").stat().st_size > 0
+    spot = json.loads((tmp_path / "stability_attention_m3_rms_pre_spot.json").read_text())
+    assert spot[0]["method"] == "gram" and spot[0]["block_params"]["norm_at"] == "pre"
+    assert main(["--norm", "batch"]) == 2
+    assert main(["--norm-at", "pre", "--paths", "4", "--out", str(tmp_path)]) == 2
+    assert "norm_at needs norm" in capsys.readouterr().err

@@ -18,7 +18,9 @@ def add_parser(sub: Any, fmt: Any) -> None:
                        description="Write the figures to OUT (PNG + PDF, data .npz, caption .md "
                                    "with the command and settings) and OUT/README.md: (1) the "
                                    "paper's Figure 1 setting (n = 200, d = 150, gamma = "
-                                   "1/sqrt(8), tau0 = 1); (2) final-layer correlation density "
+                                   "1/sqrt(8), tau0 = 1); (1n) the same with shaped "
+                                   "pre-RMSNorm and post-RMSNorm attention, networks and "
+                                   "SDEs; (2) final-layer correlation density "
                                    "vs width against the SDE, with KS distances; (3) the same "
                                    "for the Transformer block and 4-head attention; (4) rank "
                                    "collapse of unshaped baselines and ablations; (5) figure 2's "
@@ -30,7 +32,7 @@ def add_parser(sub: Any, fmt: Any) -> None:
     p.add_argument("--out", default="docs/figures", metavar="DIR",
                    help="output folder (default docs/figures)")
     p.add_argument("--seed", type=int, default=0, metavar="S", help="root seed (default 0)")
-    p.add_argument("--only", metavar="LIST", help="comma-separated figure numbers, e.g. 1,4 "
+    p.add_argument("--only", metavar="LIST", help="comma-separated figure numbers, e.g. 1,1n,4 "
                                                   "(default: all; 5 needs 2's data)")
     p.add_argument("--method", choices=("auto", "full", "gram"), default="auto",
                    help="finite sampler for the single-head blocks (default auto: the "

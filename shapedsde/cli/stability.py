@@ -6,6 +6,7 @@ import argparse
 from typing import Any
 
 from .. import _validation as val
+from ..normalised import NORMS, PLACES
 from .common import EXIT_OK, torch_device
 from .options import add_device
 
@@ -20,7 +21,9 @@ def add_parser(sub: Any, fmt: Any) -> None:
                                    "finite-network spot checks against it. Writes "
                                    "<out>/<name>.{json,npz,png,pdf}, <name>_spot.json and "
                                    "<name>_summary.txt.",
-                       epilog="example:\n  shapedsde stability --quick --out results/stability")
+                       epilog="examples:\n  shapedsde stability --quick --out results/stability"
+                              "\n  shapedsde stability --quick --norm rms --norm-at pre "
+                              "--out results/stability")
     p.add_argument("--block", default="attention", choices=("attention", "transformer"))
     p.add_argument("--gammas", type=_floats, default=None,
                    help="comma-separated gammas in (0, 1] (default 0.2,0.35,0.5,0.7,1)")
@@ -37,6 +40,14 @@ def add_parser(sub: Any, fmt: Any) -> None:
     p.add_argument("--heads", type=int, default=None, help="attention heads n_H (attention)")
     p.add_argument("--c-plus", type=float, default=None, help="MLP c_+ (transformer)")
     p.add_argument("--c-minus", type=float, default=None, help="MLP c_- (transformer)")
+    p.add_argument("--norm", choices=NORMS, default=None,
+                   help="per-token normalisation around the block (RMSNorm, or LayerNorm "
+                        "without gain); its state stays a correlation matrix (tr V = m), so "
+                        "the figure shows mean and median rho_T in place of the trace and "
+                        "P(exit) panels; docs/normalisation.md")
+    p.add_argument("--norm-at", choices=PLACES, default=None, dest="norm_at",
+                   help="with --norm: post (default; X' = Norm(lam X + gam Branch(X))) or "
+                        "pre (X' = lam X + gam Branch(Norm(X)); attention only)")
     p.add_argument("--eig-threshold", type=float, default=0.05,
                    help="near-degenerate: lambda_min(corr) below this (default 0.05)")
     p.add_argument("--rho-threshold", type=float, default=0.99,
@@ -63,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
     # Imported when run: SciPy and Matplotlib cost the other commands ~2 s at start-up.
     from ..experiments import run_stability
 
-    params = {k: getattr(args, k) for k in ("heads", "c_plus", "c_minus")
+    params = {k: getattr(args, k) for k in ("heads", "c_plus", "c_minus", "norm", "norm_at")
               if getattr(args, k) is not None}
     lines, written = run_stability(
         args.out, block=args.block, quick=args.quick, T=args.T, m=args.m, rho0=args.rho0,

@@ -5,6 +5,8 @@ computed, plotted and captioned in that order):
 
 1. `figure1_paper`: the paper's Figure 1 setting (m = 2, rho0 = 0.2, n = 200, d = 150,
    gamma = 1/sqrt(8), tau0 = 1, SDE step 0.01, 2^12 samples);
+1n. `figure1_normalised`: the same comparison with shaped pre-RMSNorm and post-RMSNorm
+   attention added (`shapedsde.normalised`), networks and SDEs;
 2. `figure2_density`: final-layer rho density of shaped attention at several widths
    against the SDE, with a wrong-SDE control;
 3. `figure3_transformer`: the same for the shaped Transformer block and 4-head attention;
@@ -30,6 +32,7 @@ O(n^2)); the Transformer block and multi-head attention draw every weight.
 """
 
 from ._common import FIGURES, NAMES, PAPER, TITLES, FigureOutput, initial_cov
+from .figure1_normalised import figure1_normalised
 from .figure1_paper import figure1
 from .figure2_density import POWERED, figure2
 from .figure3_transformer import figure3
@@ -53,6 +56,7 @@ from .stability_stats import counter_stats, path_statistics, summarize
 __all__ = ["EXPECTED_EXPONENTS", "FIGURES", "FUNCS", "MAP_BLOCKS", "NAMES", "PAPER", "POWERED",
            "SIZES", "TITLES", "FigureOutput", "SpotCheck", "StabilityMap", "attention_free",
            "attention_part", "coefficient_scales", "counter_stats", "equicorrelated",
-           "figure1", "figure2", "figure3", "figure4", "figure5", "fit_exponents",
+           "figure1", "figure1_normalised", "figure2", "figure3", "figure4", "figure5",
+           "fit_exponents",
            "initial_cov", "make_figures", "parse_only", "path_statistics", "plot_law_distance",
            "run_stability", "spot_check", "stability_map", "summarize", "write_readme"]

@@ -19,11 +19,14 @@ from ..verification.engine import solve_quiet
 PAPER_GAMMA = 1 / math.sqrt(8)
 PAPER = dict(m=2, rho0=0.2, width=200, depth=150, gamma=PAPER_GAMMA, tau0=1.0, sde_dt=0.01,
              samples=2**12)
-FIGURES = ("fig1", "fig2", "fig3", "fig4", "fig5")
-NAMES = {"fig1": "fig1_paper_figure1", "fig2": "fig2_density_vs_width",
+FIGURES = ("fig1", "fig1n", "fig2", "fig3", "fig4", "fig5")
+NAMES = {"fig1": "fig1_paper_figure1", "fig1n": "fig1n_normalised",
+         "fig2": "fig2_density_vs_width",
          "fig3": "fig3_transformer_multihead", "fig4": "fig4_rank_collapse",
          "fig5": "fig5_law_distance_vs_width"}
 TITLES = {"fig1": "Paper Figure 1: rank collapse and the SDE density (n = 200, d = 150)",
+          "fig1n": "Figure 1 with normalisation: shaped pre-RMSNorm and post-RMSNorm "
+                   "attention, networks and SDEs",
           "fig2": "Shaped attention: final-layer correlation density vs width, against the SDE",
           "fig3": "Shaped Transformer block and 4-head attention vs their SDEs",
           "fig4": "Rank collapse: unshaped baselines and ablations vs shaped attention",

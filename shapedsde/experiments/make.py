@@ -13,20 +13,23 @@ from .. import _io
 from ..sde import check_device
 from ..seeds import check_root
 from ._common import FIGURES, NAMES, TITLES, FigureOutput
+from .figure1_normalised import figure1_normalised
 from .figure1_paper import figure1
 from .figure2_density import figure2
 from .figure3_transformer import figure3
 from .figure4_rank_collapse import figure4
 from .figure5_law_distance import figure5
 
-FUNCS = {"fig1": figure1, "fig2": figure2, "fig3": figure3, "fig4": figure4, "fig5": figure5}
+FUNCS = {"fig1": figure1, "fig1n": figure1_normalised, "fig2": figure2, "fig3": figure3,
+         "fig4": figure4, "fig5": figure5}
 #: Figures whose finite networks take the --method option (figure 3 draws every weight).
-TAKES_METHOD = ("fig1", "fig2", "fig4")
+TAKES_METHOD = ("fig1", "fig1n", "fig2", "fig4")
 
 #: Sizes of `make_figures` runs: "full" is the paper's 2^12 samples where it matters.
 SIZES: dict[str, dict[str, dict[str, Any]]] = {
     "full": {
         "fig1": dict(nets=4096),
+        "fig1n": dict(nets=4096),
         "fig2": dict(widths=(32, 64, 128, 256), nets=4096, sde_paths=4096),
         "fig3": dict(transformer_widths=(16, 32, 64, 128), transformer_nets=2048,
                      multihead_widths=(16, 32, 64, 128), multihead_nets=2048, sde_paths=4096),
@@ -35,6 +38,7 @@ SIZES: dict[str, dict[str, dict[str, Any]]] = {
     },
     "quick": {
         "fig1": dict(nets=1024),
+        "fig1n": dict(nets=1024),
         "fig2": dict(widths=(16, 32, 64, 128), nets=1024, sde_paths=2048),
         "fig3": dict(transformer_widths=(16, 32), transformer_nets=384,
                      multihead_widths=(16, 32), multihead_nets=256, sde_paths=2048),
@@ -67,12 +71,12 @@ def parse_only(only: str | Sequence[str] | None) -> tuple[str, ...]:
         s = str(item).strip().lower()
         k = s if s.startswith("fig") else f"fig{s}"
         if k not in FIGURES:
-            raise ValueError(f"unknown figure {item!r}; choose from 1, 2, 3, 4, 5")
+            raise ValueError(f"unknown figure {item!r}; choose from 1, 1n, 2, 3, 4, 5")
         if k not in keys:
             keys.append(k)
     if not keys:
-        raise ValueError("--only names no figure; choose from 1, 2, 3, 4, 5")
-    return tuple(sorted(keys))
+        raise ValueError("--only names no figure; choose from 1, 1n, 2, 3, 4, 5")
+    return tuple(k for k in FIGURES if k in keys)
 
 
 def make_figures(out: str | Path = "docs/figures", *, quick: bool = False, seed: int = 0,

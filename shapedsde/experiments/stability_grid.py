@@ -30,12 +30,18 @@ from ..sde import default_steps
 from ..seeds import check_root, child_seed
 from . import stability_stats as vt
 from ._common import plot_files, pyplot, stem
-from .stability_scales import attention_free, check_grid, map_block
+from .stability_scales import attention_free, check_grid, is_normalised, map_block
 from .stability_stats import BOOTSTRAP, COUNTER_LABELS, EIG_THRESHOLD, RHO_THRESHOLD, STAT_LABELS
 
 #: Panels of `StabilityMap.plot`.
 PLOT_STATS = ("rho_std", "rho_range", "p_degenerate", "p_collapse",
               "trace_q99", "p_exit")
+#: Panels for a normalised block (`norm` in block_params): its state is a correlation
+#: matrix (tr V = m on every path), so tr V_T / tr V_0 = 1 and P(exit) = 0; the mean and
+#: median of rho^{01}_T (the drift towards collapse) take their places, and
+#: P(lambda_min(C_T) < eig) is the near-singular fraction lambda_min(V_T) / tr V_T < eig / m.
+PLOT_STATS_NORMALISED = ("rho_std", "rho_range", "p_degenerate", "p_collapse",
+                         "rho_mean", "rho_q50")
 _PROBABILITIES = ("p_degenerate", "p_collapse", *COUNTER_LABELS)
 #: Panel titles of `StabilityMap.plot` (mathtext).
 PLOT_LABELS = {
@@ -45,6 +51,8 @@ PLOT_LABELS = {
     "p_collapse": r"$P(\max_{a<b} \rho^{ab}_T > {rho})$",
     "trace_q99": r"99% quantile of $\mathrm{tr}\,V_T / \mathrm{tr}\,V_0$",
     "p_exit": r"$P(\tau_R \leq T)$",
+    "rho_mean": r"mean $\rho^{01}_T$",
+    "rho_q50": r"median $\rho^{01}_T$",
 }
 
 
@@ -174,17 +182,28 @@ class StabilityMap:
         i, j = np.nonzero(self.stats[name] > threshold)
         return [(float(self.gammas[a]), float(self.tau0s[b])) for a, b in zip(i, j, strict=True)]
 
+    @property
+    def plot_stats(self) -> tuple[str, ...]:
+        """The figure's panels: PLOT_STATS, or PLOT_STATS_NORMALISED for a normalised block."""
+        return PLOT_STATS_NORMALISED if is_normalised(self.block_params) else PLOT_STATS
+
     def summary(self) -> str:
         """A few lines of key numbers."""
         lines = [f"stability map: {self.block} {self.block_params} m={self.V0.shape[0]} "
                  f"T={self.T:g} paths={self.paths} steps={self.steps} seed={self.seed} "
                  f"({len(self.gammas)} x {len(self.tau0s)} cells, "
                  f"{float(np.sum(self.wall_s)):.1f} s of solver time)"]
-        for name in PLOT_STATS:
+        for name in self.plot_stats:
             g, t, v = self.argmax(name)
             lo = float(np.nanmin(self.stats[name]))
             lines.append(f"  {self.label(name)}: range [{lo:.3g}, {v:.3g}], "
                          f"max at gamma={g:g}, tau0={t:g}")
+        if is_normalised(self.block_params):
+            tr = np.concatenate([self.stats[k].ravel() for k in ("trace_median", "trace_q99")])
+            lines.append(f"  normalised: tr V_T / tr V_0 in [{np.nanmin(tr):.6g}, "
+                         f"{np.nanmax(tr):.6g}] (medians and 99% quantiles), max P(exit) "
+                         f"{np.nanmax(self.stats['p_exit']):g}, max non-finite "
+                         f"{np.nanmax(self.stats['frac_nonfinite']):g}")
         if self.reference is not None:
             ref = ", ".join(f"gamma={g:g}: std {s:.3f}, P(deg) {p:.3f}" for g, s, p in
                             zip(self.gammas, self.reference["rho_std"],
@@ -194,21 +213,22 @@ class StabilityMap:
 
     # -- figure ----------------------------------------------------------------
 
-    def plot(self, path: str | Path, stats: Sequence[str] = PLOT_STATS,
+    def plot(self, path: str | Path, stats: Sequence[str] | None = None,
              ncols: int = 4) -> list[Path]:
         """Heatmaps (rows gamma, columns tau0, plus a tau0 = inf column for the reference
-        when there is one), one panel per statistic, values annotated. Writes
+        when there is one), one panel per statistic (default `plot_stats`), values
+        annotated. Writes
         `<path>.png` and `<path>.pdf` (a suffix on `path` is dropped)."""
         files = self.plot_files(path, stats, ncols)
         _io.write_files(files)
         return list(files)
 
-    def plot_files(self, path: str | Path, stats: Sequence[str] = PLOT_STATS,
+    def plot_files(self, path: str | Path, stats: Sequence[str] | None = None,
                    ncols: int = 4) -> dict[Path, bytes]:
         """The bytes of `plot`'s `<path>.png` and `<path>.pdf`."""
         plt = pyplot()
         base = stem(path)
-        stats = list(stats)
+        stats = list(self.plot_stats if stats is None else stats)
         nrows = math.ceil(len(stats) / ncols)
         K = len(self.tau0s) + (self.reference is not None)
         fig, axes = plt.subplots(nrows, ncols, squeeze=False,

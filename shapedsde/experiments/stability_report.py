@@ -48,7 +48,9 @@ def run_stability(out: str | Path, *, block: str = "attention", quick: bool = Fa
     V0 = equicorrelated(m, rho0)
     m = V0.shape[0]
     out = Path(out)
-    name = name or f"stability_{block}_m{m}"
+    norm_tail = (f"_{params['norm']}_{params.get('norm_at') or 'post'}"
+                 if params.get("norm") is not None else "")
+    name = name or f"stability_{block}_m{m}{norm_tail}"
     _io.child(out, name, "--name")  # the name itself: '..' would make '...json'
     files = [_io.child(out, f"{name}{tail}", "--name")
              for tail in (".json", ".npz", ".png", ".pdf", "_spot.json", "_summary.txt")]

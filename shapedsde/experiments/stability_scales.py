@@ -18,7 +18,9 @@ import numpy as np
 
 from .. import _validation as val
 from ..blocks import Block, LinearBlock, MlpBlock, SumOfCoefficients
+from ..normalised import Normalised, normalised
 from ..registry import block as make_block
+from ..serial import serial
 
 #: Blocks with attention terms that the map and the spot check cover.
 MAP_BLOCKS = ("attention", "transformer")
@@ -28,19 +30,45 @@ EXPECTED_EXPONENTS = {"drift": {"gamma": 2.0, "tau0": -2.0},
 
 
 def map_block(block_name: str, gamma: float, tau0: float, **block_params: Any) -> Block:
-    """The block at one grid point (ValueError for a block without attention terms)."""
+    """The block at one grid point (ValueError for a block without attention terms).
+
+    block_params may hold `norm` ("rms" or "layer") and `norm_at` ("post", the default,
+    or "pre"): the block is then `shapedsde.normalised(blk, norm, at)`."""
     if block_name not in MAP_BLOCKS:
         raise ValueError(f"block must be one of {MAP_BLOCKS} (blocks with attention terms); "
                          f"got {block_name!r}")
-    return make_block(block_name, gamma=gamma, tau0=tau0, **block_params)
+    params = dict(block_params)
+    norm, at = params.pop("norm", None), params.pop("norm_at", None)
+    blk = make_block(block_name, gamma=gamma, tau0=tau0, **params)
+    if norm is None:
+        if at is not None:
+            raise ValueError("norm_at needs norm (rms or layer)")
+        return blk
+    return normalised(blk, norm=norm, at=at or "post")
+
+
+def is_normalised(block_params: dict[str, Any]) -> bool:
+    """Whether a map's block_params ask for a normalised block (tr V = m on every path)."""
+    return block_params.get("norm") is not None
 
 
 def attention_free(blk: Block) -> Any:
     """The coefficients of `blk` with every attention term removed (tau0 -> infinity).
 
     attention: the linear block with the same gamma (the value-matrix noise);
-    transformer: linear + MLP with the same gamma, c_plus, c_minus.
+    transformer: linear + MLP with the same gamma, c_plus, c_minus; a normalised block:
+    the same normalisation around its inner block's (linear + MLP in series for the
+    Transformer block).
     """
+    if isinstance(blk, Normalised):
+        inner = blk.inner
+        rest: Block = LinearBlock(inner.gamma)
+        if inner.name == "transformer":
+            rest = serial(rest, MlpBlock(inner.gamma, c_plus=inner.c_plus,
+                                         c_minus=inner.c_minus))
+        elif inner.name != "attention":
+            raise ValueError(f"block {inner.name!r} has no attention terms")
+        return normalised(rest, norm=blk.norm, at=blk.at)
     if blk.name == "attention":
         return LinearBlock(blk.gamma)
     if blk.name == "transformer":
