@@ -24,6 +24,7 @@ from shapedsde.sde import solve
 from shapedsde.symbolic.derivation import Derivation
 from shapedsde.symbolic.layers import covariance_symbols
 from shapedsde.symbolic.matrixform import linear_update
+from shapedsde.tangent import tangent
 from shapedsde.verification.all_blocks import one_step_moments
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -141,3 +142,26 @@ def test_registry_refuses_clashes() -> None:
         Derivation("my-block", update=linear_update)
     with pytest.raises(ValueError, match="needs an update rule"):
         Derivation("nothing")
+
+
+def test_tangent_of_the_users_block(damped) -> None:
+    """The user's block has a tangent with no code of its own: derived from its update rule
+    and printed in memory; at beta = 1 it is shaped attention's tangent, at beta = 0.5 not;
+    its finite face's JVP is the directional derivative of the user's finite face."""
+    G = np.random.default_rng(3).standard_normal((6, 9))
+    Q = G @ G.T / 9
+    one = tangent(type(damped)(gamma=0.9, tau0=0.4, beta=1.0))
+    att = tangent(shapedsde.block("attention", gamma=0.9, tau0=0.4))
+    np.testing.assert_allclose(one.drift(Q), att.drift(Q), rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(one.diffusion(Q), att.diffusion(Q), rtol=1e-12, atol=1e-12)
+    assert np.abs(tangent(damped).drift(Q) - att.drift(Q))[3:, 3:].max() > 1e-3
+    X = torch.randn(2, 3, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    T = torch.randn(2, 3, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    out = tangent(damped).finite(torch.cat([X, T], 1), torch.Generator().manual_seed(2))
+
+    def f(x):
+        return damped.finite(x, torch.Generator().manual_seed(2))
+
+    h = 1e-6
+    torch.testing.assert_close(out[:, 3:], (f(X + h * T) - f(X - h * T)) / (2 * h), rtol=1e-6,
+                               atol=1e-6)
