@@ -18,8 +18,21 @@ bias: the token's feature mean removed first). Both have the same SDE
 (docs/normalisation.md: the removed mean moves V by -mu mu^T = O(1/n) a layer, whose mean
 is proportional to V at leading order, and N is scale invariant).
 
+A block of several residual sub-layers (the Transformer block: attention, then MLP; a
+`serial` composition) is normalised sub-layer by sub-layer, as in pre-LN and post-LN
+Transformers: `normalised(transformer, norm, at)` is serial(normalised(attention, norm, at),
+normalised(mlp, norm, at)) (`sublayers`). Its finite face is each sub-layer's finite face
+with its normalisation, in order; its SDE is the sum of the sub-layers' normalised SDEs
+(at leading order the coefficients add, as for any serial composition). For post-norm the
+sum equals the Ito map of the summed (b, Sigma) (the map is linear in them); for pre-norm
+the averaged corrections add too when the sub-layers share gamma (the fast diagonal is an
+AR(1) with the same factor lam^2 in every sub-layer: the spreads it feeds into the next
+sub-layers sum to (w_1 + w_2) / (1 - lam^4) per block, docs/normalisation.md), which a
+Transformer block's do; pre-normalised parts with different gammas are refused.
+
 Exact V chains (`shapedsde.finite`, method="gram") exist where the block has one: post
-(RMS and LayerNorm) and pre (RMS); see `shapedsde.finite.gram_step`.
+(RMS and LayerNorm) and pre (RMS) of a single sub-layer (attention, linear); see
+`shapedsde.finite.gram_step`. The Transformer block has none (method "full" or "reduced").
 """
 
 from __future__ import annotations
@@ -49,6 +62,9 @@ class Normalised(Block):
     norm: str = "rms"
     at: str = "post"
     gamma: float = field(init=False, default=math.nan)
+    #: each residual sub-layer normalised, for a block of several (else None)
+    sublayers: tuple[Normalised, ...] | None = field(init=False, default=None, repr=False,
+                                                   compare=False)
     name: ClassVar[str] = "normalised"
 
     def __post_init__(self) -> None:
@@ -61,10 +77,16 @@ class Normalised(Block):
             raise ValueError(f"unknown norm place {self.at!r}; choose one of {PLACES}")
         if isinstance(self.inner, Normalised):
             raise ValueError("the block is normalised already")
-        if self.at == "pre" and isinstance(self.inner, Serial | TransformerBlock):
-            raise ValueError("pre-normalisation acts on one residual sub-layer: normalise "
-                             "each part, serial(*(normalised(p, at='pre') for p in parts))")
         object.__setattr__(self, "gamma", self.inner.gamma)
+        parts = residual_sublayers(self.inner)
+        if parts is not None:
+            if self.at == "pre" and len({p.gamma for p in parts}) > 1:
+                raise ValueError("pre-normalised sub-layers with different gammas: their "
+                                 "averaged fast-diagonal drifts do not add (derived for a "
+                                 "common gamma, docs/normalisation.md); give every part the "
+                                 "same gamma")
+            object.__setattr__(self, "sublayers", tuple(
+                Normalised(inner=p, norm=self.norm, at=self.at) for p in parts))
 
     @property
     def lam(self) -> float:
@@ -81,7 +103,11 @@ class Normalised(Block):
     # -- the SDE -----------------------------------------------------------
 
     def coefficients_at(self, V: Any) -> tuple[Any, Any]:
-        """(drift, diffusion) at V: the normalised SDE at R = N(V)."""
+        """(drift, diffusion) at V: the normalised SDE at R = N(V) (for several sub-layers,
+        the sum of theirs)."""
+        if self.sublayers is not None:
+            pairs = [p.coefficients_at(V) for p in self.sublayers]
+            return sum(mu for mu, _ in pairs), sum(C for _, C in pairs)
         R = normalise(V)
         b = self.inner.drift(R, check=False)
         S = self.inner.diffusion(R, check=False)
@@ -140,6 +166,10 @@ class Normalised(Block):
                ) -> torch.Tensor:
         _check_hidden(X, values=check)
         self.check_width(X.shape[-1])
+        if self.sublayers is not None:
+            for p in self.sublayers:
+                X = p.finite(X, generator, check=False)
+            return X
         if self.at == "post":
             return self.apply_norm(self.inner.finite(X, generator, check=False))
         Z = self.apply_norm(X)
@@ -147,7 +177,18 @@ class Normalised(Block):
         return self.lam * X + branch
 
 
+def residual_sublayers(blk: Block) -> tuple[Block, ...] | None:
+    """The residual sub-layers of a block of several (the Transformer block's attention and
+    MLP; a serial composition's parts, flattened), or None for a single sub-layer."""
+    if isinstance(blk, TransformerBlock):
+        return blk.parts()
+    if isinstance(blk, Serial):
+        return tuple(q for p in blk.parts for q in (residual_sublayers(p) or (p,)))
+    return None
+
+
 def normalised(blk: Block, norm: str = "rms", at: str = "post") -> Normalised:
     """`blk` with per-token `norm` ("rms" or "layer") before its branch (`at="pre"`) or
-    after its residual sum (`at="post"`)."""
+    after its residual sum (`at="post"`); a Transformer block or a serial composition
+    sub-layer by sub-layer (pre-LN / post-LN Transformer)."""
     return Normalised(inner=blk, norm=norm, at=at)

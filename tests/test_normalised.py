@@ -9,7 +9,11 @@
       post-norm SDE against finite networks (exact Gram chain, RMS and LayerNorm), the
       unnormalised SDE as a control; tr V = m for ever;
 (iv)  the pre-norm averaged drift (paired with post-norm, linear block) -- slow;
-(v)   faces, errors and the CLI.
+(v)   faces, errors and the CLI;
+(vi)  the Transformer block normalised sub-layer by sub-layer (pre-LN / post-LN): its
+      coefficients are the normalised sub-layers' summed, its finite face theirs in turn,
+      and its SDE's law of rho^{01} agrees with finite networks (method "reduced");
+      multi-head and causal attention with norm in the API and the CLI.
 """
 
 from __future__ import annotations
@@ -245,8 +249,13 @@ def test_supports_gram_and_errors() -> None:
         normalised(attention(), "batch")
     with pytest.raises(ValueError, match="norm place"):
         normalised(attention(), at="middle")
-    with pytest.raises(ValueError, match="each part"):
-        normalised(shapedsde.block("transformer", gamma=0.8), at="pre")
+    assert not supports_gram(normalised(shapedsde.block("transformer", gamma=0.8), at="pre"))
+    mixed = shapedsde.serial(attention(), shapedsde.block("mlp", gamma=0.5))
+    with pytest.raises(ValueError, match="different gammas"):
+        normalised(mixed, at="pre")
+    normalised(mixed, at="post")  # post-norm: the Ito maps add for any gammas
+    with pytest.raises(ValueError, match="normalised already"):
+        normalised(shapedsde.serial(normalised(attention()), attention()))
     with pytest.raises(ValueError, match="Block"):
         normalised("attention")
 
@@ -270,3 +279,104 @@ def test_cli(tmp_path) -> None:
     for bad in (["--norm-at", "post"], ["--norm", "batch"], ["--norm", "rms", "--norm-at", "x"]):
         assert main(["sde", *common, *bad, "--paths", "5",
                      "--out", str(tmp_path / "bad.npy")]) == 2
+
+
+# ----------------------------------------------------------------------------
+# (vi) the Transformer block, multi-head and causal attention
+
+
+@pytest.mark.parametrize("heads", [1, 2])
+@pytest.mark.parametrize("at", ["post", "pre"])
+def test_transformer_is_normalised_per_sublayer(at: str, heads: int) -> None:
+    tr = shapedsde.block("transformer", gamma=0.7, tau0=0.5, heads=heads)
+    att, mlp = tr.parts()
+    blk = normalised(tr, "rms", at)
+    per_part = shapedsde.serial(normalised(att, "rms", at), normalised(mlp, "rms", at))
+    assert [p.inner for p in blk.sublayers] == [att, mlp]
+    np.testing.assert_allclose(blk.drift(V_OFF), per_part.drift(V_OFF), atol=1e-15)
+    np.testing.assert_allclose(blk.diffusion(V_OFF), per_part.diffusion(V_OFF), atol=1e-15)
+    # at leading order the coefficients add: the same as one Ito map (and, pre, one
+    # averaged correction with the common lam) of the Transformer's summed b and Sigma
+    R = nz.normalise(V_OFF)
+    mu, C = nz.ito_map(tr.drift(R), tr.diffusion(R), R)
+    if at == "pre":
+        mu = mu + nz.prenorm_correction(tr.diffusion(R), R, tr.lam)
+    np.testing.assert_allclose(blk.drift(V_OFF), mu, atol=1e-14)
+    np.testing.assert_allclose(blk.diffusion(V_OFF), C, atol=1e-14)
+    # the finite face: attention with its normalisation, then the MLP with its own
+    X = torch.randn(4, 3, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    Y = blk.finite(X, torch.Generator().manual_seed(1))
+    g = torch.Generator().manual_seed(1)
+    Y2 = normalised(mlp, "rms", at).finite(normalised(att, "rms", at).finite(X, g), g)
+    assert torch.equal(Y, Y2)
+    if at == "post":
+        assert torch.allclose((Y * Y).mean(-1), torch.ones(4, 3, dtype=Y.dtype))
+
+
+@pytest.mark.parametrize("at", ["post", "pre"])
+def test_transformer_law_fast(at: str) -> None:
+    """normalised(transformer) SDE vs finite networks (method "reduced": the network in
+    law, no exact chain), rho^{01} and lambda_min of N(V) at T = 0.5, n = 64, 400 each."""
+    from shapedsde.verification.normalised import law_statistics
+    V0 = np.array([[1.0, 0.5, 0.5], [0.5, 1.0, 0.5], [0.5, 0.5, 1.0]])
+    blk = normalised(shapedsde.block("transformer", gamma=0.7, tau0=0.5), "rms", at)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        sde = solve(blk, V0, 0.5, paths=400, seed=3)
+    assert np.allclose(np.diagonal(sde.V.numpy(), 0, 1, 2), 1.0)
+    fin = simulate(blk, V0, width=64, T=0.5, nets=400, seed=4, method="reduced")
+    s_sde, s_fin = law_statistics(sde.V), law_statistics(fin, correlation=True)
+    for k in ("rho01", "lmin_over_tr"):
+        assert stats.ks_2samp(s_sde[k], s_fin[k]).pvalue > 1e-3, k
+
+
+@pytest.mark.parametrize("kw", [{"heads": 2}, {"causal": True}])
+def test_multihead_and_causal_attention_with_norm(kw, tmp_path) -> None:
+    from shapedsde.cli import main
+
+    att = shapedsde.block("attention", gamma=0.8, tau0=0.5, **kw)
+    for at in ("post", "pre"):
+        blk = normalised(att, "rms", at)
+        mu, C = blk.drift(V_ISSUE), blk.diffusion(V_ISSUE)
+        assert np.all(np.diagonal(mu) == 0) and np.isfinite(C).all()
+        mu2, C2 = nz.ito_map(att.drift(V_ISSUE), att.diffusion(V_ISSUE), V_ISSUE)
+        if at == "pre":
+            mu2 = mu2 + nz.prenorm_correction(att.diffusion(V_ISSUE), V_ISSUE, att.lam)
+        np.testing.assert_allclose(mu, mu2, atol=1e-14)
+        np.testing.assert_allclose(C, C2, atol=1e-14)
+        X = torch.randn(2, 3, 16, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+        assert blk.finite(X, torch.Generator().manual_seed(1)).shape == X.shape
+    assert supports_gram(normalised(att, "rms", "pre")) is ("causal" in kw)
+    V0 = tmp_path / "V0.npy"
+    np.save(V0, V_ISSUE)
+    flags = ["--heads", "2"] if "heads" in kw else ["--causal"]
+    common = ["--block", "attention", "--gamma", "0.8", "--tau0", "0.5", *flags, "--V0",
+              str(V0), "--T", "0.05", "--seed", "0", "--quiet", "--norm", "rms",
+              "--norm-at", "pre"]
+    out = tmp_path / "sde.npy"
+    assert main(["sde", *common, "--paths", "10", "--out", str(out)]) == 0
+    assert np.allclose(np.diagonal(np.load(out), 0, 1, 2), 1.0)
+    out2 = tmp_path / "fin.npy"
+    assert main(["finite", *common, "--width", "32", "--nets", "5", "--out", str(out2)]) == 0
+    assert np.load(out2).shape == (5, 3, 3)
+
+
+@pytest.mark.parametrize("at", ["post", "pre"])
+def test_cli_transformer_norm(at: str, tmp_path) -> None:
+    from shapedsde.cli import main
+
+    V0 = tmp_path / "V0.npy"
+    np.save(V0, V_ISSUE)
+    common = ["--block", "transformer", "--gamma", "0.7", "--tau0", "0.5", "--heads", "2",
+              "--V0", str(V0), "--T", "0.05", "--seed", "0", "--quiet", "--norm", "rms",
+              "--norm-at", at]
+    out = tmp_path / "sde.npy"
+    assert main(["sde", *common, "--paths", "10", "--out", str(out)]) == 0
+    assert np.allclose(np.diagonal(np.load(out), 0, 1, 2), 1.0)
+    out2 = tmp_path / "fin.npy"
+    assert main(["finite", *common, "--width", "32", "--nets", "5", "--method", "reduced",
+                 "--out", str(out2)]) == 0
+    V = np.load(out2)
+    assert V.shape == (5, 3, 3)
+    if at == "post":
+        assert np.allclose(np.diagonal(V, 0, 1, 2), 1.0)

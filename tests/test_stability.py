@@ -288,8 +288,10 @@ def test_normalised_map_blocks_and_errors():
     assert attention_free(map_block("attention", 0.7, 0.5)).name == "linear"  # unchanged
     with pytest.raises(ValueError, match="norm_at needs norm"):
         map_block("attention", 0.7, 0.5, norm_at="pre")
-    with pytest.raises(ValueError, match="pre-normalisation"):
-        map_block("transformer", 0.7, 0.5, norm="rms", norm_at="pre")
+    pre = map_block("transformer", 0.7, 0.5, norm="rms", norm_at="pre")  # per sub-layer
+    assert [p.inner.name for p in pre.sublayers] == ["attention", "mlp"]
+    free = attention_free(pre)
+    assert free.at == "pre" and [p.inner.name for p in free.sublayers] == ["linear", "mlp"]
 
 
 def test_cli_normalised(tmp_path, capsys):

@@ -88,13 +88,38 @@ def test_tangent_law_check_runs_small() -> None:
 
 @pytest.mark.parametrize("setting", SETTINGS, ids=[s[0] for s in SETTINGS])
 def test_normalised_law_check_runs_small(setting) -> None:
-    label, at, params, control = setting
-    r = normalised_law_check(label, at, params, control, widths=[16, 32], nets=100,
+    label, at, params, control, V0 = setting
+    r = normalised_law_check(label, at, params, control, V0, widths=[16, 32], nets=100,
                              paths=100, T=0.05, seed=2)
     assert r["verdict"] in ("PASS", "FAIL", "NO POWER")
     assert r["line"].startswith(f"{r['verdict']} normalised {label}")
     assert set(r["per_width"][32]) == {"rho01", "lmin_over_tr"}
+    assert r["V0"] == V0
     json.dumps(r)
+
+
+def test_normalised_pre_check_where_the_correction_is_large() -> None:
+    """The pre-norm check runs where the averaged correction is large against the noise
+    (gamma 0.7, tau0 0.25, rho0 0.5, T = 1: the quick run's naive control KS p ~ 1e-9;
+    at the former gamma 0.9, tau0 0.5, rho0 0.3, T = 0.5 it had no power), and the
+    pre-norm networks' statistics are those of their correlation matrices."""
+    from shapedsde.normalised import normalised
+    from shapedsde.verification.normalised import law_statistics, normalised_sizes
+    label, at, params, _, V0 = next(s for s in SETTINGS if s[1] == "pre")
+    assert normalised_sizes(True)["pre"]["T"] == 1.0
+    blk = make_block("attention", **params)
+    R = np.array(V0)
+    ratio = {}
+    for name, b in (("now", blk), ("before", make_block("attention", gamma=0.9, tau0=0.5))):
+        V = R if name == "now" else np.array([[1, .3, .1], [.3, 1, .2], [.1, .2, 1]])
+        pre, post = normalised(b, at="pre"), normalised(b, at="post")
+        corr = pre.drift(V)[0, 1] - post.drift(V)[0, 1]
+        ratio[name] = abs(corr) / math.sqrt(post.diffusion(V)[0, 1, 0, 1])
+    assert ratio["now"] > 2.5 * ratio["before"]
+    D = np.diag([2.0, 1.0, 0.5])
+    s = law_statistics(np.stack([D @ R @ D]), correlation=True)
+    np.testing.assert_allclose(s["rho01"], [0.5])
+    np.testing.assert_allclose(s["lmin_over_tr"], [0.5 / 3])
 
 
 def test_spectrum_check_runs_small() -> None:

@@ -41,7 +41,8 @@ def add_block_args(p: argparse.ArgumentParser, *, finite: bool = False,
     g.add_argument("--norm-at", metavar="WHERE", dest="norm_at",
                    help=f"with --norm: where, one of {', '.join(PLACES)} (post: X' = "
                         "Norm(lam X + gam Branch(X)), the default; pre: X' = lam X + gam "
-                        "Branch(Norm(X)))")
+                        "Branch(Norm(X))); the transformer block is normalised sub-layer by "
+                        "sub-layer (post-LN / pre-LN Transformer)")
 
 
 def option_help(prm: Parameter, blocks: dict[str, type[Block]]) -> str:

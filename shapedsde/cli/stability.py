@@ -47,7 +47,8 @@ def add_parser(sub: Any, fmt: Any) -> None:
                         "P(exit) panels; docs/normalisation.md")
     p.add_argument("--norm-at", choices=PLACES, default=None, dest="norm_at",
                    help="with --norm: post (default; X' = Norm(lam X + gam Branch(X))) or "
-                        "pre (X' = lam X + gam Branch(Norm(X)); attention only)")
+                        "pre (X' = lam X + gam Branch(Norm(X))); the transformer block "
+                        "sub-layer by sub-layer")
     p.add_argument("--eig-threshold", type=float, default=0.05,
                    help="near-degenerate: lambda_min(corr) below this (default 0.05)")
     p.add_argument("--rho-threshold", type=float, default=0.99,

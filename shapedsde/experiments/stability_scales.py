@@ -58,7 +58,7 @@ def attention_free(blk: Block) -> Any:
     attention: the linear block with the same gamma (the value-matrix noise);
     transformer: linear + MLP with the same gamma, c_plus, c_minus; a normalised block:
     the same normalisation around its inner block's (linear + MLP in series for the
-    Transformer block).
+    Transformer block, each sub-layer normalised, as `normalised` does for the block).
     """
     if isinstance(blk, Normalised):
         inner = blk.inner

@@ -15,8 +15,9 @@ Checks (see verify/README.md for how to read them):
    near-singular fraction and survivors' laws against exact finite networks (`depth`);
 9. tangents (`tangent`): the stopped law of the joint Gram of tokens and JVP at T = 0.5
    and its one-step moments, with the dA = 0 control;
-10. normalised blocks (`normalised`): post- and pre-RMS attention at T = 0.5 against exact
-   chains, with the unnormalised and the naive SDE as controls;
+10. normalised blocks (`normalised`): post-RMS attention at T = 0.5 and pre-RMS attention
+   at T = 1 (gamma 0.7, tau0 0.25, rho0 0.5) against exact chains, with the unnormalised
+   and the naive SDE as controls;
 11. spectrum (`spectrum`): log_min, log_max, log_cond at m = 16 against exact chains, with
    another gamma as the control.
 Seeds: every check draws from its own seed, derived from the root seed and the
