@@ -5,6 +5,7 @@ fresh input of its kind; none copies an expectation from the code's own output."
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -530,3 +531,110 @@ def test_a_long_run_is_announced_before_it_starts(monkeypatch: pytest.MonkeyPatc
     with pytest.warns(sde_module.LongRunWarning, match="about"):
         solve(shapedsde.block("linear", gamma=0.5), np.eye(2), 1.0, paths=2, seed=0,
               steps=60)
+
+
+# ---------------------------------------------------------------------------
+# Tangents and normalised blocks (fuzzing of the tangent / normalisation features)
+
+Q2 = np.array([[1.0, 0.3, 0.0, 0.0], [0.3, 0.8, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0],
+               [0.0, 0.0, 0.0, 1.0]])
+
+
+def _att() -> shapedsde.Block:
+    return shapedsde.block("attention", gamma=0.6, tau0=0.8)
+
+
+@pytest.mark.parametrize("size", [2, 5])
+@pytest.mark.parametrize("face", ["sde", "full", "gram"])
+def test_a_tangents_initial_state_needs_2m_rows(size: int, face: str) -> None:
+    """The solvers evaluate the faces unchecked: a (2, 2) V0 was solved as a tangent of
+    m = 1 token (a silently wrong (paths, 2, 2) answer), a (5, 5) one failed deep in Torch.
+    Both are refused at V0, naming initial_joint."""
+    from shapedsde.tangent import tangent
+
+    V0 = np.eye(size) * 0.9 + 0.1
+    with pytest.raises(ValueError, match="2m >= 4 of rows; got " + str(size)):
+        if face == "sde":
+            solve(tangent(_att()), V0, 0.05, paths=2, seed=0)
+        else:
+            simulate(tangent(_att()), V0, width=8, T=0.05, nets=2, seed=0, method=face)
+
+
+@pytest.mark.parametrize("scale", [0.0, -1.0, math.nan, math.inf, "a", True])
+def test_initial_joint_scale_must_be_a_positive_number(scale) -> None:
+    """scale <= 0 gave a singular or indefinite Q0, NaN/inf a non-finite one, a string a
+    NumPy UFuncTypeError."""
+    from shapedsde.tangent import initial_joint
+
+    with pytest.raises(ValueError, match="scale"):
+        initial_joint(V2, scale)
+
+
+def test_tangent_has_no_reduced_sampler() -> None:
+    """method='reduced' draws X W in law from X X^T: its JVP failed inside torch.linalg.qr
+    (and would not have the joint law of (X W, T W) anyway)."""
+    from shapedsde.tangent import initial_joint, tangent
+
+    with pytest.raises(ValueError, match="no reduced sampler"):
+        simulate(tangent(_att()), initial_joint(V2), width=8, T=0.05, nets=2, seed=0,
+                 method="reduced")
+
+
+def test_tangent_of_a_normalised_block_says_it_has_no_sde() -> None:
+    from shapedsde.tangent import initial_joint, tangent
+
+    with pytest.raises(ValueError, match=r"tangent of 'attention\+rms@post' has no SDE"):
+        solve(tangent(shapedsde.normalised(_att())), initial_joint(V2), 0.05, paths=2, seed=0)
+
+
+@pytest.mark.parametrize(("at", "face", "refused"),
+                         [("post", "sde", True), ("pre", "sde", True), ("post", "finite", True),
+                          ("pre", "finite", False)])
+def test_exit_trace_is_refused_where_the_trace_is_fixed(at: str, face: str,
+                                                        refused: bool) -> None:
+    """A normalised state has tr V = m at every depth (the SDE's always, the finite
+    network's after post-norm): P(exit) = 0 was reported for any R."""
+    blk = shapedsde.normalised(_att(), at=at)
+    go = ((lambda: solve(blk, V2, 0.05, paths=2, seed=0, exit_trace=1.5)) if face == "sde"
+          else (lambda: simulate(blk, V2, width=8, T=0.05, nets=2, seed=0, exit_trace=1.5)))
+    if refused:
+        with pytest.raises(ValueError, match="exit_trace .* meaningless"):
+            go()
+    else:
+        go()
+
+
+def test_cli_exit_trace_with_a_post_norm_is_one_error(v0, tmp_path, capsys) -> None:
+    code, _, err = run([*_sde(v0, str(tmp_path / "o.npy")), "--T", "0.05", "--norm", "rms",
+                        "--exit-trace", "1.5"], capsys)
+    assert_one_line_error(code, err, "--exit-trace", "meaningless")
+    assert not list(tmp_path.glob("o.*"))
+
+
+def test_cli_tangent_reduced_is_one_error(v0, tmp_path, capsys) -> None:
+    code, _, err = run(["finite", *ATT, "--V0", v0, "--T", "0.05", "--width", "8", "--nets",
+                        "2", "--seed", "0", "--quiet", "--tangent", "--method", "reduced",
+                        "--out", str(tmp_path / "o.npy")], capsys)
+    assert_one_line_error(code, err, "no reduced sampler")
+    assert not list(tmp_path.glob("o.*"))
+
+
+@pytest.mark.parametrize("command", ["sde", "finite"])
+def test_cli_tangent_spectrum_is_the_tokens_and_meta_names_the_block(command, tmp_path,
+                                                                     capsys) -> None:
+    """--save-spectrum with --tangent wrote the spectrum of Q (2m values a row, mixing V with
+    the arbitrary scale of U); OUT.json lost the smooth MLP's activation."""
+    v0 = tmp_path / "V0.npy"
+    np.save(v0, V2)
+    out = tmp_path / "o.npy"
+    size = (["--paths", "3"] if command == "sde" else ["--width", "8", "--nets", "3"])
+    code, _, err = run([command, "--block", "mlp", "--gamma", "0.6", "--activation", "tanh",
+                        "--V0", str(v0), "--T", "0.05", *size, "--seed", "0", "--quiet",
+                        "--tangent", "--save-spectrum", "--out", str(out)], capsys)
+    assert code == 0, err
+    Q, spec = np.load(out), np.load(tmp_path / "o.spectrum.npy")
+    assert Q.shape == (3, 4, 4) and spec.shape == (3, 2)
+    want = np.log(np.linalg.eigvalsh(Q[:, :2, :2]))
+    np.testing.assert_allclose(spec, want, rtol=1e-10)
+    meta = json.loads((tmp_path / "o.json").read_text())
+    assert meta["activation"] == "tanh" and meta["tangent_of"] == "mlp" and meta["tangent"]
