@@ -638,3 +638,34 @@ def test_cli_tangent_spectrum_is_the_tokens_and_meta_names_the_block(command, tm
     np.testing.assert_allclose(spec, want, rtol=1e-10)
     meta = json.loads((tmp_path / "o.json").read_text())
     assert meta["activation"] == "tanh" and meta["tangent_of"] == "mlp" and meta["tangent"]
+
+
+@pytest.mark.parametrize(("V", "needle"), [
+    (np.array([[1.0, 0.0], [0.0, -1.0]]), "positive semi-definite"),
+    (np.array([[1.0, 5.0], [0.0, 1.0]]), "symmetric"),
+    (np.eye(2) * 1j, "real numbers"),
+    (np.eye(2, dtype=bool), "real numbers"),
+    (np.array(["a"]), "real numbers"),
+])
+def test_log_spectrum_refuses_what_is_not_a_covariance(V, needle) -> None:
+    """An indefinite V had its eigenvalue -1 reported as NaN 'of rounding', a non-symmetric
+    one was silently symmetrised, complex input silently lost its imaginary part, and a
+    string failed inside torch.as_tensor."""
+    from shapedsde.spectrum import log_spectrum
+
+    with pytest.raises(ValueError, match=needle):
+        log_spectrum(V)
+
+
+def test_log_spectrum_rounding_tolerance_follows_the_precision() -> None:
+    """A float32 state's rounding (eigenvalue -1e-7 of the largest) is NaN-flagged, not
+    refused; the same in float64 beyond 1e-8 is refused, and NaN rows pass."""
+    from shapedsde.spectrum import log_spectrum_flags
+
+    V = np.array([[1.0, 0.0], [0.0, -1e-7]])
+    _, bad, _ = log_spectrum_flags(V.astype(np.float32))
+    assert bad.tolist() == [True]
+    with pytest.raises(ValueError, match="positive semi-definite"):
+        log_spectrum_flags(V)
+    logw, bad, _ = log_spectrum_flags(np.stack([np.full((2, 2), np.nan), np.eye(2)]))
+    assert np.isnan(logw[0]).all() and (logw[1] == 0).all() and not bad.any()
