@@ -669,3 +669,24 @@ def test_log_spectrum_rounding_tolerance_follows_the_precision() -> None:
         log_spectrum_flags(V)
     logw, bad, _ = log_spectrum_flags(np.stack([np.full((2, 2), np.nan), np.eye(2)]))
     assert np.isnan(logw[0]).all() and (logw[1] == 0).all() and not bad.any()
+
+
+TRAIN = ["train", "--width", "8", "--depth", "2", "--length", "4", "--vocab", "3", "--batch",
+         "2", "--steps", "2", "--quiet"]
+
+
+@pytest.mark.parametrize(("extra", "needle"), [
+    (["--points", "0.5,1", "--lrs", "", "--seeds", "0"], "expected comma-separated floats"),
+    (["--points", "0.5,1", "0.5,1.0", "--lrs", "0.01", "--seeds", "0"], "points must be distinct"),
+    (["--points", "preln", "preln", "--lrs", "0.01", "--seeds", "0"], "points must be distinct"),
+    (["--points", "0.5,1", "--lrs", "0.01,0.01", "--seeds", "0"], "rates must be distinct"),
+    (["--points", "0.5,1", "--lrs", "0.01", "--seeds", "1", "1"], "seeds must be distinct"),
+    (["--points", "0.5,1", "--lrs", "inf", "--seeds", "0"], "finite"),
+])
+def test_train_refuses_empty_or_repeated_grids(extra, needle, tmp_path, capsys) -> None:
+    """`--lrs ''` silently trained the three default rates; a repeated point, rate or seed
+    was summarised as independent seeds (2 'seeds' with sd 0 from one seed)."""
+    out = tmp_path / "train"
+    code, _, err = run([*TRAIN, *extra, "--out", str(out)], capsys)
+    assert_one_line_error(code, err, needle)
+    assert not out.exists()
