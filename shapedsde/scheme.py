@@ -118,12 +118,18 @@ def check_state(coefficients: Any, V0: Any, name: str = "V0") -> None:
         f(V0, name)
 
 
+def has_fixed_trace(coefficients: Any, face: str) -> bool:
+    """Whether tr V (of the monitored tokens) is the same at every depth on `face` ("sde" or
+    "finite"): the coefficients' `fixed_trace(face)`, False where they have none."""
+    f = getattr(coefficients, "fixed_trace", None)
+    return bool(callable(f) and f(face))
+
+
 def check_exit_trace(coefficients: Any, face: str) -> None:
     """Refuse an exit trace where tr V (of the monitored tokens) is the same at every depth
     on `face` ("sde" or "finite"; the coefficients' `fixed_trace(face)`): R tr V0 would
     never be reached, and P(exit) = 0 would be reported for any R."""
-    f = getattr(coefficients, "fixed_trace", None)
-    if callable(f) and f(face):
+    if has_fixed_trace(coefficients, face):
         label = getattr(coefficients, "label", None) or getattr(coefficients, "name", "")
         raise ValueError(f"exit_trace (--exit-trace) is meaningless for {label}: its "
                          f"{'SDE' if face == 'sde' else 'finite'} state is normalised per "

@@ -690,3 +690,19 @@ def test_train_refuses_empty_or_repeated_grids(extra, needle, tmp_path, capsys) 
     code, _, err = run([*TRAIN, *extra, "--out", str(out)], capsys)
     assert_one_line_error(code, err, needle)
     assert not out.exists()
+
+
+@pytest.mark.parametrize("at", ["post", "pre"])
+def test_stability_of_a_normalised_block_runs_without_an_exit_level(at, tmp_path,
+                                                                     capsys) -> None:
+    """The stability map and its spot check pass no exit level for a normalised block
+    (tr V = m: the solver refuses one), on both faces, so that their survivors are the
+    same population (pre-norm finite nets were stopped, the SDE's paths never)."""
+    code, out, err = run(["stability", "--block", "attention", "--gammas", "0.5", "--tau0s",
+                          "1", "--T", "0.05", "--paths", "3", "--m", "2", "--no-reference",
+                          "--widths", "8", "--nets", "3", "--spot-paths", "3", "--spot",
+                          "0.5,1", "--norm", "rms", "--norm-at", at, "--out",
+                          str(tmp_path)], capsys)
+    assert code == 0, err
+    spot = json.loads(next(tmp_path.glob("*_spot.json")).read_text())
+    assert "P(exit by T) 0.000" in out and spot
