@@ -45,7 +45,7 @@ from .blocks import Block, defining_class
 from .blocks import gram_logits as gram_logits
 from .normalised import Normalised
 from .progress import progress_bar
-from .scheme import monitored_tokens, monitored_trace
+from .scheme import check_exit_trace, check_state, monitored_tokens, monitored_trace
 from .spectrum import log_spectrum
 from .weights import DIRECT_DF, RandomSource, WeightSource, bartlett_factor, standard_normal
 from .weights import gaussian_product as gaussian_product
@@ -185,6 +185,7 @@ def simulate(
     T = val.check_time(T)
     nets = val.check_positive_int("nets", nets)
     method = _check_method(block, method)
+    check_state(block, V0)
     dtype = val.check_float_dtype(dtype)
     if record_every is not None:
         record_every = val.check_positive_int("record_every", record_every)
@@ -194,6 +195,7 @@ def simulate(
         exit_trace = val._finite_scalar("exit_trace", exit_trace)
         if exit_trace <= 1.0:
             raise ValueError(f"exit_trace must be > 1 (a ball tr V < R tr V0); got {exit_trace}")
+        check_exit_trace(block, "finite")
     m = V0.shape[0]
     if n < m:
         raise ValueError(f"width {n} must be >= m = {m}")
@@ -451,6 +453,11 @@ def _check_method(block: Block, method: str) -> str:
         return "gram" if supports_gram(block) else "full"
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}; got {method!r}")
+    if method == "reduced" and not getattr(block, "reduced_sampler", True):
+        raise ValueError(f"block {getattr(block, 'label', block.name)!r} has no reduced "
+                         "sampler (it draws X W in law from X X^T alone, not jointly with the "
+                         "tangent T W); use method='full'"
+                         + (" or 'gram'" if supports_gram(block) else ""))
     if method == "gram" and not supports_gram(block):
         raise ValueError(f"block {getattr(block, 'label', block.name)!r} has no gram sampler; "
                          "use method='full' or 'reduced'")

@@ -146,6 +146,12 @@ class Normalised(Block):
     def noise_groups(self) -> None:
         return None  # the solver factorises the (m^2 x m^2) diffusion
 
+    def fixed_trace(self, face: str) -> bool:
+        """Whether tr V = m at every depth on `face` (`shapedsde.scheme.check_exit_trace`):
+        the SDE's state is a correlation matrix (post and pre), and so is the finite
+        network's after post-normalisation (pre: the stream itself is not normalised)."""
+        return face == "sde" or self.at == "post"
+
     def derivation(self):
         raise ValueError("a normalised block's SDE is built from its inner block's kernels "
                          "(shapedsde.symbolic.normalisation); it has no derivation of its own")

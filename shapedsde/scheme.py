@@ -109,6 +109,33 @@ def monitored_tokens(coefficients: Any, m: int) -> int:
     return m if not callable(f) else int(f(m))
 
 
+def check_state(coefficients: Any, V0: Any, name: str = "V0") -> None:
+    """The coefficients' own check of an initial state's shape (`check_state(V0, name)`,
+    e.g. a tangent's 2m rows): run once at V0 by `shapedsde.solve` and
+    `shapedsde.finite.simulate`, whose steps evaluate the faces unchecked."""
+    f = getattr(coefficients, "check_state", None)
+    if callable(f):
+        f(V0, name)
+
+
+def has_fixed_trace(coefficients: Any, face: str) -> bool:
+    """Whether tr V (of the monitored tokens) is the same at every depth on `face` ("sde" or
+    "finite"): the coefficients' `fixed_trace(face)`, False where they have none."""
+    f = getattr(coefficients, "fixed_trace", None)
+    return bool(callable(f) and f(face))
+
+
+def check_exit_trace(coefficients: Any, face: str) -> None:
+    """Refuse an exit trace where tr V (of the monitored tokens) is the same at every depth
+    on `face` ("sde" or "finite"; the coefficients' `fixed_trace(face)`): R tr V0 would
+    never be reached, and P(exit) = 0 would be reported for any R."""
+    if has_fixed_trace(coefficients, face):
+        label = getattr(coefficients, "label", None) or getattr(coefficients, "name", "")
+        raise ValueError(f"exit_trace (--exit-trace) is meaningless for {label}: its "
+                         f"{'SDE' if face == 'sde' else 'finite'} state is normalised per "
+                         "token, so tr V stays at m and never reaches R tr V0; drop it")
+
+
 def monitored_trace(V: torch.Tensor, k: int) -> torch.Tensor:
     """tr V[:k, :k], shape (...,)."""
     return torch.diagonal(V[..., :k, :k], 0, -2, -1).sum(-1)

@@ -263,6 +263,9 @@ def solve(coefficients: Any, V0: Any, T: float, *, paths: int, seed: int,
         raise WorkLimitError(f"{len(grid)} saved times would take at least as many steps, over "
                              f"max_steps = {max_steps:.3g}; save fewer times")
     V = _initial_state(V0, paths, device, dtype)
+    scheme.check_state(coefficients, V)
+    if exit_trace is not None:
+        scheme.check_exit_trace(coefficients, "sde")
     coefficients, Q = _restrict_to_range(coefficients, V)
     if Q is not None:  # V0 singular with a kept null space: solve for Q^T V Q
         V = Q.T @ V @ Q
@@ -616,9 +619,10 @@ def _restrict_to_range(coefficients: Any, V: torch.Tensor
         return coefficients, None  # positive definite (or per-path: _initial_factor checks)
     m = V0.shape[0]
     if scheme.monitored_tokens(coefficients, m) != m:  # its exit trace reads leading rows
-        raise ValueError(f"the initial state of {_describe(coefficients)} is singular "
-                         f"(smallest eigenvalue {float(w[0]):.3g}): give a positive-definite "
-                         "V0 (duplicated tokens have no tangent SDE on a range here)")
+        raise ValueError(f"the initial state of {_describe(coefficients)} is singular to "
+                         f"working precision (eigenvalues from {float(w[0]):.3g} to "
+                         f"{float(w[-1]):.3g}): give a positive-definite V0 of comparable "
+                         "scales (duplicated tokens have no tangent SDE on a range here)")
     Q, N = on_range.null_split(V0)
     if Q.shape[1] == 0:
         raise ValueError("V0 is zero: there is no SDE to solve")

@@ -35,21 +35,58 @@ class NonPositiveEigenvalueWarning(RuntimeWarning):
     precision); its log-eigenvalue is NaN."""
 
 
+#: A finite V is refused (ValueError) where it is not symmetric, or has an eigenvalue below
+#: -tol |lambda|_max, beyond rounding: tol = max(RTOL, 100 m eps) in V's own precision
+#: (a float32 state rounds at 1e-7, not 1e-16). Within it, an eigenvalue <= 0 is rounding.
+RTOL = 1e-8
+
+
 def eigenvalues(V: Any) -> torch.Tensor:
-    """Eigenvalues (..., m), ascending, float64 Torch, of the symmetric part of V (..., m, m);
-    all NaN for rows whose V is not finite."""
-    X = torch.as_tensor(np.asarray(V) if not isinstance(V, torch.Tensor) else V.detach())
-    X = X.to(torch.float64)
+    """Eigenvalues (..., m), ascending, float64 Torch, of V (..., m, m) (its symmetric part:
+    V symmetric to rounding); all NaN for rows whose V is not finite. ValueError for a V
+    that is not real, not symmetric, or has an eigenvalue < 0 beyond rounding (`RTOL`):
+    not a covariance, whose log-spectrum would be silently wrong."""
+    X = _real_tensor(V)
     if X.ndim < 2 or X.shape[-1] != X.shape[-2]:
         raise ValueError(f"V must have shape (..., m, m); got {tuple(X.shape)}")
+    tol = max(RTOL, 100 * X.shape[-1] * torch.finfo(X.dtype).eps)
+    X = X.to(torch.float64)
     lead, m = X.shape[:-2], X.shape[-1]
     X = X.reshape(-1, m, m)
     ok = torch.isfinite(X).flatten(1).all(1)
     w = torch.full((X.shape[0], m), float("nan"), dtype=torch.float64, device=X.device)
     if bool(ok.any()):
         Y = X[ok]
-        w[ok] = torch.linalg.eigvalsh(0.5 * (Y + Y.transpose(-1, -2)))
+        size = Y.abs().flatten(1).amax(1).clamp_min(torch.finfo(torch.float64).tiny)
+        asym = ((Y - Y.transpose(-1, -2)).abs().flatten(1).amax(1) / size).max()
+        if float(asym) > tol:
+            raise ValueError(f"V must be symmetric (a covariance); max |V - V^T| / max |V| = "
+                             f"{float(asym):.3g}")
+        wy = torch.linalg.eigvalsh(0.5 * (Y + Y.transpose(-1, -2)))
+        low = (wy[:, 0] / wy.abs().amax(1).clamp_min(torch.finfo(torch.float64).tiny)).min()
+        if float(low) < -tol:
+            raise ValueError(f"V must be positive semi-definite (a covariance): an eigenvalue "
+                             f"{float(low):.3g} times the largest, beyond rounding ({tol:.1g})")
+        w[ok] = wy
     return w.reshape(*lead, m)
+
+
+def _real_tensor(V: Any) -> torch.Tensor:
+    """V as a real floating-point Torch tensor (NumPy ints become float64); ValueError for
+    complex, boolean or non-numeric input."""
+    if isinstance(V, torch.Tensor):
+        X = V.detach()
+    else:
+        try:
+            arr = np.asarray(V)
+        except (TypeError, ValueError) as err:  # e.g. ragged nested lists
+            raise ValueError(f"V must be an array of real numbers: {err}") from None
+        if arr.dtype.kind not in "iuf":
+            raise ValueError(f"V must hold real numbers; got dtype {arr.dtype}")
+        X = torch.as_tensor(arr if arr.dtype.kind == "f" else arr.astype(np.float64))
+    if X.is_complex() or X.dtype == torch.bool:
+        raise ValueError(f"V must hold real numbers; got dtype {X.dtype}")
+    return X if X.is_floating_point() else X.to(torch.float64)
 
 
 def log_spectrum(V: Any, *, nonpositive: str = "warn") -> Any:

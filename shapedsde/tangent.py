@@ -54,6 +54,9 @@ class Tangent:
     block: Block
     #: A control, not the Jacobian: the mixing matrix held fixed along the tangent (dA = 0).
     frozen_mixing: bool = False
+    #: No reduced finite sampler (`shapedsde.finite`): it draws X W in law from X X^T alone,
+    #: while the JVP needs T W with the same W.
+    reduced_sampler = False
 
     def __post_init__(self) -> None:
         if not isinstance(self.block, Block):
@@ -63,7 +66,8 @@ class Tangent:
 
     @property
     def name(self) -> str:
-        return f"tangent({self.block.name}{', dA = 0' if self.frozen_mixing else ''})"
+        inner = getattr(self.block, "label", self.block.name)
+        return f"tangent({inner}{', dA = 0' if self.frozen_mixing else ''})"
 
     @property
     def lam(self) -> float:
@@ -88,6 +92,16 @@ class Tangent:
     def noise_groups(self) -> None:
         """No structured noise: the solver factorises the full Sigma(Q) (2m small)."""
         return None
+
+    def check_state(self, Q0: Any, name: str = "Q0") -> None:
+        """An initial state (..., 2m, 2m) with 2m >= 4 rows (`shapedsde.scheme.check_state`:
+        the solvers' steps evaluate the faces unchecked)."""
+        _check_rows(Q0.shape[-1], f"{name} of {self.name}")
+
+    def fixed_trace(self, face: str) -> bool:
+        """Whether tr V (the tokens' block) is the same at every depth: the block's."""
+        f = getattr(self.block, "fixed_trace", None)
+        return bool(callable(f) and f(face))
 
     def monitored_tokens(self, size: int) -> int:
         """How many leading rows of a (size x size) state the exit trace reads: the tokens."""
@@ -181,7 +195,13 @@ def tangent(block: Block, *, frozen_mixing: bool = False) -> Tangent:
 
 def initial_joint(V0: Any, scale: float = 1.0) -> np.ndarray:
     """Q_0 = [[V_0, 0], [0, scale I_m]]: a tangent direction independent of the input."""
-    V0 = np.asarray(val.check_covariance(V0, name="V0"), dtype=np.float64)
+    x = val._finite_scalar("scale", scale)
+    if not x > 0:
+        raise ValueError(f"scale (U_0 = scale I) must be > 0: the tangent directions need a "
+                         f"positive-definite Gram; got {x:g}")
+    scale = x
+    V0 = val.check_covariance(V0, name="V0")
+    V0 = np.asarray(V0.detach().cpu() if val.is_torch(V0) else V0, dtype=np.float64)
     if V0.ndim != 2:
         raise ValueError(f"V0 must be one (m, m) matrix; got shape {V0.shape}")
     m = V0.shape[0]
@@ -192,7 +212,12 @@ def initial_joint(V0: Any, scale: float = 1.0) -> np.ndarray:
 
 def _block_face(blk: Block, face: str, V: Any, C: Any, U: Any, frozen: bool) -> Any:
     """One block's tangent kernel `face` at (V, C, U), the block's parameters passed."""
-    d = blk.derivation()
+    try:
+        d = blk.derivation()
+    except ValueError as err:
+        raise ValueError(f"the tangent of {getattr(blk, 'label', blk.name)!r} has no SDE here "
+                         f"(it is derived from a block's own update rule): {err}; its finite "
+                         "face has one (shapedsde.finite.simulate)") from None
     if not d.has_matrix_form:
         raise ValueError(f"block {blk.name!r}: its tangent is derived from the matrix form of "
                          "its update rule, which it does not declare")
@@ -336,7 +361,12 @@ def _transpose(X: Any) -> Any:
 def _check_joint(Q: Any) -> Any:
     """A joint Gram: symmetric PSD with an even number 2m >= 4 of rows."""
     Q = val.check_covariance(Q, name="Q")
-    if Q.shape[-1] % 2 or Q.shape[-1] < 4:
-        raise ValueError(f"Q is the joint Gram [[V, C], [C^T, U]] of m >= 2 tokens and their "
-                         f"tangents: it needs 2m >= 4 rows; got {Q.shape[-1]}")
+    _check_rows(Q.shape[-1], "Q")
     return Q
+
+
+def _check_rows(size: int, what: str) -> None:
+    if size % 2 or size < 4:
+        raise ValueError(f"{what} is the joint Gram [[V, C], [C^T, U]] of m >= 2 tokens and "
+                         f"their tangents: it needs an even number 2m >= 4 of rows; got {size} "
+                         "(build it from V0 with shapedsde.tangent.initial_joint(V0))")

@@ -5,6 +5,7 @@ fresh input of its kind; none copies an expectation from the code's own output."
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import subprocess
@@ -530,3 +531,178 @@ def test_a_long_run_is_announced_before_it_starts(monkeypatch: pytest.MonkeyPatc
     with pytest.warns(sde_module.LongRunWarning, match="about"):
         solve(shapedsde.block("linear", gamma=0.5), np.eye(2), 1.0, paths=2, seed=0,
               steps=60)
+
+
+# ---------------------------------------------------------------------------
+# Tangents and normalised blocks (fuzzing of the tangent / normalisation features)
+
+Q2 = np.array([[1.0, 0.3, 0.0, 0.0], [0.3, 0.8, 0.0, 0.0], [0.0, 0.0, 1.0, 0.0],
+               [0.0, 0.0, 0.0, 1.0]])
+
+
+def _att() -> shapedsde.Block:
+    return shapedsde.block("attention", gamma=0.6, tau0=0.8)
+
+
+@pytest.mark.parametrize("size", [2, 5])
+@pytest.mark.parametrize("face", ["sde", "full", "gram"])
+def test_a_tangents_initial_state_needs_2m_rows(size: int, face: str) -> None:
+    """The solvers evaluate the faces unchecked: a (2, 2) V0 was solved as a tangent of
+    m = 1 token (a silently wrong (paths, 2, 2) answer), a (5, 5) one failed deep in Torch.
+    Both are refused at V0, naming initial_joint."""
+    from shapedsde.tangent import tangent
+
+    V0 = np.eye(size) * 0.9 + 0.1
+    with pytest.raises(ValueError, match="2m >= 4 of rows; got " + str(size)):
+        if face == "sde":
+            solve(tangent(_att()), V0, 0.05, paths=2, seed=0)
+        else:
+            simulate(tangent(_att()), V0, width=8, T=0.05, nets=2, seed=0, method=face)
+
+
+@pytest.mark.parametrize("scale", [0.0, -1.0, math.nan, math.inf, "a", True])
+def test_initial_joint_scale_must_be_a_positive_number(scale) -> None:
+    """scale <= 0 gave a singular or indefinite Q0, NaN/inf a non-finite one, a string a
+    NumPy UFuncTypeError."""
+    from shapedsde.tangent import initial_joint
+
+    with pytest.raises(ValueError, match="scale"):
+        initial_joint(V2, scale)
+
+
+def test_tangent_has_no_reduced_sampler() -> None:
+    """method='reduced' draws X W in law from X X^T: its JVP failed inside torch.linalg.qr
+    (and would not have the joint law of (X W, T W) anyway)."""
+    from shapedsde.tangent import initial_joint, tangent
+
+    with pytest.raises(ValueError, match="no reduced sampler"):
+        simulate(tangent(_att()), initial_joint(V2), width=8, T=0.05, nets=2, seed=0,
+                 method="reduced")
+
+
+def test_tangent_of_a_normalised_block_says_it_has_no_sde() -> None:
+    from shapedsde.tangent import initial_joint, tangent
+
+    with pytest.raises(ValueError, match=r"tangent of 'attention\+rms@post' has no SDE"):
+        solve(tangent(shapedsde.normalised(_att())), initial_joint(V2), 0.05, paths=2, seed=0)
+
+
+@pytest.mark.parametrize(("at", "face", "refused"),
+                         [("post", "sde", True), ("pre", "sde", True), ("post", "finite", True),
+                          ("pre", "finite", False)])
+def test_exit_trace_is_refused_where_the_trace_is_fixed(at: str, face: str,
+                                                        refused: bool) -> None:
+    """A normalised state has tr V = m at every depth (the SDE's always, the finite
+    network's after post-norm): P(exit) = 0 was reported for any R."""
+    blk = shapedsde.normalised(_att(), at=at)
+    go = ((lambda: solve(blk, V2, 0.05, paths=2, seed=0, exit_trace=1.5)) if face == "sde"
+          else (lambda: simulate(blk, V2, width=8, T=0.05, nets=2, seed=0, exit_trace=1.5)))
+    if refused:
+        with pytest.raises(ValueError, match="exit_trace .* meaningless"):
+            go()
+    else:
+        go()
+
+
+def test_cli_exit_trace_with_a_post_norm_is_one_error(v0, tmp_path, capsys) -> None:
+    code, _, err = run([*_sde(v0, str(tmp_path / "o.npy")), "--T", "0.05", "--norm", "rms",
+                        "--exit-trace", "1.5"], capsys)
+    assert_one_line_error(code, err, "--exit-trace", "meaningless")
+    assert not list(tmp_path.glob("o.*"))
+
+
+def test_cli_tangent_reduced_is_one_error(v0, tmp_path, capsys) -> None:
+    code, _, err = run(["finite", *ATT, "--V0", v0, "--T", "0.05", "--width", "8", "--nets",
+                        "2", "--seed", "0", "--quiet", "--tangent", "--method", "reduced",
+                        "--out", str(tmp_path / "o.npy")], capsys)
+    assert_one_line_error(code, err, "no reduced sampler")
+    assert not list(tmp_path.glob("o.*"))
+
+
+@pytest.mark.parametrize("command", ["sde", "finite"])
+def test_cli_tangent_spectrum_is_the_tokens_and_meta_names_the_block(command, tmp_path,
+                                                                     capsys) -> None:
+    """--save-spectrum with --tangent wrote the spectrum of Q (2m values a row, mixing V with
+    the arbitrary scale of U); OUT.json lost the smooth MLP's activation."""
+    v0 = tmp_path / "V0.npy"
+    np.save(v0, V2)
+    out = tmp_path / "o.npy"
+    size = (["--paths", "3"] if command == "sde" else ["--width", "8", "--nets", "3"])
+    code, _, err = run([command, "--block", "mlp", "--gamma", "0.6", "--activation", "tanh",
+                        "--V0", str(v0), "--T", "0.05", *size, "--seed", "0", "--quiet",
+                        "--tangent", "--save-spectrum", "--out", str(out)], capsys)
+    assert code == 0, err
+    Q, spec = np.load(out), np.load(tmp_path / "o.spectrum.npy")
+    assert Q.shape == (3, 4, 4) and spec.shape == (3, 2)
+    want = np.log(np.linalg.eigvalsh(Q[:, :2, :2]))
+    np.testing.assert_allclose(spec, want, rtol=1e-10)
+    meta = json.loads((tmp_path / "o.json").read_text())
+    assert meta["activation"] == "tanh" and meta["tangent_of"] == "mlp" and meta["tangent"]
+
+
+@pytest.mark.parametrize(("V", "needle"), [
+    (np.array([[1.0, 0.0], [0.0, -1.0]]), "positive semi-definite"),
+    (np.array([[1.0, 5.0], [0.0, 1.0]]), "symmetric"),
+    (np.eye(2) * 1j, "real numbers"),
+    (np.eye(2, dtype=bool), "real numbers"),
+    (np.array(["a"]), "real numbers"),
+])
+def test_log_spectrum_refuses_what_is_not_a_covariance(V, needle) -> None:
+    """An indefinite V had its eigenvalue -1 reported as NaN 'of rounding', a non-symmetric
+    one was silently symmetrised, complex input silently lost its imaginary part, and a
+    string failed inside torch.as_tensor."""
+    from shapedsde.spectrum import log_spectrum
+
+    with pytest.raises(ValueError, match=needle):
+        log_spectrum(V)
+
+
+def test_log_spectrum_rounding_tolerance_follows_the_precision() -> None:
+    """A float32 state's rounding (eigenvalue -1e-7 of the largest) is NaN-flagged, not
+    refused; the same in float64 beyond 1e-8 is refused, and NaN rows pass."""
+    from shapedsde.spectrum import log_spectrum_flags
+
+    V = np.array([[1.0, 0.0], [0.0, -1e-7]])
+    _, bad, _ = log_spectrum_flags(V.astype(np.float32))
+    assert bool(bad)
+    with pytest.raises(ValueError, match="positive semi-definite"):
+        log_spectrum_flags(V)
+    logw, bad, _ = log_spectrum_flags(np.stack([np.full((2, 2), np.nan), np.eye(2)]))
+    assert np.isnan(logw[0]).all() and (logw[1] == 0).all() and not bad.any()
+
+
+TRAIN = ["train", "--width", "8", "--depth", "2", "--length", "4", "--vocab", "3", "--batch",
+         "2", "--steps", "2", "--quiet"]
+
+
+@pytest.mark.parametrize(("extra", "needle"), [
+    (["--points", "0.5,1", "--lrs", "", "--seeds", "0"], "expected comma-separated floats"),
+    (["--points", "0.5,1", "0.5,1.0", "--lrs", "0.01", "--seeds", "0"], "points must be distinct"),
+    (["--points", "preln", "preln", "--lrs", "0.01", "--seeds", "0"], "points must be distinct"),
+    (["--points", "0.5,1", "--lrs", "0.01,0.01", "--seeds", "0"], "rates must be distinct"),
+    (["--points", "0.5,1", "--lrs", "0.01", "--seeds", "1", "1"], "seeds must be distinct"),
+    (["--points", "0.5,1", "--lrs", "inf", "--seeds", "0"], "finite"),
+])
+def test_train_refuses_empty_or_repeated_grids(extra, needle, tmp_path, capsys) -> None:
+    """`--lrs ''` silently trained the three default rates; a repeated point, rate or seed
+    was summarised as independent seeds (2 'seeds' with sd 0 from one seed)."""
+    out = tmp_path / "train"
+    code, _, err = run([*TRAIN, *extra, "--out", str(out)], capsys)
+    assert_one_line_error(code, err, needle)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("at", ["post", "pre"])
+def test_stability_of_a_normalised_block_runs_without_an_exit_level(at, tmp_path,
+                                                                     capsys) -> None:
+    """The stability map and its spot check pass no exit level for a normalised block
+    (tr V = m: the solver refuses one), on both faces, so that their survivors are the
+    same population (pre-norm finite nets were stopped, the SDE's paths never)."""
+    code, out, err = run(["stability", "--block", "attention", "--gammas", "0.5", "--tau0s",
+                          "1", "--T", "0.05", "--paths", "3", "--m", "2", "--no-reference",
+                          "--widths", "8", "--nets", "3", "--spot-paths", "3", "--spot",
+                          "0.5,1", "--norm", "rms", "--norm-at", at, "--out",
+                          str(tmp_path)], capsys)
+    assert code == 0, err
+    spot = json.loads(next(tmp_path.glob("*_spot.json")).read_text())
+    assert "P(exit by T) 0.000" in out and spot

@@ -16,6 +16,7 @@ from ..blocks import Block
 from ..normalised import NORMS, PLACES, Normalised, normalised
 from ..parameters import PARAMETERS, Parameter, declared
 from ..registry import block, block_classes
+from ..scheme import monitored_tokens
 from ..sde import check_device
 from ..spectrum import log_spectrum_flags
 from ..tangent import Tangent, initial_joint, tangent
@@ -101,6 +102,9 @@ def block_meta(blk: Block) -> dict[str, Any]:
     """{"block", "params"} for the outputs, with the activation of a smooth MLP."""
     meta: dict[str, Any] = {"block": blk.name, "params": blk.kernel_params(),
                             "tangent": isinstance(blk, Tangent)}
+    if isinstance(blk, Tangent):  # described as the block it is the tangent of
+        inner = block_meta(blk.block)
+        return {**inner, "block": blk.name, "tangent": True, "tangent_of": inner["block"]}
     if isinstance(blk, Normalised):
         meta.update(block=blk.inner.name, norm=blk.norm, norm_at=blk.at)
         blk = blk.inner
@@ -178,12 +182,17 @@ def one_line(err: BaseException) -> str:
     return " ".join(str(err).split()) or type(err).__name__
 
 
-def spectrum_sidecar(V: np.ndarray, output: _io.Output) -> tuple[np.ndarray, dict[str, Any]]:
+def spectrum_sidecar(V: np.ndarray, output: _io.Output, blk: Any = None
+                     ) -> tuple[np.ndarray, dict[str, Any]]:
     """--save-spectrum: the (N, m) log-eigenvalues of V (N, m, m), ascending
     (`shapedsde.spectrum`), and what OUT.json says of them: the file, and the states with
-    an eigenvalue <= 0 (NaN there) or below the rounding level (kept, an upper bound)."""
-    logw, bad, low = log_spectrum_flags(V)
+    an eigenvalue <= 0 (NaN there) or below the rounding level (kept, an upper bound).
+    For a tangent's joint Gram Q (N, 2m, 2m), the tokens' block V = Q[:m, :m] only (the
+    spectrum of Q mixes V with U, whose scale is the tangent direction's, arbitrary)."""
+    k = V.shape[-1] if blk is None else monitored_tokens(blk, V.shape[-1])
+    logw, bad, low = log_spectrum_flags(V[..., :k, :k])
     return logw, {"spectrum_file": str(output.extras["spectrum"]),
+                  "spectrum_of": "V" if k == V.shape[-1] else f"V = OUT[:, :{k}, :{k}]",
                   "spectrum_n_nonpositive": int(bad.sum()),
                   "spectrum_n_unresolved": int(low.sum())}
 

@@ -132,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
             "n_nonfinite": int((~np.isfinite(V).all(axis=(-2, -1))).sum()),
             "exit_trace": args.exit_trace, **exits}
     if args.save_spectrum:
-        extras["spectrum"], spectrum_meta = spectrum_sidecar(V, output)
+        extras["spectrum"], spectrum_meta = spectrum_sidecar(V, output, blk)
         meta.update(spectrum_meta)
     _io.write_outputs(output, V, meta, extras=extras)
     params = ", ".join(f"{k}={v:g}" for k, v in blk.kernel_params().items())

@@ -69,7 +69,8 @@ def add_save_spectrum(p: argparse.ArgumentParser) -> None:
     p.add_argument("--save-spectrum", action="store_true",
                    help="also write the log-eigenvalues of each V, sorted ascending, to "
                         "OUT.spectrum.npy (N, m); NaN rows where V is NaN, NaN entries (counted "
-                        "in OUT.json) for an eigenvalue <= 0 of rounding")
+                        "in OUT.json) for an eigenvalue <= 0 of rounding; with --tangent, of the "
+                        "tokens' block V of Q")
 
 
 def add_tangent(p: argparse.ArgumentParser, unit: str) -> None:

@@ -139,7 +139,7 @@ def run(args: argparse.Namespace) -> int:
     V = res.V.cpu().numpy()
     spectrum_meta: dict[str, Any] = {}
     if args.save_spectrum:
-        extras["spectrum"], spectrum_meta = spectrum_sidecar(V, output)
+        extras["spectrum"], spectrum_meta = spectrum_sidecar(V, output, blk)
     _io.write_outputs(output, V,
                       {**res.meta, **block_meta(blk), **spectrum_meta,
                        "V0": np.asarray(V0).tolist(), "V0_file": args.V0, "out": str(out),

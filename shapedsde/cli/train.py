@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from typing import Any
 
@@ -72,9 +73,9 @@ def run(args: argparse.Namespace) -> int:
             val.check_positive_int(f"--{key}", sizes[key])
     settings = TrainSettings(**sizes)
     seeds = [val.check_seed(s, "--seeds") for s in (args.seeds or [0, 1, 2])]
-    lrs = args.lrs or [3e-3, 1e-2, 3e-2]
-    if any(not lr > 0 for lr in lrs):
-        raise ValueError(f"--lrs must be > 0; got {lrs}")
+    lrs = [3e-3, 1e-2, 3e-2] if args.lrs is None else args.lrs
+    if any(not (0 < lr < math.inf) for lr in lrs):
+        raise ValueError(f"--lrs must be finite and > 0; got {lrs}")
     log = None if args.quiet else (lambda line: print(line, flush=True))
     res = run_training(args.out, args.points or DEFAULT_POINTS, lrs, seeds, settings,
                        progress=args.progress, log=log)
@@ -86,10 +87,12 @@ def run(args: argparse.Namespace) -> int:
 
 def _floats(text: str) -> list[float]:
     try:
-        return [float(v) for v in text.split(",") if v.strip()]
+        out = [float(v) for v in text.split(",") if v.strip()]
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated floats; got {text!r}"
-                                         ) from None
+        out = []
+    if not out:  # "" would have fallen back on the defaults, silently
+        raise argparse.ArgumentTypeError(f"expected comma-separated floats; got {text!r}")
+    return out
 
 
 def _point(text: str) -> Any:

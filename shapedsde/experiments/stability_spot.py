@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from .. import _io
 from .. import _validation as val
@@ -24,7 +25,7 @@ from ..verification.engine import compare_law
 from . import stability_stats as vt
 from ._common import stem
 from .stability_scales import attention_free, map_block
-from .stability_stats import BOOTSTRAP, EIG_THRESHOLD, EXIT_TRACE, RHO_THRESHOLD, STAT_LABELS
+from .stability_stats import BOOTSTRAP, EIG_THRESHOLD, RHO_THRESHOLD, STAT_LABELS
 
 #: Statistics compared by `spot_check`.
 SPOT_STATS = ("rho_mean", "rho_std", "rho_q10", "rho_q90", "rho_range", "p_degenerate",
@@ -129,8 +130,9 @@ def spot_check(block_name: str, gamma: float, tau0: float, *, T: float, V0: Any,
 
     t0 = time.perf_counter()
     run = simulate(blk, V0, width=width, T=T, nets=nets, seed=seeds["finite"], device=device,
-                   progress=progress, method=method, exit_trace=EXIT_TRACE)
-    Vf = run.V[~run.exited.to(run.V.device)]  # the stopped networks' survivors, as for the SDE
+                   progress=progress, method=method, exit_trace=vt.exit_trace_for(blk))
+    # The stopped networks' survivors, as for the SDE (all of them without an exit level).
+    Vf = run if isinstance(run, torch.Tensor) else run.V[~run.exited.to(run.V.device)]
     t_fin = time.perf_counter() - t0
     t0 = time.perf_counter()
     Vs, meta = vt.solve_survivors(blk, V0, T, paths, seeds["sde"], steps, device)

@@ -13,6 +13,7 @@ import torch
 from scipy.stats import bootstrap as _scipy_bootstrap
 
 from .. import _validation as val
+from ..scheme import has_fixed_trace
 from ..verification.engine import finite_rows, solve_quiet
 
 EIG_THRESHOLD = 0.05
@@ -125,8 +126,15 @@ def solve_survivors(coef: Any, V0: np.ndarray, T: float, paths: int, seed: int,
                     steps: int | None, device: str) -> tuple[torch.Tensor, dict[str, Any]]:
     """The survivors' V_T (paths inside the exit ball up to T) and the run's metadata."""
     res = solve_quiet(coef, V0, T, paths=paths, seed=seed, steps=steps, device=device,
-                      exit_trace=EXIT_TRACE)
+                      exit_trace=exit_trace_for(coef))
     return res.V[res.survivors.to(res.V.device)], res.meta
+
+
+def exit_trace_for(coef: Any) -> float | None:
+    """EXIT_TRACE, or None for a block whose SDE state has tr V = m at every depth (a
+    normalised block: no path ever exits, and the solver refuses the level). The finite
+    spot checks use the same, so that both faces' survivors are the same population."""
+    return None if has_fixed_trace(coef, "sde") else EXIT_TRACE
 
 
 def check_v0(V0: Any) -> np.ndarray:

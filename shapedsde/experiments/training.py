@@ -392,6 +392,17 @@ def run_training(out: str | Path, points: Sequence[Point] = DEFAULT_POINTS,
     `training_summary.csv` into `out`; return what `load_results(out)` reads back."""
     s = settings or TrainSettings()
     seeds = [val.check_seed(x, "seed") for x in seeds]
+    lrs = [val._finite_scalar("learning rate", x) for x in lrs]
+    if any(not lr > 0 for lr in lrs):
+        raise ValueError(f"learning rates must be > 0; got {lrs}")
+    labels = [p.label for p in points]  # the summary groups the runs by label
+    for name, xs in (("points", labels), ("learning rates", lrs), ("seeds", seeds)):
+        if not xs:
+            raise ValueError(f"no {name} given: there would be nothing to train")
+        if len(set(xs)) != len(xs):  # a summary would count the repeated runs as seeds
+            dup = next(x for x in xs if xs.count(x) > 1)
+            raise ValueError(f"{name} must be distinct; {dup} is repeated (its runs would be "
+                             "summarised as independent seeds)")
     folder = _io.make_folder(out)
     torch.set_num_threads(1)
     runs: list[dict[str, Any]] = []
