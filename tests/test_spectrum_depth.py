@@ -35,3 +35,13 @@ def test_unresolved_counts_and_drop_exploded() -> None:
     out = sd.drop_exploded(V, level=1e6)
     assert np.isfinite(out[:, 0]).all()
     assert np.isfinite(out[0, 1]).all() and np.isnan(out[1:, 1]).all()
+
+
+def test_floored_log_spectrum_keeps_rounding_rows() -> None:
+    V = np.stack([np.diag([-1e-18, 1.0, 4.0]), np.diag([1.0, 2.0, 3.0]),
+                  np.full((3, 3), np.nan)])
+    ls, holes = sd.floored_log_spectrum(V)
+    assert holes.tolist() == [1, 0, 0]
+    assert np.isclose(ls[0, 0], np.log(3 * np.finfo(float).eps) + np.log(4.0))
+    assert np.allclose(ls[1], np.log([1.0, 2.0, 3.0])) and np.isnan(ls[2]).all()
+    assert sd.unresolved_counts(ls).tolist() == [1, 0, -1]

@@ -101,8 +101,22 @@ def drop_exploded(traj: torch.Tensor, level: float = BLOWUP) -> np.ndarray:
     return V
 
 
+def floored_log_spectrum(V: Any) -> tuple[np.ndarray, np.ndarray]:
+    """(log-spectrum, nonpositive count per row): `log_spectrum_flags`, with each
+    eigenvalue <= 0 of a finite V (rounding of a state singular to working precision) set
+    to the row's rounding level log(m eps lambda_max) instead of NaN, so the row is kept
+    (its smallest eigenvalues are then unresolved, counted by `unresolved_counts`). Rows
+    of a non-finite V stay NaN."""
+    ls = np.array(log_spectrum_flags(V)[0])
+    m = ls.shape[-1]
+    floor = np.log(m * np.finfo(np.float64).eps) + ls[..., -1:]
+    hole = np.isnan(ls) & np.isfinite(ls[..., -1:])
+    ls = np.where(hole, np.broadcast_to(floor, ls.shape), ls)
+    return ls, hole.sum(axis=-1)
+
+
 def _logspec(V: np.ndarray) -> np.ndarray:
-    return log_spectrum_flags(V)[0]
+    return floored_log_spectrum(V)[0]
 
 
 def run_block(label: str, name: str, params: dict, method: str, *, V0: np.ndarray,
@@ -143,7 +157,8 @@ def run_block(label: str, name: str, params: dict, method: str, *, V0: np.ndarra
         key = f"networks n={width} ({method})"
         out["runs"][key] = {"logspec": ls, "seconds": time.perf_counter() - t0, "n": nets,
                             "n_exploded": int((~np.isfinite(ls[-1]).all(axis=1)).sum()),
-                            "depth": run.depth}
+                            "n_nonfinite_V": int((~torch.isfinite(run.V).all(-1).all(-1))
+                                                 .sum()), "depth": run.depth}
         out["networks"].append(key)
         print(f"  {label} {key}: {nets} nets, depth {run.depth}, "
               f"{out['runs'][key]['n_exploded']} dropped, {time.perf_counter() - t0:.0f} s",
@@ -334,5 +349,5 @@ if __name__ == "__main__":
     raise SystemExit(main())
 
 
-__all__ = ["drop_exploded", "eigen_index", "main", "quantile_bands", "run_block", "summarise",
-           "unresolved_counts", "wishart_start"]
+__all__ = ["drop_exploded", "eigen_index", "floored_log_spectrum", "main", "quantile_bands",
+           "run_block", "summarise", "unresolved_counts", "wishart_start"]
