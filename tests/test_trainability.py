@@ -184,3 +184,12 @@ def test_join_training():
         (0.5, 0.2, 0.003, "partly", None)]
     assert j[2]["prediction"] is None
     assert "not on grid" in tmm.join_markdown(j)
+
+
+def test_cli_refuses_an_option_the_block_does_not_take(tmp_path, capsys):
+    from shapedsde.cli import main
+
+    rc = main(["trainability", "--block", "attention", "--c-plus", "1", "--gammas", "0.5",
+               "--tau0s", "1", "--paths", "5", "--T", "0.01", "--out", str(tmp_path)])
+    assert rc == 2
+    assert "takes no --c-plus" in capsys.readouterr().err

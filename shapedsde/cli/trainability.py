@@ -6,7 +6,8 @@ import argparse
 from typing import Any
 
 from .. import _validation as val
-from .common import EXIT_OK, load_matrix, torch_device
+from ..parameters import declared
+from .common import EXIT_OK, load_matrix, option_blocks, torch_device
 from .options import add_device
 from .stability import _floats
 
@@ -74,6 +75,11 @@ def run(args: argparse.Namespace) -> int:
 
     params = {k: getattr(args, k) for k in ("heads", "c_plus", "c_minus")
               if getattr(args, k) is not None}
+    cls = option_blocks().get(args.block)
+    extra = [k for k in params if cls is not None and k not in {p.name for p in declared(cls)}]
+    if extra:
+        raise ValueError(f"block {args.block!r} takes no "
+                         f"{', '.join('--' + k.replace('_', '-') for k in extra)}")
     V0 = None if args.V0 is None else load_matrix(args.V0, "--V0")
     if args.workers < 1:
         raise ValueError(f"--workers must be >= 1; got {args.workers}")
