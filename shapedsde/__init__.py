@@ -8,8 +8,8 @@ from .blocks import (
     MlpBlock,
     TransformerBlock,
 )
-from .normalised import Normalised, normalised
-from .registry import block, block_classes
+from .normalised import Normalised, block, normalised  # block: with norm= / norm_at=
+from .registry import block_classes
 from .serial import Serial, serial
 
 __all__ = ["AttentionBlock", "block_classes", "Block", "LinearBlock", "MlpBlock", "Normalised",

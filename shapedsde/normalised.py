@@ -45,6 +45,7 @@ import torch
 
 from . import _validation as val
 from .blocks import Block, TransformerBlock, _check_hidden, contract_ito, contract_trace
+from .registry import block as registered_block
 from .serial import Serial
 from .symbolic.normalisation import ito_map, normalise, prenorm_correction
 from .weights import RandomSource
@@ -198,3 +199,15 @@ def normalised(blk: Block, norm: str = "rms", at: str = "post") -> Normalised:
     after its residual sum (`at="post"`); a Transformer block or a serial composition
     sub-layer by sub-layer (pre-LN / post-LN Transformer)."""
     return Normalised(inner=blk, norm=norm, at=at)
+
+
+def block(name: str, *, norm: str | None = None, norm_at: str | None = None,
+          **params: Any) -> Block:
+    """`shapedsde.block(name, **params)`, normalised where `norm` ("rms" or "layer") is
+    given: `norm_at` "post" (default) or "pre" (`normalised`)."""
+    blk = registered_block(name, **params)
+    if norm is None:
+        if norm_at is not None:
+            raise ValueError("norm_at places a normalisation: give norm='rms' or 'layer' too")
+        return blk
+    return normalised(blk, norm=norm, at="post" if norm_at is None else norm_at)

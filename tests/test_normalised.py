@@ -380,3 +380,14 @@ def test_cli_transformer_norm(at: str, tmp_path) -> None:
     assert V.shape == (5, 3, 3)
     if at == "post":
         assert np.allclose(np.diagonal(V, 0, 1, 2), 1.0)
+
+
+def test_block_takes_norm_and_norm_at():
+    """shapedsde.block(NAME, ..., norm=, norm_at=) is normalised(block(NAME, ...), ...)."""
+    V = np.array([[1.0, 0.3, 0.1], [0.3, 1.0, 0.2], [0.1, 0.2, 1.0]])
+    got = shapedsde.block("attention", gamma=0.7, tau0=0.5, norm="rms", norm_at="pre")
+    want = shapedsde.normalised(shapedsde.block("attention", gamma=0.7, tau0=0.5), "rms", "pre")
+    np.testing.assert_allclose(got.drift(V), want.drift(V), rtol=1e-12)
+    assert shapedsde.block("mlp", gamma=0.5, norm="layer").at == "post"
+    with pytest.raises(ValueError, match="norm_at places"):
+        shapedsde.block("attention", gamma=0.7, norm_at="pre")
