@@ -39,8 +39,8 @@ CASES = {
     "attention": ("attention", dict(gamma=0.8, tau0=0.6), 3, 0.5, 1024),
     "attention_m4_T1": ("attention", dict(gamma=0.6, tau0=0.8), 4, 1.0, 1024),
     "causal": ("attention", dict(gamma=0.8, tau0=0.6, causal=True), 3, 0.5, 1024),
-    "heads2": ("attention", dict(gamma=0.8, tau0=0.6, heads=2), 3, 0.5, 256),
-    "transformer": ("transformer", dict(gamma=0.6, tau0=0.8), 3, 0.5, 256),
+    "heads2": ("attention", dict(gamma=0.8, tau0=0.6, heads=2), 3, 0.5, 128),
+    "transformer": ("transformer", dict(gamma=0.6, tau0=0.8), 3, 0.5, 128),
 }
 
 
