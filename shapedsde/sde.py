@@ -176,7 +176,9 @@ class SDEResult:
         steps = (f"{d['steps']} steps (dt={d['dt']:.3g})" if d["step_rule"] == "fixed" else
                  f"adaptive rtol={d['rtol']:g}: {d['steps_mean']:.0f} steps/path "
                  f"(min dt {d['dt_min']:.2g})")
-        line = (f"SDE {d['coefficients']}: {d['paths']} paths, m={d['m']}, T={d['T']:g}, "
+        size = (f"m={d['m']}" if d.get("tokens") is None
+                else f"{d['tokens']} tokens and their tangents ({d['m']} x {d['m']})")
+        line = (f"SDE {d['coefficients']}: {d['paths']} paths, {size}, T={d['T']:g}, "
                 f"{steps}, seed {d['seed']}, {d['device']} {d['dtype']}")
         if d["exit_trace"] is not None:
             line += (f" | exit at tr V >= {val.fmt_level(d['exit_trace'])} tr V0: "
@@ -318,6 +320,8 @@ def solve(coefficients: Any, V0: Any, T: float, *, paths: int, seed: int,
                 noise="structured" if run.uses_structured else "generic", wall_s=wall)
     if Q is not None:
         meta.update(range_rank=Q.shape[1])
+    if run.k != V.shape[-1]:  # a joint state (a tangent): its leading rows are the tokens
+        meta.update(tokens=run.k)
     res = run.result(meta, keep)
     return res if Q is None else _lifted(res, coefficients)
 
