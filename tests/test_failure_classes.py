@@ -345,8 +345,12 @@ def test_a_signal_during_the_write_leaves_no_partial_file(sig, tmp_path) -> None
     script.write_text(WRITER)
     out = tmp_path / "res" / "r.npy"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # The writer starts with the signal's default action even where this process ignores
+    # it (a run under nohup ignores SIGHUP, and children inherit that: the writer would
+    # then rightly keep running).
     proc = subprocess.Popen([sys.executable, str(script), str(out)], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, env=env, text=True)
+                            stderr=subprocess.PIPE, env=env, text=True,
+                            preexec_fn=lambda: signal.signal(sig, signal.SIG_DFL))
     assert proc.stdout.readline().strip() == "staging"
     proc.send_signal(sig)
     proc.wait(timeout=60)
