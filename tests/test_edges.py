@@ -397,10 +397,16 @@ def test_sigint_during_the_renames_is_delivered_after_them() -> None:
     import signal
 
     done = []
-    with pytest.raises(KeyboardInterrupt):
-        with _io._signals_deferred():
-            os.kill(os.getpid(), signal.SIGINT)
-            done.append("renamed")
+    # Python's own SIGINT handler, as in a terminal: a background job starts with SIGINT
+    # ignored, and an ignored signal is rightly not delivered.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with _io._signals_deferred():
+                os.kill(os.getpid(), signal.SIGINT)
+                done.append("renamed")
+    finally:
+        signal.signal(signal.SIGINT, previous)
     assert done == ["renamed"]
 
 
