@@ -578,6 +578,16 @@ def defining_class(cls: type, attr: str) -> type:
     return next(c for c in cls.__mro__ if attr in c.__dict__)
 
 
+def has_gram_face(block: Block) -> bool:
+    """Whether the block's class defines `gram_mixing` and no subclass overrides its
+    finite face (`finite`, `branch_mixing`, `logits`) below the class that defines it."""
+    cls = type(block)
+    owner = defining_class(cls, "gram_mixing")
+    return owner is not Block and all(
+        issubclass(owner, defining_class(cls, face))
+        for face in ("finite", "branch_mixing", "logits") if hasattr(cls, face))
+
+
 def _check_same_kind(V: Any, N: Any) -> None:
     """V and N both NumPy arrays or both Torch tensors."""
     if val.is_torch(V) != val.is_torch(N):

@@ -41,7 +41,7 @@ from . import _validation as val
 from ._linalg import psd_factor
 
 # gram_logits and gaussian_product: the laws the samplers draw from, re-exported here.
-from .blocks import Block, defining_class
+from .blocks import Block, has_gram_face
 from .blocks import gram_logits as gram_logits
 from .normalised import Normalised
 from .progress import progress_bar
@@ -396,16 +396,6 @@ def supports_gram(block: Block) -> bool:
     if isinstance(block, Normalised):
         return supports_gram(block.inner) and (block.at == "post" or block.norm == "rms")
     return has_gram_face(block) and getattr(block, "heads", 1) == 1
-
-
-def has_gram_face(block: Block) -> bool:
-    """Whether the block's class defines `gram_mixing` and no subclass overrides its
-    finite face (`finite`, `branch_mixing`, `logits`) below the class that defines it."""
-    cls = type(block)
-    owner = defining_class(cls, "gram_mixing")
-    return owner is not Block and all(
-        issubclass(owner, defining_class(cls, face))
-        for face in ("finite", "branch_mixing", "logits") if hasattr(cls, face))
 
 
 def gram_mixing(block: Block, L: torch.Tensor, n: int,

@@ -669,11 +669,7 @@ def _noise(coefficients: Any, V: torch.Tensor, dB: torch.Tensor) -> torch.Tensor
     prod = getattr(coefficients, "diffusion_prod", None)
     if callable(prod):
         return prod(V, dB, check=False)
-    P, m = V.shape[0], V.shape[-1]
-    S = coefficients.diffusion(V, check=False).reshape(P, m * m, m * m)
-    bad = ~_finite_rows(S)  # such paths get NaN noise, so the caller freezes them
-    out = _psd_sqrt_times(_zero_where(bad, S), dB.reshape(P, m * m)).reshape(P, m, m)
-    return torch.where(bad[:, None, None], math.nan, out)
+    return _sqrt_times(coefficients.diffusion(V, check=False), dB)
 
 
 def _factor_coordinates_noise(coefficients: Any, V: torch.Tensor, Linv: torch.Tensor,
@@ -683,13 +679,19 @@ def _factor_coordinates_noise(coefficients: Any, V: torch.Tensor, Linv: torch.Te
     L^{-T}) is O(1) however ill-conditioned V is (its eigen-factor then has relative, not
     absolute, accuracy in V's small directions), and the draw is equivariant under
     V -> D V D (L -> D L) path by path, as the structured noise is."""
-    P, m = V.shape[0], V.shape[-1]
     S = coefficients.diffusion(V, check=False)
     for spec in ("pai,pibcd->pabcd", "pbi,paicd->pabcd", "pci,pabid->pabcd",
                  "pdi,pabci->pabcd"):
         S = torch.einsum(spec, Linv, S)
+    return _sqrt_times(S, dB)
+
+
+def _sqrt_times(S: torch.Tensor, dB: torch.Tensor) -> torch.Tensor:
+    """S^{1/2} dB per path for S (paths, m, m, m, m) read as (m^2, m^2) and dB (paths, m, m);
+    NaN where S is not finite (such paths get NaN noise, so the caller freezes them)."""
+    P, m = dB.shape[0], dB.shape[-1]
     S = S.reshape(P, m * m, m * m)
-    bad = ~_finite_rows(S)  # such paths get NaN noise, so the caller freezes them
+    bad = ~_finite_rows(S)
     out = _psd_sqrt_times(_zero_where(bad, S), dB.reshape(P, m * m)).reshape(P, m, m)
     return torch.where(bad[:, None, None], math.nan, out)
 

@@ -33,8 +33,8 @@ from .blocks import (
     Block,
     LinearBlock,
     _check_hidden,
-    defining_class,
     gram_logits,
+    has_gram_face,
     shaped_mixing,
 )
 from .kernels import tangent_kernel
@@ -112,7 +112,7 @@ class Tangent:
     def drift(self, Q: Any, *, check: bool = True) -> Any:
         """b(Q), shape (..., 2m, 2m), for the joint Gram Q (..., 2m, 2m)."""
         Q = _check_joint(Q) if check else Q
-        return _assemble_drift(Q, [self._parts_face("drift", Q)])
+        return _assemble_drift(Q, self._parts_face("drift", Q))
 
     def diffusion(self, Q: Any, *, check: bool = True) -> Any:
         """Sigma(Q), shape (..., 2m, 2m, 2m, 2m): lim n Cov[dQ^{ij}, dQ^{kl}]."""
@@ -153,12 +153,8 @@ class Tangent:
         """Whether the exact Q chain exists: the block's own chain (one head, its finite face
         not overridden below the class that defines the chain) is linear or attention's."""
         blk = self.block
-        cls = type(blk)
-        if not isinstance(blk, LinearBlock | AttentionBlock) or self.heads != 1:
-            return False
-        owner = defining_class(cls, "gram_mixing")
-        return all(issubclass(owner, defining_class(cls, face))
-                   for face in ("finite", "branch_mixing", "logits") if hasattr(cls, face))
+        return (isinstance(blk, LinearBlock | AttentionBlock) and self.heads == 1
+                and has_gram_face(blk))
 
     def gram_mixing(self, L: torch.Tensor, n: int, generator: torch.Generator
                     ) -> torch.Tensor | None:
@@ -195,11 +191,10 @@ def tangent(block: Block, *, frozen_mixing: bool = False) -> Tangent:
 
 def initial_joint(V0: Any, scale: float = 1.0) -> np.ndarray:
     """Q_0 = [[V_0, 0], [0, scale I_m]]: a tangent direction independent of the input."""
-    x = val._finite_scalar("scale", scale)
-    if not x > 0:
+    scale = val._finite_scalar("scale", scale)
+    if not scale > 0:
         raise ValueError(f"scale (U_0 = scale I) must be > 0: the tangent directions need a "
-                         f"positive-definite Gram; got {x:g}")
-    scale = x
+                         f"positive-definite Gram; got {scale:g}")
     V0 = val.check_covariance(V0, name="V0")
     V0 = np.asarray(V0.detach().cpu() if val.is_torch(V0) else V0, dtype=np.float64)
     if V0.ndim != 2:
@@ -242,8 +237,6 @@ _ROWS_CHUNK = 2**20
 def _read_rows(fn: Any, face: str, V: Any, C: Any, U: Any, params: dict[str, Any]) -> Any:
     """A face of a tangent read per entry (causal attention): every factor is evaluated with
     P_x, l_x broadcast on its own label axis x in (a, b, c, d), then read at each entry."""
-    torch_ = val.is_torch(V)
-    lib = torch if torch_ else np
     m = V.shape[-1]
     batch = tuple(V.shape[:-2])
     flat = [X.reshape((-1, m, m)) for X in (V, C, U)]
@@ -252,11 +245,9 @@ def _read_rows(fn: Any, face: str, V: Any, C: Any, U: Any, params: dict[str, Any
     for s in range(0, flat[0].shape[0], size):
         parts = [X[s:s + size] for X in flat]
         outs.append(_read_rows_chunk(fn, face, *parts, params))
+    cat = _concatenate(V)
     if face == "drift":
-        return tuple(lib.concatenate([o[i] for o in outs]).reshape(batch + (m, m))
-                     if not torch_ else torch.cat([o[i] for o in outs]).reshape(batch + (m, m))
-                     for i in range(3))
-    cat = torch.cat if torch_ else np.concatenate
+        return tuple(cat([o[i] for o in outs]).reshape(batch + (m, m)) for i in range(3))
     return {k: cat([o[k] for o in outs]).reshape(batch + (m,) * 4) for k in outs[0]}
 
 
@@ -322,12 +313,11 @@ def _split(Q: Any) -> tuple[Any, Any, Any]:
     return Q[..., :m, :m], Q[..., :m, m:], Q[..., m:, m:]
 
 
-def _assemble_drift(Q: Any, parts: list[tuple[Any, Any, Any]]) -> Any:
-    """[[b^V, b^C], [b^C^T, b^U]]."""
-    bV, bC, bU = parts[0]
-    T = _transpose(bC)
-    cat = torch.cat if val.is_torch(Q) else np.concatenate
-    return cat([cat([bV, bC], -1), cat([T, bU], -1)], -2)
+def _assemble_drift(Q: Any, blocks: tuple[Any, Any, Any]) -> Any:
+    """[[b^V, b^C], [b^C^T, b^U]] from (b^V, b^C, b^U)."""
+    bV, bC, bU = blocks
+    cat = _concatenate(Q)
+    return cat([cat([bV, bC], -1), cat([_transpose(bC), bU], -1)], -2)
 
 
 def _assemble_diffusion(Q: Any, blocks: dict[tuple[str, str], Any]) -> Any:
@@ -352,6 +342,11 @@ def _assemble_diffusion(Q: Any, blocks: dict[tuple[str, str], Any]) -> Any:
                 S = ein("...abcd->...abdc", S)
             out[..., p, :, q, :, r, :, s, :] = S
     return out.reshape(batch + (2 * m,) * 4)
+
+
+def _concatenate(like: Any) -> Any:
+    """torch.cat or np.concatenate, for the library of `like`."""
+    return torch.cat if val.is_torch(like) else np.concatenate
 
 
 def _transpose(X: Any) -> Any:
