@@ -62,15 +62,19 @@ class MatrixCoefficients:
     diffusion: tuple[Kron, ...]
 
 
+#: The layer's noise sources, each an outer product u w^T of Gaussian vectors (by name)
+#: times its scale: xi_S ~ h h^T, xi_M ~ h x^T (value weights), z ~ q k^T / tau0 (logits),
+#: xi_K ~ g g^T (the activation's input).
+SOURCE_VECTORS = {"xi_S": ("h", "h"), "xi_M": ("h", "x"), "z": ("q", "k"), "xi_K": ("g", "g")}
+SOURCE_SCALE = {"xi_S": sp.Integer(1), "xi_M": sp.Integer(1), "z": 1 / TAU0,
+                "xi_K": sp.Integer(1)}
+
+
 def _sources() -> tuple[dict[str, sp.MatrixSymbol], CovarianceTable]:
-    """The layer's noise sources and their covariances, from outer products of
-    Gaussian vectors: xi_S ~ h h^T, xi_M ~ h x^T (value weights), z ~ q k^T / tau0."""
-    names = {"xi_S": ("h", "h"), "xi_M": ("h", "x"), "z": ("q", "k"), "xi_K": ("g", "g")}
+    """The layer's noise sources (`SOURCE_VECTORS`) and their covariances."""
     vec_cov = {(v, v): V for v in "hxqkg"}
-    scale = {"xi_S": sp.Integer(1), "xi_M": sp.Integer(1), "z": 1 / TAU0,
-             "xi_K": sp.Integer(1)}
-    table = outer_product_covariances(names, vec_cov, scale)
-    return {s: sp.MatrixSymbol(s, M_TOKENS, M_TOKENS) for s in names}, table
+    table = outer_product_covariances(SOURCE_VECTORS, vec_cov, SOURCE_SCALE)
+    return {s: sp.MatrixSymbol(s, M_TOKENS, M_TOKENS) for s in SOURCE_VECTORS}, table
 
 
 def attention_expansion(z: MatrixExpr, projector: MatrixExpr = P,
@@ -253,11 +257,7 @@ def derive_matrix_form(d: Derivation | str) -> MatrixCoefficients:
     src, table = _sources()
     orders = by_order(_updated(d, src))
     zero = sp.ZeroMatrix(M_TOKENS, M_TOKENS)
-    D0 = sum((c * _product(f) for c, f in orders.get(0, [])), zero)
-    if sp.simplify(sp.expand((D0 - V).doit())) not in (zero, 0):
-        D0c = sp.expand(sp.factor_terms(D0 - V))
-        if sp.simplify(D0c.subs(LAM, sp.sqrt(1 - GAMMA**2))) not in (zero, 0):
-            raise AssertionError(f"update is not the identity at eps = 0: {D0}")
+    check_identity_at_zero(orders.get(0, []), V, "update")
     first = [as_linear(c, f, src) for c, f in orders.get(1, [])]
     second = first  # the first-order terms of entry (c, d)
     if d.rows:  # entry (c, d) reads its rows with P_c, P_d
@@ -267,6 +267,18 @@ def derive_matrix_form(d: Derivation | str) -> MatrixCoefficients:
     diffusion = [Kron(k.coef / d.heads, k.X, k.xl, k.Y, k.yl)
                  for t1 in first for t2 in second for k in covariance(t1, t2, table)]
     return MatrixCoefficients(d.name, _tidy_matrix(drift), tuple(_collect(diffusion)))
+
+
+def check_identity_at_zero(terms: list[tuple[sp.Expr, list[MatrixExpr]]],
+                           target: MatrixExpr, what: str) -> None:
+    """The eps^0 terms (coef, factors) of an update sum to `target` (lam^2 + gamma^2 = 1):
+    the update is the identity at eps = 0."""
+    zero = sp.ZeroMatrix(M_TOKENS, M_TOKENS)
+    D0 = sum((c * _product(f) for c, f in terms), zero)
+    if sp.simplify(sp.expand((D0 - target).doit())) not in (zero, 0):
+        D0c = sp.expand(sp.factor_terms(D0 - target))
+        if sp.simplify(D0c.subs(LAM, sp.sqrt(1 - GAMMA**2))) not in (zero, 0):
+            raise AssertionError(f"{what} is not the identity at eps = 0: {D0}")
 
 
 def _find(d: Derivation | str) -> Derivation:

@@ -39,12 +39,15 @@ from .matrixform import (
     _ROW_RENAME,
     EPS,
     M_TOKENS,
+    SOURCE_SCALE,
+    SOURCE_VECTORS,
     V,
     _collect,
     _symmetrise,
     _tidy_matrix,
     _updated,
     as_linear,
+    check_identity_at_zero,
     expectation,
 )
 from .smooth import SmoothKernel
@@ -55,12 +58,10 @@ U = sp.MatrixSymbol("U", M_TOKENS, M_TOKENS)  # T T^T / n
 S_LEFT, R_RIGHT = sp.symbols("s_L r_R")
 #: The blocks of the joint state, in order.
 BLOCKS = ("V", "C", "U")
-#: The update's sources by role (`matrixform._sources`): the value step's width sums pair
-#: a left vector with a right one; the logits sit inside one side's mixing matrix.
-PAIRED = {"xi_S": ("h", "h"), "xi_M": ("h", "x"), "xi_K": ("g", "g")}
-INSIDE = {"z": ("q", "k")}
-SCALE = {"xi_S": sp.Integer(1), "xi_M": sp.Integer(1), "z": 1 / sp.Symbol("tau_0", positive=True),
-         "xi_K": sp.Integer(1)}
+#: The update's sources (`matrixform.SOURCE_VECTORS`) by role: the logits sit inside one
+#: side's mixing matrix; the value step's width sums pair a left vector with a right one.
+INSIDE = ("z",)
+PAIRED = tuple(name for name in SOURCE_VECTORS if name not in INSIDE)
 #: Perturbed copies of a source u w^T: u_t w^T, u w_t^T, u_t w_t^T.
 _VARIANTS = {"tx": (True, False), "xt": (False, True), "tt": (True, True)}
 
@@ -166,14 +167,15 @@ def tangent_sources() -> tuple[dict[str, sp.MatrixSymbol], CovarianceTable]:
     weights applied to T): Cov(u, u) = V, Cov(u, u_t) = C, Cov(u_t, u_t) = U.
     """
     terms: dict[str, tuple[str, str]] = {}
-    for name, (u, w) in (PAIRED | INSIDE).items():
-        terms[name] = (u, w)
+    scale: dict[str, sp.Expr] = {}
+    for name, (u, w) in SOURCE_VECTORS.items():
+        terms[name], scale[name] = (u, w), SOURCE_SCALE[name]
         for tag, (tu, tw) in _VARIANTS.items():
             terms[f"{name}_{tag}"] = (u + "t" * tu, w + "t" * tw)
+            scale[f"{name}_{tag}"] = SOURCE_SCALE[name]
     vec_cov = {}
     for v in "hxqkg":
         vec_cov.update({(v, v): V, (v, v + "t"): C, (v + "t", v + "t"): U})
-    scale = {s: SCALE[s.split("_t")[0].split("_x")[0]] for s in terms}
     table = outer_product_covariances(terms, vec_cov, scale)
     return {s: sp.MatrixSymbol(s, M_TOKENS, M_TOKENS) for s in terms}, table
 
@@ -268,7 +270,7 @@ def derive_tangent(d: Derivation | str, frozen: bool = False) -> TangentCoeffici
         raise ValueError(f"{d.name!r} has no matrix-form update rule: its tangent is not "
                          "derived in matrix form")
     src, table = tangent_sources()
-    base = {name: src[name] for name in PAIRED | INSIDE}
+    base = {name: src[name] for name in SOURCE_VECTORS}
     update = _updated(d, base)
     kernels, back = _kernel_perturbation(update)  # a kernel is no source: held apart
     perturbed = _perturbation(src, frozen)
@@ -289,7 +291,8 @@ def derive_tangent(d: Derivation | str, frozen: bool = False) -> TangentCoeffici
         first[X] = [as_linear(c, f, src) for c, f in orders.get((i, j, 1), [])]
         second[X] = [as_linear(c, f, src) for c, f in second_orders.get((i, j, 1), [])]
         if not d.rows:
-            _check_identity_at_zero(X, orders.get((i, j, 0), []))
+            check_identity_at_zero(orders.get((i, j, 0), []), {"V": V, "C": C, "U": U}[X],
+                                   f"the tangent update in {X}")
     diffusion = {}
     for X, Y in combinations_with_replacement(BLOCKS, 2):
         terms = [Kron(k.coef / d.heads, k.X, k.xl, k.Y, k.yl)
@@ -299,15 +302,6 @@ def derive_tangent(d: Derivation | str, frozen: bool = False) -> TangentCoeffici
     diffusion = {k: tuple(Kron(t.coef, t.X.xreplace(back), t.xl, t.Y.xreplace(back), t.yl)
                           for t in ks) for k, ks in diffusion.items()}
     return TangentCoefficients(name, drift, diffusion, d.rows)
-
-
-def _check_identity_at_zero(X: str, terms: list) -> None:
-    """At eps = 0 the update is the identity: X' = X."""
-    target = {"V": V, "C": C, "U": U}[X]
-    total = sum((c * sp.MatMul(*f).doit() for c, f in terms), sp.ZeroMatrix(M_TOKENS, M_TOKENS))
-    rest = _tidy_matrix(sp.expand((total - target).doit()))
-    if sp.simplify(rest) not in (0, sp.ZeroMatrix(M_TOKENS, M_TOKENS)):
-        raise AssertionError(f"the tangent update is not the identity at eps = 0 in {X}: {rest}")
 
 
 @cache
