@@ -93,12 +93,14 @@ def sandwich(Linv: torch.Tensor, X: torch.Tensor) -> torch.Tensor:
     return 0.5 * (Y + Y.transpose(-1, -2))
 
 
-def ito_contraction(coefficients: Any, V: torch.Tensor) -> torch.Tensor:
-    """K(V) from the coefficients' own kernel, or from the full Sigma (O(m^4))."""
+def ito_contraction(coefficients: Any, V: torch.Tensor, Sigma: torch.Tensor | None = None
+                    ) -> torch.Tensor:
+    """K(V) from the coefficients' own kernel, or from the full Sigma (O(m^4)): `Sigma`
+    where the caller has it at V already."""
     f = getattr(coefficients, "ito_contraction", None)
     if callable(f):
         return f(V, check=False)
-    return contract_ito(coefficients.diffusion(V, check=False), V)
+    return contract_ito(coefficients.diffusion(V, check=False) if Sigma is None else Sigma, V)
 
 
 def monitored_tokens(coefficients: Any, m: int) -> int:
@@ -166,14 +168,15 @@ def trace_variance_bound(V: torch.Tensor, Linv: torch.Tensor, K: torch.Tensor,
     return (Vk * Vk).sum((-2, -1)) * ((Linv @ K) * Linv).sum((-2, -1))
 
 
-def drift_and_ito(coefficients: Any, V: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def drift_and_ito(coefficients: Any, V: torch.Tensor, Sigma: torch.Tensor | None = None
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """(b, K) at V: from the coefficients' joint kernel (`drift_and_ito`) where they have
-    one, else from `drift` and `ito_contraction`."""
+    one, else from `drift` and `ito_contraction` (with `Sigma` at V, if given)."""
     both = getattr(coefficients, "drift_and_ito", None)
     if callable(both):
         return both(V)
     b = coefficients.drift(V, check=False)  # first: a block without an SDE says so here
-    return b, ito_contraction(coefficients, V)
+    return b, ito_contraction(coefficients, V, Sigma)
 
 
 def cholesky_velocity(L: torch.Tensor, D: torch.Tensor) -> torch.Tensor:

@@ -418,16 +418,17 @@ class _Run:
         L, V = (self.L, self.V) if whole else (self.L[idx], self.V[idx])
         t = self.t[idx]
         target = self.grid[self.next_save[idx]]  # the next saved time, never stepped over
-        b, K = scheme.drift_and_ito(self.coef, V)
+        Sigma = self._generic_sigma(V)
+        b, K = scheme.drift_and_ito(self.coef, V, Sigma)
         Linv = scheme.triangular_inverse(L)
         D, Kd = scheme.sandwich(Linv, b), scheme.sandwich(Linv, K)  # factor coordinates
         h = torch.minimum(self._dt(L, D, Kd, t, idx), target - t)
         hs = h.to(V.dtype)
         if self.matched:
-            M = scheme.matched_step_matrix(Linv, -0.5 * Kd, *self._noise(xi, V, L, Linv), hs)
+            M = scheme.matched_step_matrix(Linv, -0.5 * Kd, *self._noise(xi, V, L, Linv, Sigma), hs)
             L_new = scheme.factor_step(L @ scheme.drift_factor(D, hs), M, scheme.pade_exp)
         else:
-            M, small = scheme.step_matrix(Linv, -0.5 * Kd, *self._noise(xi, V, L, Linv), hs)
+            M, small = scheme.step_matrix(Linv, -0.5 * Kd, *self._noise(xi, V, L, Linv, Sigma), hs)
             self.n_uncorrected += int((~small).sum())
             L_new = scheme.factor_step(L @ scheme.drift_factor(D, hs), M)
         if self.project is not None:
@@ -481,16 +482,25 @@ class _Run:
         return torch.randn(shape, generator=self.gen, device=self.V.device,
                            dtype=torch.float32).to(self.V.dtype)
 
-    def _noise(self, xi: torch.Tensor, V: torch.Tensor, L: torch.Tensor, Linv: torch.Tensor
-               ) -> tuple[torch.Tensor, bool]:
+    def _generic_sigma(self, V: torch.Tensor) -> torch.Tensor | None:
+        """Sigma(V) where the step's noise is factorised from it (no structured noise, no
+        `diffusion_prod`), computed once a step for the noise and, without an
+        `ito_contraction` hook, for K; else None."""
+        if self.uses_structured or callable(getattr(self.coef, "diffusion_prod", None)):
+            return None
+        return self.coef.diffusion(V, check=False)
+
+    def _noise(self, xi: torch.Tensor, V: torch.Tensor, L: torch.Tensor, Linv: torch.Tensor,
+               Sigma: torch.Tensor | None) -> tuple[torch.Tensor, bool]:
         """(Sigma(V)^{1/2} dB_1, False) per path, or (L^{-1} Sigma(V)^{1/2} dB_1 L^{-T},
         True) where the coefficients offer the structured noise in factor coordinates
         (the step scales it by sqrt(h): it is linear in dB), from the Gaussians `xi`.
-        Structured (O(m^3)) where the coefficients offer it."""
+        Structured (O(m^3)) where the coefficients offer it; else from `Sigma`
+        (`_generic_sigma`)."""
         if not self.uses_structured:
-            if callable(getattr(self.coef, "diffusion_prod", None)):
+            if Sigma is None:  # the coefficients' own product
                 return _noise(self.coef, V, xi), False
-            return _factor_coordinates_noise(self.coef, V, Linv, xi), True
+            return _factor_coordinates_noise(Sigma, Linv, xi), True
         if callable(getattr(self.coef, "factor_noise", None)):
             return self.coef.factor_noise(V, xi, L, Linv), True
         return self.coef.structured_noise(V, xi, check=False, factor=L), False
@@ -672,14 +682,13 @@ def _noise(coefficients: Any, V: torch.Tensor, dB: torch.Tensor) -> torch.Tensor
     return _sqrt_times(coefficients.diffusion(V, check=False), dB)
 
 
-def _factor_coordinates_noise(coefficients: Any, V: torch.Tensor, Linv: torch.Tensor,
-                              dB: torch.Tensor) -> torch.Tensor:
-    """L^{-1} dN L^{-T} for dN with covariance Sigma(V), drawn from dB (paths, m, m) with the
+def _factor_coordinates_noise(S: torch.Tensor, Linv: torch.Tensor, dB: torch.Tensor
+                              ) -> torch.Tensor:
+    """L^{-1} dN L^{-T} for dN with covariance S = Sigma(V), drawn from dB (paths, m, m) with the
     square root taken in factor coordinates: Sigma_d = (L^{-1} (x) L^{-1}) Sigma (L^{-T} (x)
     L^{-T}) is O(1) however ill-conditioned V is (its eigen-factor then has relative, not
     absolute, accuracy in V's small directions), and the draw is equivariant under
     V -> D V D (L -> D L) path by path, as the structured noise is."""
-    S = coefficients.diffusion(V, check=False)
     for spec in ("pai,pibcd->pabcd", "pbi,paicd->pabcd", "pci,pabid->pabcd",
                  "pdi,pabci->pabcd"):
         S = torch.einsum(spec, Linv, S)
