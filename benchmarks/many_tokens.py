@@ -1,19 +1,24 @@
-"""Many tokens: accuracy against steps of the two noise maps (docs/solver.md, "Many tokens").
+"""Many tokens: accuracy against steps and cost of the noise maps (docs/solver.md,
+"Many tokens").
 
     OMP_NUM_THREADS=1 python benchmarks/many_tokens.py [--ms 3 16 64] [--paths 400]
-        [--attention-paths 200] [--parts rates,linear,attention]
+        [--attention-paths 200] [--parts rates,linear,attention,order] [--timed 64 256]
 
 Prints, in one run (one thread; ratios of steps and of wall times, not absolute times):
   rates:     which term of the step rate binds at V0 (`scheme.step_rate`'s three parts);
   linear:    the linear block (gamma 0.5) from V0 = I, fixed steps and the adaptive default
-             of each map, errors against the exact answers (mean log-eigenvalue
-             -k (m+1) T / 2, E tr V / m = 1, E tr V^2 / m from `free_limit.exact_moments`),
-             with Monte-Carlo SEs (same seed for every row of one m);
+             of each map (the old default: corrected map, dt_max 0.01), errors against the
+             exact answers (mean log-eigenvalue -k (m+1) T / 2, E tr V / m = 1,
+             E tr V^2 / m from `free_limit.exact_moments`), with Monte-Carlo SEs (same
+             seed for every row of one m);
   attention: attention gamma 0.5, tau0 1, V0 = G G^T / (2m), T = 1, exit at 5 tr V0:
              P(exit), the survivors' mean tr V_T / tr V0 and their mean largest and median
-             log-eigenvalue (`spectrum.log_spectrum`), for the corrected default, the
-             matched map at dt_max 0.01 and 0.02, and a step-refined reference (the
-             matched map at rtol 0.04, dt_max 0.005), with SEs and steps a path.
+             log-eigenvalue (`spectrum.log_spectrum`) for the old default, the default and
+             a step-refined reference (the matched map at rtol 0.04, dt_max 0.005), with
+             SEs, z against the reference, steps a path and wall time against the old;
+  order:     attention gamma 0.5, tau0 1, m = 16, T = 1, fixed steps 8-64: E log det V_T / m,
+             E tr V_T / m and E log lambda_min against 256 steps, both maps;
+  --timed:   the issue's run (1000 paths, T = 1, exit at 5, default settings) on 2 threads.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ from __future__ import annotations
 import argparse
 import math
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -73,11 +79,11 @@ def linear(ms: list[int], paths: int) -> None:
         print(f" m={m} T={T} paths={paths}: exact mean log-eig {exact[0]:.4f}, "
               f"E tr V/m 1, E tr V^2/m {ex2:.4f}")
         runs = [(n, dict(steps=n)) for n in (2, 4, 8, 16, 32)]
-        runs += [("default", {}), ("dt_max .02", dict(dt_max=0.02))]
+        runs += [("default", {})]
         for label, kw in runs:
             for nm in ("corrected", "matched"):
-                if label == "dt_max .02" and nm == "corrected":
-                    continue
+                if label == "default" and nm == "corrected":
+                    kw = dict(dt_max=0.01)  # the old default: corrected map, dt_max 0.01
                 start = time.perf_counter()
                 r = solve(blk, np.eye(m), T, paths=paths, seed=11 + m, noise_map=nm, **kw)
                 wall = time.perf_counter() - start
@@ -101,28 +107,79 @@ def stopped(r) -> dict:
                 top=mean_se(ls[:, -1]), med=mean_se(ls[:, m // 2]))
 
 
+ATTENTION_RUNS = [("old default", dict(noise_map="corrected", dt_max=0.01)),
+                  ("default", {}),
+                  ("reference", dict(noise_map="matched", rtol=0.04, dt_max=0.005))]
+
+
 def attention(ms: list[int], paths: int) -> None:
     blk = shapedsde.block("attention", gamma=GAMMA, tau0=1.0)
-    print("\n(attention) gamma 0.5, tau0 1, V0 = G G^T/(2m), T = 1, exit 5 tr V0: value +- SE")
+    print("\n(attention) gamma 0.5, tau0 1, V0 = G G^T/(2m), T = 1, exit 5 tr V0: value +- SE;"
+          " [z against the reference]")
     for m in ms:
         V0 = gram(m)
-        runs = [("corrected (default)", dict(noise_map="corrected")),
-                ("matched", dict(noise_map="matched")),
-                ("matched dt_max .02", dict(noise_map="matched", dt_max=0.02)),
-                ("reference", dict(noise_map="matched", rtol=0.04, dt_max=0.005))]
         print(f" m={m} paths={paths}")
-        walls = {}
-        for label, kw in runs:
+        walls, stats = {}, {}
+        for label, kw in ATTENTION_RUNS:
             start = time.perf_counter()
             r = solve(blk, V0, 1.0, paths=paths, seed=21 + m, exit_trace=5, **kw)
             walls[label] = time.perf_counter() - start
             r.meta_V0 = torch.as_tensor(V0)
-            s = stopped(r)
-            print(f"  {label:20s} steps {r.meta['steps_mean']:6.1f} | P(exit) "
-                  f"{s['p'][0]:.4f}+-{s['p'][1]:.4f} | surv trV/trV0 {s['tr'][0]:.4f}+-"
-                  f"{s['tr'][1]:.4f} | log lam_max {s['top'][0]:.4f}+-{s['top'][1]:.4f} "
-                  f"| median log-eig {s['med'][0]:.4f}+-{s['med'][1]:.4f} "
-                  f"| wall {walls[label] / walls['corrected (default)']:.2f}x", flush=True)
+            stats[label] = (stopped(r), r.meta["steps_mean"])
+        ref = stats["reference"][0]
+        for label, _ in ATTENTION_RUNS:
+            s, steps = stats[label]
+            cells = []
+            for key, name in (("p", "P(exit)"), ("tr", "surv trV/trV0"),
+                              ("top", "log lam_max"), ("med", "median log-eig")):
+                (mu, se), (mr, sr) = s[key], ref[key]
+                z = (mu - mr) / math.hypot(se, sr) if label != "reference" else 0.0
+                cells.append(f"{name} {mu:.4f}+-{se:.4f} [{z:+.1f}]")
+            print(f"  {label:12s} steps {steps:6.1f} | " + " | ".join(cells)
+                  + f" | wall {walls[label] / walls['old default']:.2f}x", flush=True)
+
+
+def order(m: int, paths: int) -> None:
+    """Weak order on attention against a step-refined reference: E log det V_T / m,
+    E tr V_T / m and E log lambda_min at fixed steps, both maps, the same seed."""
+    blk = shapedsde.block("attention", gamma=GAMMA, tau0=1.0)
+    V0, T = gram(m), 1.0
+    print(f"\n(order) attention gamma {GAMMA}, tau0 1, m={m}, T={T}, {paths} paths, fixed "
+          "steps; error against the matched map at 256 steps (value +- SE of the difference)")
+
+    def stats(r) -> tuple[torch.Tensor, ...]:  # exploded paths (NaN) are dropped below
+        ls = log_spectrum(r.V, nonpositive="nan")
+        return ls.mean(-1), torch.diagonal(r.V, 0, -2, -1).mean(-1), ls[:, 0]
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        ref = stats(solve(blk, V0, T, paths=paths, seed=31, steps=256))
+    for nm in ("corrected", "matched"):
+        for n in (8, 16, 32, 64):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                r = solve(blk, V0, T, paths=paths, seed=31, steps=n, noise_map=nm)
+            cells = []
+            for name, x, y in zip(("log det/m", "tr V/m", "log lam_min"), stats(r), ref,
+                                  strict=True):
+                d = (x - y)[torch.isfinite(x - y)]
+                cells.append(f"{name} {float(d.mean()):+.4f}+-"
+                             f"{float(d.std()) / math.sqrt(len(d)):.4f}")
+            print(f"  {nm:9s} steps {n:3d} | " + " | ".join(cells), flush=True)
+
+
+def timed(m: int, paths: int, threads: int) -> None:
+    """The issue's run: attention gamma 0.5, tau0 1, V0 = G G^T/(2m), T = 1, exit at 5,
+    at the default settings, on `threads` threads."""
+    torch.set_num_threads(threads)
+    blk = shapedsde.block("attention", gamma=GAMMA, tau0=1.0)
+    start = time.perf_counter()
+    r = solve(blk, gram(m), 1.0, paths=paths, seed=0, exit_trace=5.0)
+    wall = time.perf_counter() - start
+    print(f"\n(timed) m={m}, {paths} paths, {threads} threads, default settings: {wall:.1f} s, "
+          f"{r.meta['steps_mean']:.1f} steps a path, P(exit) {r.meta['p_exit']:.4f} +- "
+          f"{r.meta['p_exit_se']:.4f}, non-finite {r.meta['n_nonfinite']}", flush=True)
+    torch.set_num_threads(1)
 
 
 def main() -> None:
@@ -130,7 +187,12 @@ def main() -> None:
     ap.add_argument("--ms", type=int, nargs="+", default=[3, 16, 64])
     ap.add_argument("--paths", type=int, default=400)
     ap.add_argument("--attention-paths", type=int, default=200)
-    ap.add_argument("--parts", default="rates,linear,attention")
+    ap.add_argument("--parts", default="rates,linear,attention,order")
+    ap.add_argument("--order-m", type=int, default=16)
+    ap.add_argument("--order-paths", type=int, default=2000)
+    ap.add_argument("--timed", type=int, nargs="*", default=[], metavar="M",
+                    help="also time the issue's run at these m (1000 paths, 2 threads)")
+    ap.add_argument("--timed-paths", type=int, default=1000)
     args = ap.parse_args()
     torch.set_num_threads(1)
     parts = args.parts.split(",")
@@ -140,6 +202,10 @@ def main() -> None:
         linear(args.ms, args.paths)
     if "attention" in parts:
         attention(args.ms, args.attention_paths)
+    if "order" in parts:
+        order(args.order_m, args.order_paths)
+    for m in args.timed:
+        timed(m, args.timed_paths, 2)
 
 
 if __name__ == "__main__":

@@ -49,9 +49,14 @@ from .progress import progress_bar
 from .spectrum import log_spectrum
 
 #: Adaptive step: tolerance on the size of the factor increment M (see `shapedsde.scheme`),
-#: and the largest step. Chosen by the error targets in docs/solver.md.
+#: and the largest step at m <= DT_MAX_TOKENS tokens. Chosen by the error targets in
+#: docs/solver.md (P(exit) within 0.004 on the depth grid at m = 3, 4).
 RTOL = 0.1
 DT_MAX = 0.01
+#: Beyond this many tokens the default cap grows like m + 1 (`default_dt_max`).
+DT_MAX_TOKENS = 7
+#: The default noise map (`scheme.SCHEMES`; docs/solver.md, "Many tokens").
+NOISE_MAP = "matched"
 #: A path whose trace reaches BLOWUP * tr(V_0) has exploded. Under a cubic drift the time
 #: left from that level is about BLOWUP^-2 (1e-12) of the blow-up time scale, far below any
 #: step; higher levels cost float64 its accuracy: exploding attention states turn nearly
@@ -105,6 +110,16 @@ def exit_summary(exit_time: Any, exit_trace: float | None) -> dict[str, Any]:
     p = n / t.size
     return {"exit_trace": exit_trace, "n_exits": n, "p_exit": p,
             "p_exit_se": math.sqrt(p * (1 - p) / t.size)}
+
+
+def default_dt_max(m: int) -> float:
+    """The default cap on the adaptive step for m tokens: DT_MAX up to DT_MAX_TOKENS,
+    DT_MAX (m + 1) / (DT_MAX_TOKENS + 1) beyond. The cap resolves the exit problem of
+    tr V, whose relative variance rate falls like 1 / (m + 1) (0.44, 0.08, 0.021, 0.005 at
+    m = 3, 16, 64, 256 for attention gamma 0.5), so the cap grows in proportion; at many
+    tokens the noise then sets the step (docs/solver.md, "Many tokens": the measured
+    P(exit), survivors' and log-spectrum errors at m = 3, 16, 64)."""
+    return DT_MAX * max(1.0, (m + 1) / (DT_MAX_TOKENS + 1))
 
 
 def default_steps(T: float) -> int:
@@ -202,12 +217,12 @@ class SDEResult:
 
 
 def solve(coefficients: Any, V0: Any, T: float, *, paths: int, seed: int,
-          steps: int | None = None, rtol: float = RTOL, dt_max: float = DT_MAX,
+          steps: int | None = None, rtol: float = RTOL, dt_max: float | None = None,
           exit_trace: float | None = None, blowup: float = BLOWUP,
           device: str | torch.device = "cpu", dtype: torch.dtype = torch.float64,
           save_every: int | None = None, save_times: Any = None, progress: bool = False,
           nonfinite: str = "warn", noise: str = "auto", max_steps: int = MAX_STEPS,
-          noise_map: str = "corrected") -> SDEResult:
+          noise_map: str = NOISE_MAP) -> SDEResult:
     """Simulate `paths` independent paths of the covariance SDE from V0 to time T.
 
     coefficients: object with `drift`/`diffusion` (and optional hooks, module docstring).
@@ -219,6 +234,8 @@ def solve(coefficients: Any, V0: Any, T: float, *, paths: int, seed: int,
     steps: None (default) for adaptive steps with tolerance `rtol` and dt <= `dt_max`
         (docs/solver.md: the default meets its error targets); an integer N for N equal
         steps of T / N.
+    dt_max: the largest adaptive step; None (default): `default_dt_max(m)` (0.01 up to
+        m = 7 tokens, growing like m + 1 beyond), m the state's size.
     exit_trace: R > 1 stops each path at the first time tr V_t >= R tr V_0 (see the
         module docstring); None: no stopping.
     blowup: a path with tr V >= blowup tr V_0 has exploded (flagged, V NaN).
@@ -228,10 +245,10 @@ def solve(coefficients: Any, V0: Any, T: float, *, paths: int, seed: int,
     device, dtype: where and in what precision to compute (float32 or float64).
     progress: a tqdm bar on stderr. nonfinite: "warn" or "raise" (module docstring).
     noise: "auto" (structured O(m^3) noise where the coefficients offer it) or "generic".
-    noise_map: "corrected" (default: M = X - excess(X), exp_+, noise tolerance rtol) or
-        "matched" (M = X + a_m (W^2 - K_d h), Pade exp, noise tolerance 5 rtol: about a
-        fifth of the steps where the noise sets the step, many tokens; docs/solver.md,
-        "Many tokens").
+    noise_map: "matched" (default: M = X + b_m W^3, Pade exp, noise tolerance
+        5 rtol: about a fifth of the steps where the noise sets the step, many tokens) or
+        "corrected" (M = X - excess(X), exp_+, noise tolerance rtol; the default before
+        issue 21); docs/solver.md, "Many tokens".
     max_steps: most steps one path may take: a run that needs more (fixed steps, or
         T / dt_max) is refused up front, and an adaptive run that reaches it stops with a
         WorkLimitError (a ValueError and RuntimeError).
@@ -244,10 +261,10 @@ def solve(coefficients: Any, V0: Any, T: float, *, paths: int, seed: int,
     seed = val.check_seed(seed)
     steps = None if steps is None else val.check_positive_int("steps", steps)
     rtol = _check_positive("rtol", rtol)
-    dt_max = _check_positive("dt_max", dt_max)
+    dt_max = None if dt_max is None else _check_positive("dt_max", dt_max)
     blowup = val.check_blowup(blowup)
     max_steps = val.check_positive_int("max_steps", max_steps)
-    check_step_count(T, steps, dt_max, max_steps)
+    check_step_count(T, steps, DT_MAX if dt_max is None else dt_max, max_steps)
     if exit_trace is not None:
         exit_trace = _check_positive("exit_trace", exit_trace)
         if not 1.0 < exit_trace < blowup:
@@ -265,6 +282,7 @@ def solve(coefficients: Any, V0: Any, T: float, *, paths: int, seed: int,
         raise WorkLimitError(f"{len(grid)} saved times would take at least as many steps, over "
                              f"max_steps = {max_steps:.3g}; save fewer times")
     V = _initial_state(V0, paths, device, dtype)
+    dt_max = default_dt_max(V.shape[-1]) if dt_max is None else dt_max
     scheme.check_state(coefficients, V)
     if exit_trace is not None:
         scheme.check_exit_trace(coefficients, "sde")
@@ -276,7 +294,7 @@ def solve(coefficients: Any, V0: Any, T: float, *, paths: int, seed: int,
     if steps is None:
         # The adaptive step is at most about rtol / |K_d|, which is bounded on every state
         # (the drift's rate can be large for a few steps only: scheme's docstring).
-        least = T * max(1.0 / dt_max, rate_K / rtol)
+        least = T * max(1.0 / dt_max, weight * rate_K / rtol)
         if least > max_steps:
             raise WorkLimitError(f"at rtol = {rtol:g} the step at V0 is about "
                                  f"{T / least:.3g}, so the run to T = {T:g} would take about "

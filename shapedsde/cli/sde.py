@@ -75,11 +75,14 @@ def add_parser(sub: Any, fmt: Any) -> None:
     add_save_spectrum(p)
     add_tangent(p, "path")
     add_insist(p)
-    p.add_argument("--noise-map", choices=("corrected", "matched"), default="corrected",
+    p.add_argument("--noise-map", choices=("matched", "corrected"), default="matched",
                    dest="noise_map",
-                   help="the step's noise map: corrected (default; weak order 1) or matched "
-                        "(weak order 2 on E log det V, fewer steps at many tokens; "
-                        "docs/solver.md, 'Many tokens')")
+                   help="the step's noise map: matched (default; weak order 2 on E log det V, "
+                        "a fifth of the steps at many tokens) or corrected (weak order 1, the "
+                        "former default); docs/solver.md, 'Many tokens'")
+    p.add_argument("--dt-max", type=float, metavar="H", dest="dt_max",
+                   help="largest adaptive step (default: 0.01 up to m = 7 tokens, growing "
+                        "like m + 1 beyond; docs/solver.md)")
     p.add_argument("--dtype", choices=("float64", "float32"), default="float64")
     add_device(p)
     p.add_argument("--out", required=True, metavar="OUT.npy", help="output file (.npy)")
@@ -126,7 +129,8 @@ def run(args: argparse.Namespace) -> int:
         # The non-finite warning is repeated below as one line.
         warnings.simplefilter("ignore", RuntimeWarning)
         res = solver.solve(blk, V0, T, paths=paths, seed=seed, steps=args.steps, rtol=args.rtol,
-                    exit_trace=args.exit_trace, device=torch_device(args.device), dtype=dtype,
+                    dt_max=args.dt_max, exit_trace=args.exit_trace,
+                    device=torch_device(args.device), dtype=dtype,
                     progress=not args.quiet, noise_map=args.noise_map,
                     max_steps=10**15 if args.insist else solver.MAX_STEPS, **saves)
     out = output.data

@@ -18,8 +18,8 @@ Checks (see verify/README.md for how to read them):
 10. normalised blocks (`normalised`): post-RMS attention at T = 0.5 and pre-RMS attention
    at T = 1 (gamma 0.7, tau0 0.25, rho0 0.5) against exact chains, with the unnormalised
    and the naive SDE as controls;
-11. spectrum (`spectrum`): log_min, log_max, log_cond at m = 16 against exact chains, with
-   another gamma as the control.
+11. spectrum (`spectrum`): log_min, log_max, log_cond at m = 16 (full: and m = 64) against
+   exact chains, with another gamma as the control.
 Seeds: every check draws from its own seed, derived from the root seed and the
 check's label (`common.derive_seed`), so results are reproducible and do not
 depend on which other checks run.
@@ -58,7 +58,7 @@ from .law import STATISTICS, LawSetting, gram_vs_full_check, law_check
 from .multihead import heads_check
 from .normalised import normalised_checks, normalised_sizes
 from .one_step import PARTS, closed_form_check, one_step_check, raw_consistency_check
-from .spectrum import spectrum_checks, spectrum_sizes
+from .spectrum import MANY_TOKEN_SIZES, spectrum_checks, spectrum_sizes
 from .tangent import tangent_checks, tangent_sizes
 
 # A generic V0 (m = 3): unequal norms and correlations, so P V P is far from 0
@@ -227,7 +227,8 @@ def run_verification(*, quick: bool = True, out_dir: str | Path = "results/verif
     if features:  # the sizes and settings of the feature checks (each result repeats its own)
         report["settings"]["feature_checks"] = {
             "tangent": tangent_sizes(quick), "normalised": normalised_sizes(quick),
-            "spectrum": spectrum_sizes(quick)}
+            "spectrum": spectrum_sizes(quick),
+            **({} if quick else {"spectrum_many_tokens": MANY_TOKEN_SIZES})}
     optional = {"every_block": every_block, "depth": depth, "tangent": features,
                 "normalised": features, "spectrum": features}
     stages = [s for s in STAGES if optional.get(s, True)]
@@ -343,7 +344,7 @@ STAGES = {"closed_form": "closed form of the W^V moments",
           "tangent": "tangents: stopped law of tokens and JVP, one-step moments (dA = 0 "
                      "control)",
           "normalised": "normalised blocks: post- and pre-RMS attention against exact chains",
-          "spectrum": "log-spectrum at m = 16 against exact chains",
+          "spectrum": "log-spectrum at m = 16 (full: and 64) against exact chains",
           "figures": "figures"}
 
 #: Keys of fields that depend on the machine or the moment of the run (wall times, the
