@@ -298,6 +298,12 @@ SCHEMES = ("matched", "corrected")
 #: The matched map's noise tolerance is this many times rtol: h |K_d|_inf <= 5 rtol
 #: (measured error model, docs/solver.md "Many tokens"); the drift's rates keep rtol.
 MATCHED_NOISE_FACTOR = 5.0
+
+
+def noise_weight(noise_map: str) -> float:
+    """The weight of the noise's rate in `step_rate` for a noise map: 1 / MATCHED_NOISE_FACTOR
+    for "matched", 1 for "corrected"."""
+    return 1.0 / MATCHED_NOISE_FACTOR if noise_map == "matched" else 1.0
 MATCHED_NAME = ("positive-definite Euler on the Cholesky factor, matched noise map: "
                 "L' = L U_D chol(exp(M)), M = X + b_m W^3, X = -K_d h/2 + W, "
                 "b_m = (m+2)(m-1) / (24 (2m^2+5m+5)), exp by Pade [2/2] and one "

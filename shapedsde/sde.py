@@ -289,12 +289,12 @@ def solve(coefficients: Any, V0: Any, T: float, *, paths: int, seed: int,
     coefficients, Q = _restrict_to_range(coefficients, V)
     if Q is not None:  # V0 singular with a kept null space: solve for Q^T V Q
         V = Q.T @ V @ Q
-    weight = 1.0 / scheme.MATCHED_NOISE_FACTOR if noise_map == "matched" else 1.0
+    weight = scheme.noise_weight(noise_map)
     rate, rate_K = _probe(coefficients, V[:1], weight)
     if steps is None:
         # The adaptive step is at most about rtol / |K_d|, which is bounded on every state
         # (the drift's rate can be large for a few steps only: scheme's docstring).
-        least = T * max(1.0 / dt_max, weight * rate_K / rtol)
+        least = T * max(1.0 / dt_max, rate_K / rtol)  # rate_K: weighted by _probe
         if least > max_steps:
             raise WorkLimitError(f"at rtol = {rtol:g} the step at V0 is about "
                                  f"{T / least:.3g}, so the run to T = {T:g} would take about "
@@ -359,7 +359,7 @@ class _Run:
         self.rtol, self.dt_max, self.gen, self.nonfinite = rtol, dt_max, generator, nonfinite
         self.structured = structured
         self.matched = noise_map == "matched"
-        self.noise_weight = 1.0 / scheme.MATCHED_NOISE_FACTOR if self.matched else 1.0
+        self.noise_weight = scheme.noise_weight(noise_map)
         project = getattr(coefficients, "project_factor", None)
         self.project = project if callable(project) else None
         P, m = V.shape[0], V.shape[-1]

@@ -58,9 +58,9 @@ def test_gaussian_trace_moments_by_wick() -> None:
     m, n = 3, 400_000
     A = g.standard_normal((n, m, m))
     W = (A + np.swapaxes(A, 1, 2)) / math.sqrt(2)  # E[W_ab W_cd] = d_ac d_bd + d_ad d_bc
-    W4 = np.einsum("nij,njk->nik", W, W)
-    for j, x in ((2, np.trace(W4, axis1=1, axis2=2)),
-                 (4, np.trace(W4 @ W4, axis1=1, axis2=2))):
+    W2 = np.einsum("nij,njk->nik", W, W)
+    for j, x in ((2, np.trace(W2, axis1=1, axis2=2)),
+                 (4, np.trace(W2 @ W2, axis1=1, axis2=2))):
         exact = float(matched_map.gaussian_trace_moment(j).subs(matched_map.m, m))
         assert abs(x.mean() - exact) < 4 * x.std() / math.sqrt(n), (j, x.mean(), exact)
 
@@ -182,6 +182,15 @@ def test_default_step_cap_grows_with_tokens() -> None:
         h = min(sde.default_dt_max(m), 0.5 / (k * (m + 1)))
         assert r.meta["steps"] == math.ceil(0.1 / h - 1e-9)
     assert solve(blk, np.eye(64), 0.1, paths=2, seed=0, dt_max=0.01).meta["steps"] == 10
+
+
+def test_work_estimate_reads_the_matched_noise_rate_once() -> None:
+    """The up-front step estimate T |K_d| / (5 rtol) of the matched map (linear block,
+    gamma 1, m = 256: |K_d| = 257, so about 514 steps per unit T) refuses a run over
+    max_steps before any step, where T / dt_max alone (100 per unit T) would not."""
+    blk = shapedsde.block("linear", gamma=1.0)
+    with pytest.raises(sde.WorkLimitError, match="the step at V0 is about 0.0019"):
+        solve(blk, np.eye(256), 10.0, paths=1, seed=0, max_steps=2000)
 
 
 def test_matched_map_near_singular_attention_stays_positive_definite() -> None:
