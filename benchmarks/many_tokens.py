@@ -82,10 +82,12 @@ def linear(ms: list[int], paths: int) -> None:
         runs += [("default", {})]
         for label, kw in runs:
             for nm in ("corrected", "matched"):
-                if label == "default" and nm == "corrected":
-                    kw = dict(dt_max=0.01)  # the old default: corrected map, dt_max 0.01
+                # the old default is the corrected map at dt_max 0.01; the default's cap is
+                # `default_dt_max(m)` (kw is not reassigned: the matched run must not inherit)
+                old = dict(dt_max=0.01) if label == "default" and nm == "corrected" else {}
                 start = time.perf_counter()
-                r = solve(blk, np.eye(m), T, paths=paths, seed=11 + m, noise_map=nm, **kw)
+                r = solve(blk, np.eye(m), T, paths=paths, seed=11 + m, noise_map=nm, **kw,
+                          **old)
                 wall = time.perf_counter() - start
                 ev = torch.linalg.eigvalsh(r.V)
                 st = (ev.log().mean(-1), ev.mean(-1), (ev**2).mean(-1))
