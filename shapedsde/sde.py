@@ -245,8 +245,8 @@ def solve(coefficients: Any, V0: Any, T: float, *, paths: int, seed: int,
     device, dtype: where and in what precision to compute (float32 or float64).
     progress: a tqdm bar on stderr. nonfinite: "warn" or "raise" (module docstring).
     noise: "auto" (structured O(m^3) noise where the coefficients offer it) or "generic".
-    noise_map: "matched" (default: M = X + b_m W^3, Pade exp, noise tolerance
-        5 rtol: about a fifth of the steps where the noise sets the step, many tokens) or
+    noise_map: "matched" (default: M = X + b_m W^3 + beta_m (tr W) W^2, Pade exp, noise
+        tolerance 5 rtol: about a fifth of the steps where the noise sets the step, many tokens) or
         "corrected" (M = X - excess(X), exp_+, noise tolerance rtol; the default before
         issue 21); docs/solver.md, "Many tokens".
     max_steps: most steps one path may take: a run that needs more (fixed steps, or
@@ -440,7 +440,7 @@ class _Run:
         b, K = scheme.drift_and_ito(self.coef, V, Sigma)
         Linv = scheme.triangular_inverse(L)
         D, Kd = scheme.sandwich(Linv, b), scheme.sandwich(Linv, K)  # factor coordinates
-        h = torch.minimum(self._dt(L, D, Kd, t, idx), target - t)
+        h = scheme.land_evenly(self._dt(L, D, Kd, t, idx), target - t)
         hs = h.to(V.dtype)
         if self.matched:
             M = scheme.matched_step_matrix(Linv, -0.5 * Kd, *self._noise(xi, V, L, Linv, Sigma), hs)

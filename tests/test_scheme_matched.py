@@ -1,9 +1,10 @@
 """The matched noise map (the default; docs/solver.md "Many tokens").
 
-M = X + b_m W^3 with a positive-definite [2/2] Pade exponential: E tr W^3 = 0 and the
-exponential is exact to 4th order, so E log det V_T is exact up to O(h^3) a step (weak
-order 2 on it), and b_m (derived in symbolic.matched_map) gives the step the SDE's
-single-trace moments (1/m) E tr C^p to O(h^2) for the linear block: its spectrum.
+M = X + b_m W^3 + beta_m (tr W) W^2 with a positive-definite [2/2] Pade exponential:
+E tr W^3 = E (tr W) tr W^2 = 0 and the exponential is exact to 4th order, so E log det V_T
+is exact up to O(h^3) a step (weak order 2 on it), and (b_m, beta_m) (derived in
+symbolic.matched_map) give the step the SDE's joint spectral moments E p_lambda(C) to
+O(h^2) for the linear block: the law of its spectrum.
 The order is measured here on the linear block's exact
 E log det V_T = log det V_0 - k m (m + 1) T / 2, fixed seeds, tolerances from the MC SE;
 the corrected map (weak order 1) is the control the test would reject.
@@ -36,33 +37,106 @@ def _one_torch_thread():
     torch.set_num_threads(before)
 
 
-def test_cubic_coefficient_is_the_derivation() -> None:
-    """scheme's closed form b_m equals the SymPy derivation (symbolic.matched_map), which
-    matches every single-trace moment of the step to O(h^2) with a = 0."""
+def test_coefficients_are_the_derivation() -> None:
+    """scheme's closed forms b_m, beta_m equal the SymPy derivation (symbolic.matched_map),
+    which matches every joint spectral moment E p_lambda(C) of the step to O(h^2),
+    |lambda| <= 6, with a = 0."""
     sol = matched_map.matched_coefficients()
     assert sol["a"] == 0
     for m in (1, 2, 3, 7, 16, 64, 513):
         assert scheme.cubic_coefficient(m) == pytest.approx(
             float(sol["b"].subs(matched_map.m, m)), rel=1e-14)
-    assert scheme.cubic_coefficient(1) == 0.0
+        assert scheme.trace_cubic_coefficient(m) == pytest.approx(
+            float(sol["beta"].subs(matched_map.m, m)), rel=1e-14)
+    # m = 1: W is a scalar and W^3 = (tr W) W^2 cancel: exp of a Gaussian is exact
+    assert scheme.cubic_coefficient(1) + scheme.trace_cubic_coefficient(1) == 0.0
     assert scheme.cubic_coefficient(10**7) == pytest.approx(1 / 48, rel=1e-6)
-    # the former map's mean-only condition is a different one: 12 (a^2 + a)(m^2+3m+4) =
-    # (m+2)(m-1), which leaves the higher moments off
+
+
+def test_predecessors_leave_moments_off() -> None:
+    """The single-trace map (beta = 0, b = (m+2)(m-1) / (24 (2m^2+5m+5))) matches every
+    tr C^p but leaves E (tr C)^2 high by (m-1)(m+1)(m+2) h^2 / (2 m (2m^2+5m+5))
+    (normalised by m^2); the mean-only map's condition is another one again."""
+    m = matched_map.m
+    old = matched_map.single_trace_coefficient()
+    assert sympy.simplify(old - (m + 2) * (m - 1) / (24 * (2 * m**2 + 5 * m + 5))) == 0
+    res = matched_map.residuals(3)
+    at = {matched_map.a: 0, matched_map.beta: 0, matched_map.b: old}
+    for p in ((1,), (2,), (3,)):
+        assert sympy.simplify(res[p].subs(at)) == 0
+    expected = (m - 1) * (m + 1) * (m + 2) / (2 * m * (2 * m**2 + 5 * m + 5))
+    assert sympy.simplify(res[(1, 1)].subs(at) - expected) == 0
     cond = matched_map.mean_only_coefficient()
     assert sympy.expand(cond.subs(matched_map.a, 0)) != 0
 
 
 def test_gaussian_trace_moments_by_wick() -> None:
-    """E tr W^j of the isotropic symmetric Gaussian against Monte Carlo at m = 3."""
+    """E prod tr W^j of the isotropic symmetric Gaussian against Monte Carlo at m = 3,
+    single and joint traces up to degree 4."""
     g = np.random.default_rng(0)
     m, n = 3, 400_000
     A = g.standard_normal((n, m, m))
     W = (A + np.swapaxes(A, 1, 2)) / math.sqrt(2)  # E[W_ab W_cd] = d_ac d_bd + d_ad d_bc
     W2 = np.einsum("nij,njk->nik", W, W)
-    for j, x in ((2, np.trace(W2, axis1=1, axis2=2)),
-                 (4, np.trace(W2 @ W2, axis1=1, axis2=2))):
-        exact = float(matched_map.gaussian_trace_moment(j).subs(matched_map.m, m))
-        assert abs(x.mean() - exact) < 4 * x.std() / math.sqrt(n), (j, x.mean(), exact)
+    t = {1: np.trace(W, axis1=1, axis2=2), 2: np.trace(W2, axis1=1, axis2=2),
+         3: np.einsum("nij,nji->n", W2, W), 4: np.einsum("nij,nji->n", W2, W2)}
+    for powers in ((2,), (4,), (1, 1), (1, 3), (2, 2), (1, 1, 2), (1, 1, 1, 1), (0, 2)):
+        x = np.prod([t[j] if j else np.full(n, m) for j in powers], axis=0)
+        exact = float(matched_map.gaussian_multi_trace_moment(powers).subs(matched_map.m, m))
+        assert abs(x.mean() - exact) < 4 * x.std() / math.sqrt(n), (powers, x.mean(), exact)
+    assert matched_map.gaussian_multi_trace_moment((1, 2)) == 0
+
+
+def test_matched_step_matrix_is_the_derived_polynomial() -> None:
+    """matched_step_matrix builds D h + W + b_m W^3 + beta_m (tr W) W^2, float64."""
+    g = torch.Generator().manual_seed(0)
+    m, h = 5, 0.3
+    A = torch.randn(4, m, m, generator=g, dtype=torch.float64)
+    noise = A + A.transpose(-1, -2)
+    drift = -0.5 * torch.eye(m, dtype=torch.float64).expand(4, m, m)
+    M = scheme.matched_step_matrix(None, drift, noise, True, torch.full((4,), h,
+                                                                        dtype=torch.float64))
+    W = noise * math.sqrt(h)
+    trW = torch.diagonal(W, 0, -2, -1).sum(-1)[:, None, None]
+    want = (drift * h + W + scheme.cubic_coefficient(m) * W @ W @ W
+            + scheme.trace_cubic_coefficient(m) * trW * W @ W)
+    assert torch.allclose(M, want, rtol=1e-13, atol=1e-15)
+
+
+def _one_step_joint_gap(monkeypatch: pytest.MonkeyPatch, m: int, h: float, paths: int
+                        ) -> tuple[float, float]:
+    """E (tr C / m)^2 of one step, matched map minus the single-trace map, the same
+    Gaussians (common random numbers): (mean, SE)."""
+    blk = shapedsde.block("linear", gamma=1.0)
+    old = matched_map.single_trace_coefficient()
+
+    def mean_square() -> torch.Tensor:
+        r = solve(blk, np.eye(m), h, paths=paths, seed=3, steps=1)
+        return (torch.diagonal(r.V, 0, -2, -1).sum(-1) / m) ** 2
+
+    matched = mean_square()
+    with monkeypatch.context() as mp:
+        mp.setattr(scheme, "cubic_coefficient", lambda k: float(old.subs(matched_map.m, k)))
+        mp.setattr(scheme, "trace_cubic_coefficient", lambda k: 0.0)
+        d = matched - mean_square()
+    return float(d.mean()), float(d.std()) / math.sqrt(paths)
+
+
+def test_one_step_joint_moment_against_the_derivation(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The derivation's prediction for the solver itself: one step at m = 2, the matched
+    map's E (tr C / m)^2 lies below the single-trace map's by the latter's O(h^2)
+    residual, (m-1)(m+1)(m+2) h^2 / (2 m (2m^2+5m+5)) = 0.130 h^2 (the matched map's own
+    residual is 0). The O(h^3) remainder is removed by Richardson extrapolation from
+    h = 0.02 and 0.01 (measured: 10% of the gap at h = 0.02, 24% at 0.05)."""
+    m, paths = 2, 1_000_000
+    d1, s1 = _one_step_joint_gap(monkeypatch, m, 0.02, paths)
+    d2, s2 = _one_step_joint_gap(monkeypatch, m, 0.01, paths)
+    rate = 2 * d2 / 0.01**2 - d1 / 0.02**2
+    se = math.hypot(2 * s2 / 0.01**2, s1 / 0.02**2)
+    want = -(m - 1) * (m + 1) * (m + 2) / (2 * m * (2 * m * m + 5 * m + 5))
+    assert abs(rate - want) < Z * se, (rate, want, se)
+    assert se < abs(want) / 4  # power: the predecessor (gap 0) is rejected
 
 
 def _log_min(m: int, steps: int, paths: int) -> torch.Tensor:
@@ -85,6 +159,7 @@ def test_matched_map_spectrum_edge_at_coarse_steps(monkeypatch: pytest.MonkeyPat
     diff, se = gap()
     assert abs(diff) < Z * se
     monkeypatch.setattr(scheme, "cubic_coefficient", lambda m: 0.0)
+    monkeypatch.setattr(scheme, "trace_cubic_coefficient", lambda m: 0.0)
     ctrl, cse = gap()
     assert ctrl > 5 * cse
 
@@ -204,3 +279,16 @@ def test_matched_map_near_singular_attention_stays_positive_definite() -> None:
     assert bool(r.finite.all()) and not bool(r.exploded.any())
     assert r.meta["p_exit"] < 0.0125 + Z * 0.0035 + 0.01
     assert bool((torch.linalg.cholesky_ex(r.V)[1] == 0).all())
+
+
+def test_steps_land_evenly_on_the_target() -> None:
+    """The last stretch to a target is split into equal steps, not full steps and a sliver:
+    linear block, gamma 1, m = 64, T = 1/64, where the noise allows h = 0.5 / 65 (T / h =
+    2.03): three steps of T / 3, not two of h and one of 0.0002."""
+    T = 1.0 / 64
+    r = solve(shapedsde.block("linear", gamma=1.0), np.eye(64), T, paths=2, seed=0)
+    assert r.meta["steps"] == 3
+    assert r.meta["dt_min"] == pytest.approx(T / 3, rel=1e-12)
+    h = torch.tensor([0.1, 0.1, 0.3, 0.25, 0.0])  # the last: T = 0 (fixed h = T / steps)
+    gap = torch.tensor([0.3, 0.3000000001, 0.2, 1.0, 0.0])
+    assert torch.allclose(scheme.land_evenly(h, gap), torch.tensor([0.1, 0.1, 0.2, 0.25, 0.0]))
