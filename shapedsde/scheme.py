@@ -209,13 +209,33 @@ def adaptive_dt(rate: torch.Tensor, rtol: float, dt_max: float) -> torch.Tensor:
     return (rtol / rate.clamp_min(torch.finfo(rate.dtype).tiny)).clamp(max=dt_max)
 
 
+#: Relative slack of a landing: a step that ends within SNAP * h of its target lands on it,
+#: and `land_evenly` takes n steps where gap / h <= n + SNAP. It absorbs the clock's
+#: rounding (about sqrt(k) ulp(t) after k steps; a slack of 1e-9 was passed at 3e4 fixed
+#: steps and added a step), and lets a step exceed h by at most SNAP relative.
+SNAP = 1e-6
+
+
+#: `land_evenly` evens out the steps when at most this many are left to the target.
+LANDING_STEPS = 3
+
+
 def land_evenly(h: torch.Tensor, gap: torch.Tensor) -> torch.Tensor:
-    """The largest step <= h that reaches the next target `gap` ahead in equal steps:
-    gap / ceil(gap / h) (per path). Rather than a tiny last step after full ones: for
-    the same number of steps, equal steps have the least error (sum h_i^(p+1) at fixed
-    sum h_i); measured on the trace moments at m = 64 (docs/solver.md)."""
-    n = torch.ceil(gap / h - 1e-9).clamp_min(1.0)
-    return torch.where(gap > 0, gap / n, torch.zeros_like(gap))  # T = 0: h = 0, not 0 / 0
+    """The step towards a target `gap` ahead (per path): where n = ceil(gap / h - SNAP) <=
+    LANDING_STEPS steps are left, gap / n (equal steps, each <= h (1 + SNAP)), else h.
+    Rather than full steps and a sliver: for the same number of steps, equal steps have the
+    least error (sum h_i^(p+1) at fixed sum h_i); measured on the trace moments at m = 64
+    (docs/spectrum.md). Only over the last few steps, where the rate barely changes:
+    spread over the whole run, a rate that grows along the path cost about one step more
+    (attention, m = 64, T = 1: 62.6 against 61.4 steps a path)."""
+    n = torch.ceil(gap / h - SNAP).clamp_min(1.0)
+    step = torch.where(n <= LANDING_STEPS, gap / n, torch.minimum(h, gap))
+    return torch.where(gap > 0, step, torch.zeros_like(gap))  # T = 0: h = 0, not 0 / 0
+
+
+def advance_clock(t: torch.Tensor, h: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """t + h, landed exactly on `target` when it ends within SNAP h of it."""
+    return torch.where(target - (t + h) <= SNAP * h, target, t + h)
 
 
 def drift_factor(D: torch.Tensor, h: torch.Tensor) -> torch.Tensor:

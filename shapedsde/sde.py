@@ -85,8 +85,6 @@ LONG_RUN_STEPS = 1e5
 #: attention from lambda_min / tr V = 1e-4 at 20 fixed steps made up 6 explosions in 100
 #: paths, none at the adaptive default). Such path-steps are counted per path and warned of.
 COARSE = 1.0
-#: Saved times closer than this (relative to the step) to a step's end are landed on.
-_SNAP = 1e-6
 
 SCHEME = scheme.NAME
 NONFINITE_POLICIES = ("warn", "raise")
@@ -452,7 +450,7 @@ class _Run:
         if self.project is not None:
             L_new = self.project(L_new)
         V_new = L_new @ L_new.transpose(-1, -2)
-        t_new = torch.where(target - (t + h) <= _SNAP * h, target, t + h)
+        t_new = scheme.advance_clock(t, h, target)
         ok = _finite_rows(V_new)
         self._kill(idx[~ok], k)
         trace = torch.diagonal(V_new, 0, -2, -1).sum(-1).to(torch.float64)

@@ -292,3 +292,18 @@ def test_steps_land_evenly_on_the_target() -> None:
     h = torch.tensor([0.1, 0.1, 0.3, 0.25, 0.0])  # the last: T = 0 (fixed h = T / steps)
     gap = torch.tensor([0.3, 0.3000000001, 0.2, 1.0, 0.0])
     assert torch.allclose(scheme.land_evenly(h, gap), torch.tensor([0.1, 0.1, 0.2, 0.25, 0.0]))
+
+
+@pytest.mark.parametrize("T", [1.3, 5.1, 200.0])
+def test_many_fixed_steps_take_exactly_their_number(T: float) -> None:
+    """The solver's clock (`land_evenly`, then `advance_clock`) at h = T / N takes N steps
+    at N = 30000, where rounding of t has grown past a slack of 1e-9 of h (with SNAP =
+    1e-9 each of these T took N + 1 steps)."""
+    N = 30000
+    t, target = torch.zeros(2, dtype=torch.float64), torch.full((2,), T, dtype=torch.float64)
+    h = target / N
+    steps = 0
+    while bool((t < target).any()):
+        t = scheme.advance_clock(t, scheme.land_evenly(h, target - t), target)
+        steps += 1
+    assert steps == N
