@@ -170,15 +170,17 @@ def order(m: int, paths: int) -> None:
             print(f"  {nm:9s} steps {n:3d} | " + " | ".join(cells), flush=True)
 
 
-def timed(m: int, paths: int, threads: int) -> None:
+def timed(m: int, paths: int, threads: int, label: str = "default") -> None:
     """The issue's run: attention gamma 0.5, tau0 1, V0 = G G^T/(2m), T = 1, exit at 5,
-    at the default settings, on `threads` threads."""
+    at the default settings ("default") or the old default's ("old default"), on
+    `threads` threads."""
     torch.set_num_threads(threads)
     blk = shapedsde.block("attention", gamma=GAMMA, tau0=1.0)
+    settings = dict(ATTENTION_RUNS)[label]
     start = time.perf_counter()
-    r = solve(blk, gram(m), 1.0, paths=paths, seed=0, exit_trace=5.0)
+    r = solve(blk, gram(m), 1.0, paths=paths, seed=0, exit_trace=5.0, **settings)
     wall = time.perf_counter() - start
-    print(f"\n(timed) m={m}, {paths} paths, {threads} threads, default settings: {wall:.1f} s, "
+    print(f"\n(timed) m={m}, {paths} paths, {threads} threads, {label} settings: {wall:.1f} s, "
           f"{r.meta['steps_mean']:.1f} steps a path, P(exit) {r.meta['p_exit']:.4f} +- "
           f"{r.meta['p_exit_se']:.4f}, non-finite {r.meta['n_nonfinite']}", flush=True)
     torch.set_num_threads(1)
@@ -195,6 +197,8 @@ def main() -> None:
     ap.add_argument("--timed", type=int, nargs="*", default=[], metavar="M",
                     help="also time the issue's run at these m (1000 paths, 2 threads)")
     ap.add_argument("--timed-paths", type=int, default=1000)
+    ap.add_argument("--timed-old", action="store_true",
+                    help="time the old default (corrected map, dt_max 0.01) after the default")
     args = ap.parse_args()
     torch.set_num_threads(1)
     parts = args.parts.split(",")
@@ -208,6 +212,8 @@ def main() -> None:
         order(args.order_m, args.order_paths)
     for m in args.timed:
         timed(m, args.timed_paths, 2)
+        if args.timed_old:
+            timed(m, args.timed_paths, 2, "old default")
 
 
 if __name__ == "__main__":
