@@ -229,7 +229,7 @@ def land_evenly(h: torch.Tensor, gap: torch.Tensor) -> torch.Tensor:
     spread over the whole run, a rate that grows along the path cost about one step more
     (attention, m = 64, T = 1: 62.6 against 61.4 steps a path)."""
     n = torch.ceil(gap / h - SNAP).clamp_min(1.0)
-    step = torch.where(n <= LANDING_STEPS, gap / n, torch.minimum(h, gap))
+    step = torch.where(n <= LANDING_STEPS, gap / n, h)  # n > LANDING_STEPS: gap > h
     return torch.where(gap > 0, step, torch.zeros_like(gap))  # T = 0: h = 0, not 0 / 0
 
 
